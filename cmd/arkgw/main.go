@@ -1,0 +1,51 @@
+// Command arkgw is the node daemon and its CLI. See README.md.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/arkgw/arkgw/reexec"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	if reexec.Init() {
+		return
+	}
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 {
+		usage()
+		return 2
+	}
+	switch args[0] {
+	case "version":
+		fmt.Println("arkgw", version)
+		return 0
+	case "help", "-h", "--help":
+		usage()
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "arkgw: unknown command %q; run 'arkgw help'\n", args[0])
+	return 2
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  arkgw run    [--config /etc/arkgw/node.toml]   the daemon, started at node boot
+  arkgw check  MANIFEST.toml [--node node.toml]  validate against the node policy
+  arkgw submit MANIFEST.toml                     schedule an experiment; prints its id
+  arkgw list   [--json]                          planned, running, completed
+  arkgw stop   ID                                stop now
+  arkgw logs   ID [--stderr]                     collected stdout (or stderr)
+  arkgw alerts [--follow] [--json] [--since T]   violation alerts
+  arkgw flows  [--dst P] [--port N] [--at T]     which experiment sent this?
+  arkgw cleanup                                  remove kernel state no experiment owns
+  arkgw version
+`)
+}
