@@ -18,9 +18,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -40,7 +42,7 @@ type Config struct {
 	// HostUID/HostGID is the first host id that uid/gid 0 of the namespace
 	// maps to; Size ids are mapped (65536 when 0).
 	HostUID, HostGID uint32
-	Size            uint32
+	Size             uint32
 }
 
 // Holder is a created namespace pair. The holder process keeps running until
@@ -49,6 +51,12 @@ type Holder struct {
 	cfg   Config
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
+
+	mu         sync.Mutex
+	ctl        *net.UnixConn // control socket for Spawn; nil once released
+	nextID     uint64
+	pending    map[uint64]*pending
+	readerDone chan struct{}
 }
 
 // UserNSPath is the persisted user namespace file.
@@ -84,7 +92,7 @@ func Create(cfg Config) (h *Holder, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("nsholder: create %s: %w", cfg.Dir, err)
 	}
-	h = &Holder{cfg: cfg}
+	h = &Holder{cfg: cfg, pending: map[uint64]*pending{}}
 	defer func() {
 		if err != nil {
 			h.Remove()
@@ -101,6 +109,23 @@ func Create(cfg Config) (h *Holder, err error) {
 		Setsid: true,
 	}
 	cmd.Stderr = os.Stderr
+	// fd 3 of the holder: its end of the Spawn control socket.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("nsholder %s: control socket pair: %w", cfg.Dir, err)
+	}
+	mine, theirs := os.NewFile(uintptr(pair[0]), "nsholder-ctl"), os.NewFile(uintptr(pair[1]), "nsholder-ctl-holder")
+	defer theirs.Close()
+	cmd.ExtraFiles = []*os.File{theirs}
+	conn, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		theirs.Close()
+		return nil, fmt.Errorf("nsholder %s: control socket: %w", cfg.Dir, err)
+	}
+	h.ctl = conn.(*net.UnixConn)
+	h.readerDone = make(chan struct{})
+	go h.readReplies(h.ctl)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, fmt.Errorf("nsholder %s: %w", cfg.Dir, err)
@@ -139,8 +164,18 @@ func bindNS(src, dst string) error {
 	return nil
 }
 
-// Release ends the holder process; the persisted namespaces stay. Idempotent.
+// Release ends the holder process; the persisted namespaces stay. Processes
+// it spawned keep running but are no longer monitored (stop them first).
+// Idempotent.
 func (h *Holder) Release() {
+	h.mu.Lock()
+	ctl := h.ctl
+	h.ctl = nil
+	h.mu.Unlock()
+	if ctl != nil {
+		ctl.Close()
+		<-h.readerDone
+	}
 	if h.stdin != nil {
 		h.stdin.Close()
 		h.stdin = nil
@@ -179,10 +214,10 @@ func RemoveDir(dir string) error {
 	return errors.Join(errs...)
 }
 
-// holderMain runs in the re-executed holder: announce readiness, then wait
-// for stdin to close (the creator released it or died).
+// holderMain runs in the re-executed holder: announce readiness, then serve
+// Spawn requests on fd 3 until the creator is gone (stdin or the socket
+// closed) and every spawned process ended.
 func holderMain() {
 	os.Stdout.WriteString("ready\n")
-	io.Copy(io.Discard, os.Stdin)
-	os.Exit(0)
+	serveSpawns(os.NewFile(3, "nsholder-ctl"))
 }

@@ -1,8 +1,11 @@
 package nsholder
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -76,5 +79,70 @@ func TestPrivilegedCreatePersistRemove(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("dir still there after Remove: %v", err)
+	}
+}
+
+// Spawn runs a process in the holder's namespaces; the holder captures its
+// output with a cap, counts what it drops and writes the exit status.
+func TestPrivilegedSpawnCaptureStatus(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates user and network namespaces")
+	}
+	tmp := t.TempDir()
+	h, err := Create(Config{Dir: filepath.Join(tmp, "ns"), HostUID: 200000, HostGID: 200000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Remove() })
+	open := func(name string) *os.File {
+		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	out, errf, status := open("out"), open("err"), open("status")
+	p, err := h.Spawn(SpawnRequest{
+		Path: "/bin/sh", Args: []string{"sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/net; head -c 5000 /dev/zero; echo oops >&2; exit 7"},
+		Stdout: out, Stderr: errf, Status: status, OutputCap: 1000,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Exited || st.Code != 7 {
+		t.Fatalf("status %+v, want exit 7", st)
+	}
+	if st.Stdout.Bytes != 1000 || st.Stdout.Dropped < 4000 || st.Stderr.Bytes != 5 {
+		t.Fatalf("streams %+v %+v", st.Stdout, st.Stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(tmp, "out"))
+	if len(b) != 1000 {
+		t.Fatalf("stdout file has %d bytes, want 1000 (cap)", len(b))
+	}
+	netLink, _ := os.Readlink(h.NetNSPath())
+	var ns unix.Stat_t
+	unix.Stat(h.NetNSPath(), &ns)
+	if !strings.Contains(string(b), "200000") {
+		t.Fatalf("uid_map not the holder's: %q", b)
+	}
+	if !strings.Contains(string(b), fmt.Sprintf("net:[%d]", ns.Ino)) {
+		t.Fatalf("child not in the holder's netns (%d, %s): %q", ns.Ino, netLink, b)
+	}
+	fst, err := ReadStatus(filepath.Join(tmp, "status"))
+	if err != nil || fst.Code != 7 || fst.Stdout.Dropped != st.Stdout.Dropped {
+		t.Fatalf("status file %+v, %v", fst, err)
+	}
+	// a failing start is reported
+	if _, err := h.Spawn(SpawnRequest{Path: "/nonexistent", Args: []string{"x"}}); err == nil {
+		t.Fatal("spawn of a missing binary succeeded")
+	}
+	h.Release()
+	if _, err := h.Spawn(SpawnRequest{Path: "/bin/true", Args: []string{"true"}}); !errors.Is(err, ErrNoHolder) {
+		t.Fatalf("spawn after release: %v", err)
 	}
 }
