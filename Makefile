@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TESTFLAGS ?= -count=1 -timeout 25m
 export CGO_ENABLED ?= 0
 
-.PHONY: help build test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
+.PHONY: deps help build test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
 	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows
 
 help: ## list the targets
@@ -16,7 +16,10 @@ build: ## build bin/arkgw and bin/pcap (static, CGO off)
 	$(GO) build -trimpath -o $(BIN)/arkgw ./cmd/arkgw
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/pcap ./cmd/pcap
 
-test: ## all tests; privileged netlab tests need root (CI runs as root)
+deps: ## install the Debian packages tests use (root; skips what is there)
+	@./scripts/deps.sh test
+
+test: deps ## all tests; privileged netlab tests need root (CI runs as root)
 	$(GO) vet $(PKGS)
 	$(GO) test $(TESTFLAGS) -p 2 $(PKGS)
 	$(MAKE) test-fuzz
