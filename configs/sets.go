@@ -1,0 +1,180 @@
+package configs
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"go4.org/netipx"
+)
+
+// Reserved lists the destinations that are always dropped, except the
+// node's default routers.
+var Reserved = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+	netip.MustParsePrefix("224.0.0.0/3"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("fc00::/7"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("ff00::/8"),
+}
+
+var (
+	all4 = netip.MustParsePrefix("0.0.0.0/0")
+	all6 = netip.MustParsePrefix("::/0")
+)
+
+// ReservedSet returns the reserved destinations minus the given default routers.
+func ReservedSet(routers []netip.Addr) *netipx.IPSet {
+	var b netipx.IPSetBuilder
+	for _, p := range Reserved {
+		b.AddPrefix(p)
+	}
+	for _, r := range routers {
+		b.Remove(r.Unmap())
+	}
+	s, _ := b.IPSet()
+	return s
+}
+
+func prefixSet(ps ...netip.Prefix) *netipx.IPSet {
+	var b netipx.IPSetBuilder
+	for _, p := range ps {
+		b.AddPrefix(p)
+	}
+	s, _ := b.IPSet()
+	return s
+}
+
+// minus returns p minus the set drop.
+func minus(p netip.Prefix, drop *netipx.IPSet) *netipx.IPSet {
+	var b netipx.IPSetBuilder
+	b.AddPrefix(p)
+	if drop != nil {
+		b.RemoveSet(drop)
+	}
+	s, _ := b.IPSet()
+	return s
+}
+
+// setMinus returns a minus b.
+func setMinus(a, b *netipx.IPSet) *netipx.IPSet {
+	var sb netipx.IPSetBuilder
+	sb.AddSet(a)
+	sb.RemoveSet(b)
+	s, _ := sb.IPSet()
+	return s
+}
+
+func isEmpty(s *netipx.IPSet) bool { return s == nil || len(s.Ranges()) == 0 }
+
+// cuts returns the elementary port intervals induced by the given range
+// lists: within one elementary interval every input range either contains
+// all ports or none. Only intervals inside at least one range are returned.
+func cuts(lists ...[]PortRange) []PortRange {
+	var pts []int
+	for _, l := range lists {
+		for _, r := range l {
+			pts = append(pts, int(r.Lo), int(r.Hi)+1)
+		}
+	}
+	slices.Sort(pts)
+	pts = slices.Compact(pts)
+	var out []PortRange
+	for i := 0; i+1 < len(pts); i++ {
+		iv := PortRange{uint16(pts[i]), uint16(pts[i+1] - 1)}
+		for _, l := range lists {
+			if portsContain(l, iv.Lo) {
+				out = append(out, iv)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func portsContain(rs []PortRange, p uint16) bool {
+	for _, r := range rs {
+		if r.Lo <= p && p <= r.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// uncovered returns an example (prefix, port interval) of the request
+// (set x ports) that is not covered by the union of allowed boxes and of
+// anyDst ports (every destination), or ok=false when all is covered.
+func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []PortRange) (netip.Prefix, PortRange, bool) {
+	lists := [][]PortRange{ports, anyDst}
+	for _, d := range allowed {
+		lists = append(lists, d.Ports)
+	}
+	for _, iv := range cuts(lists...) {
+		if !portsContain(ports, iv.Lo) {
+			continue
+		}
+		if portsContain(anyDst, iv.Lo) {
+			continue
+		}
+		var b netipx.IPSetBuilder
+		b.AddSet(set)
+		for _, d := range allowed {
+			if portsContain(d.Ports, iv.Lo) {
+				b.RemovePrefix(d.Prefix)
+			}
+		}
+		rest, _ := b.IPSet()
+		if ps := rest.Prefixes(); len(ps) > 0 {
+			return ps[0], iv, true
+		}
+	}
+	return netip.Prefix{}, PortRange{}, false
+}
+
+// MergeDests returns the union of the destinations minus drop as disjoint
+// Dests: no two Dests share an (address, port) pair, so the boxes
+// prefix x range can be loaded into a kernel interval set, which rejects
+// overlapping elements. Within each elementary port interval the addresses
+// are reduced to the fewest prefixes; a prefix's intervals are merged.
+// The result is sorted (IPv4 first, then by address and length).
+func MergeDests(in []Dest, drop *netipx.IPSet) []Dest {
+	lists := make([][]PortRange, 0, len(in))
+	for _, d := range in {
+		lists = append(lists, d.Ports)
+	}
+	byPrefix := map[netip.Prefix][]PortRange{}
+	for _, iv := range cuts(lists...) {
+		var b netipx.IPSetBuilder
+		for _, d := range in {
+			if portsContain(d.Ports, iv.Lo) {
+				b.AddPrefix(d.Prefix)
+			}
+		}
+		if drop != nil {
+			b.RemoveSet(drop)
+		}
+		s, _ := b.IPSet()
+		for _, p := range s.Prefixes() {
+			byPrefix[p] = append(byPrefix[p], iv)
+		}
+	}
+	out := make([]Dest, 0, len(byPrefix))
+	for p, rs := range byPrefix {
+		out = append(out, Dest{Prefix: p, Ports: mergeRanges(rs)})
+	}
+	slices.SortFunc(out, func(a, b Dest) int { return comparePrefix(a.Prefix, b.Prefix) })
+	return out
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
