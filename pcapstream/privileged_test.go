@@ -1,0 +1,468 @@
+package pcapstream
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/pcapstream/wire"
+	"github.com/arkgw/arkgw/reexec"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netns"
+)
+
+func TestMain(m *testing.M) {
+	if reexec.Init() {
+		return
+	}
+	code := m.Run()
+	if clientDir != "" {
+		os.RemoveAll(clientDir)
+	}
+	os.Exit(code)
+}
+
+// The experiments of the test lab: node-side interface, node address,
+// experiment address.
+const (
+	exp1If, exp1GW, exp1Addr = "arkpc1", "10.250.0.1", "10.250.0.2"
+	exp2If, exp2GW, exp2Addr = "arkpc2", "10.250.0.5", "10.250.0.6"
+	// readerUID is the unprivileged uid cmd/pcap runs as (the sandboxed
+	// experiment's uid on the host).
+	readerUID = 54321
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces and AF_PACKET sockets")
+	}
+}
+
+// lab is the standard world plus two experiments linked to the node, as
+// the gateway would plumb them (addresses in the pool, routed by inet back
+// via the node, no NAT needed).
+type lab struct {
+	*netlab.Lab
+	node, inet, exp1, exp2 *netlab.Host
+}
+
+func newLab(t *testing.T) *lab {
+	t.Helper()
+	requireRoot(t)
+	topo := netlab.WorldTopology()
+	topo.Hosts = append(topo.Hosts,
+		netlab.HostSpec{Name: "exp1", Routes: []netlab.RouteSpec{{Dst: "default", Via: exp1GW}}},
+		netlab.HostSpec{Name: "exp2", Routes: []netlab.RouteSpec{{Dst: "default", Via: exp2GW}}},
+	)
+	topo.Links = append(topo.Links,
+		netlab.LinkSpec{A: "node", AIf: exp1If, AAddrs: []string{exp1GW + "/30"}, B: "exp1", BIf: "eth0", BAddrs: []string{exp1Addr + "/30"}},
+		netlab.LinkSpec{A: "node", AIf: exp2If, AAddrs: []string{exp2GW + "/30"}, B: "exp2", BIf: "eth0", BAddrs: []string{exp2Addr + "/30"}},
+	)
+	l := netlab.Build(t, topo)
+	if _, err := netlab.StartInternet(l.Host("inet")); err != nil {
+		t.Fatalf("start fake internet: %v", err)
+	}
+	return &lab{Lab: l, node: l.Host("node"), inet: l.Host("inet"), exp1: l.Host("exp1"), exp2: l.Host("exp2")}
+}
+
+var (
+	clientOnce sync.Once
+	clientDir  string
+	clientBin  string
+	clientErr  error
+)
+
+// pcapClient builds cmd/pcap statically (CGO off) into a directory every
+// uid may read, once per test binary.
+func pcapClient(t *testing.T) string {
+	t.Helper()
+	clientOnce.Do(func() {
+		clientDir, clientErr = os.MkdirTemp("", "pcapstream-client-")
+		if clientErr != nil {
+			return
+		}
+		os.Chmod(clientDir, 0o755)
+		clientBin = filepath.Join(clientDir, "pcap")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", clientBin, "github.com/arkgw/arkgw/cmd/pcap")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			clientErr = fmt.Errorf("build cmd/pcap: %v\n%s", err, out)
+		}
+	})
+	if clientErr != nil {
+		t.Fatal(clientErr)
+	}
+	return clientBin
+}
+
+// startServer runs a Server for an experiment on the node and waits for its
+// socket. The socket belongs to readerUID, in a directory it may traverse.
+func startServer(t *testing.T, l *lab, id, iface string, mod func(*Config)) (*Server, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pcapstream-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o711)
+	sock := filepath.Join(dir, "pcap.sock")
+	cfg := Config{
+		Experiment: id, NS: l.node.NS(), Iface: iface,
+		SocketPath: sock, SocketUID: readerUID, SocketGID: readerUID,
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "pcapstream", Level: hclog.Debug, Output: testWriter{t}}),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("Run did not return 10 s after cancel")
+		}
+		if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("socket %s left behind: %v", sock, err)
+		}
+	})
+	waitFor(t, "pcap socket", 5*time.Second, func() bool {
+		fi, err := os.Stat(sock)
+		return err == nil && fi.Mode().Type() == os.ModeSocket
+	})
+	return s, sock
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// client is a running cmd/pcap.
+type client struct {
+	cmd    *exec.Cmd
+	out    string
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+// startClient runs the pcap binary as readerUID (no privileges) with its
+// stdout in a file.
+func startClient(t *testing.T, sock string, args ...string) *client {
+	t.Helper()
+	bin := pcapClient(t)
+	out := filepath.Join(t.TempDir(), "out.pcap")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c := &client{out: out, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	c.cmd = exec.Command(bin, args...)
+	c.cmd.Env = []string{"ARK_PCAP_SOCK=" + sock}
+	c.cmd.Stdout = f
+	c.cmd.Stderr = c.stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: readerUID, Gid: readerUID}}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.done <- c.cmd.Wait() }()
+	t.Cleanup(func() {
+		if c.cmd.ProcessState == nil {
+			c.cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	return c
+}
+
+// stop sends SIGINT and waits for the client to exit.
+func (c *client) stop(t *testing.T) error {
+	t.Helper()
+	c.cmd.Process.Signal(syscall.SIGINT)
+	return c.wait(t)
+}
+
+func (c *client) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-c.done:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatalf("pcap did not exit; stderr: %s", c.stderr)
+		return nil
+	}
+}
+
+// counts parses "pcap: N packets captured, M dropped" from stderr.
+func (c *client) counts(t *testing.T) (captured, dropped int) {
+	t.Helper()
+	for _, line := range strings.Split(c.stderr.String(), "\n") {
+		if _, err := fmt.Sscanf(line, "pcap: %d packets captured, %d dropped", &captured, &dropped); err == nil {
+			return
+		}
+	}
+	t.Fatalf("no counts line on pcap's stderr: %q", c.stderr)
+	return
+}
+
+// readPcap parses a pcap file with gopacket.
+func readPcap(t *testing.T, path string) (*pcapgo.Reader, []gopacket.Packet) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := pcapgo.NewReader(f)
+	if err != nil {
+		t.Fatalf("%s is not a pcap file for gopacket: %v", path, err)
+	}
+	var pkts []gopacket.Packet
+	for {
+		data, ci, err := r.ReadPacketData()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: packet %d: %v", path, len(pkts)+1, err)
+		}
+		p := gopacket.NewPacket(data, r.LinkType(), gopacket.Default)
+		p.Metadata().CaptureInfo = ci
+		pkts = append(pkts, p)
+	}
+	return r, pkts
+}
+
+func ip4(p gopacket.Packet) *layers.IPv4 {
+	l, _ := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+	return l
+}
+
+func isEcho(p gopacket.Packet, src, dst string, reply bool) bool {
+	ip := ip4(p)
+	ic, _ := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+	if ip == nil || ic == nil || ip.SrcIP.String() != src || ip.DstIP.String() != dst {
+		return false
+	}
+	want := uint8(layers.ICMPv4TypeEchoRequest)
+	if reply {
+		want = layers.ICMPv4TypeEchoReply
+	}
+	return ic.TypeCode.Type() == want
+}
+
+func isTCP(p gopacket.Packet, src, dst string, syn, ack bool) bool {
+	ip := ip4(p)
+	tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	return ip != nil && tcp != nil && ip.SrcIP.String() == src && ip.DstIP.String() == dst && tcp.SYN == syn && tcp.ACK == ack
+}
+
+func hasAddr(p gopacket.Packet, addr string) bool {
+	if ip := ip4(p); ip != nil {
+		return ip.SrcIP.String() == addr || ip.DstIP.String() == addr
+	}
+	if a, ok := p.Layer(layers.LayerTypeARP).(*layers.ARP); ok {
+		return net.IP(a.SourceProtAddress).String() == addr || net.IP(a.DstProtAddress).String() == addr
+	}
+	return false
+}
+
+// httpGet fetches url from inside h and returns the body length.
+func httpGet(t *testing.T, h *netlab.Host, url string) int64 {
+	t.Helper()
+	tr := &http.Transport{DialContext: h.Dial, DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 60 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s from %s: %v", url, h.Path(), err)
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: status %d, %d bytes, %v", url, resp.StatusCode, n, err)
+	}
+	return n
+}
+
+// packetSockets counts AF_PACKET sockets bound to iface in h's netns.
+func packetSockets(t *testing.T, h *netlab.Host, iface string) int {
+	t.Helper()
+	n := 0
+	err := h.Do(func() error {
+		ifi, err := net.InterfaceByName(iface)
+		if err != nil {
+			return err
+		}
+		// thread-self: this thread is the one inside h's netns.
+		b, err := os.ReadFile("/proc/thread-self/net/packet")
+		if err != nil {
+			return err
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		sc.Scan() // header: sk RefCnt Type Proto Iface R Rmem User Inode
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) >= 5 && f[4] == strconv.Itoa(ifi.Index) {
+				n++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestPrivilegedPcapStream: an unprivileged cmd/pcap records an
+// experiment's ping and HTTP fetch; the file parses with gopacket and
+// tshark, shows the experiment's own address in both directions and
+// nothing of a second experiment; the capture exists only while a reader
+// is connected.
+func TestPrivilegedPcapStream(t *testing.T) {
+	l := newLab(t)
+	srv, sock := startServer(t, l, "pc1", exp1If, nil)
+
+	if srv.Capturing() || packetSockets(t, l.node, exp1If) != 0 {
+		t.Fatalf("capturing with no reader: %v, sockets %d", srv.Capturing(), packetSockets(t, l.node, exp1If))
+	}
+	c := startClient(t, sock)
+	waitFor(t, "reader connected", 10*time.Second, func() bool { return len(srv.Stats().Readers) == 1 })
+	if !srv.Capturing() || packetSockets(t, l.node, exp1If) != 1 {
+		t.Fatalf("reader connected but capturing=%v, packet sockets on %s = %d", srv.Capturing(), exp1If, packetSockets(t, l.node, exp1If))
+	}
+
+	// Traffic of both experiments at once.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.exp2.Run(t, "ping", "-n", "-c", "3", "-i", "0.2", "198.51.100.2")
+	}()
+	l.exp1.Run(t, "ping", "-n", "-c", "3", "-i", "0.2", "198.51.100.1")
+	httpGet(t, l.exp1, "http://198.51.100.80/")
+	httpGet(t, l.exp2, "http://198.51.100.81/")
+	wg.Wait()
+	// The stream is asynchronous: wait until the server has written the
+	// packets, then stop the client as a user would (SIGINT).
+	waitFor(t, "packets delivered", 10*time.Second, func() bool { return srv.Stats().Delivered >= 16 })
+	if err := c.stop(t); err != nil {
+		t.Fatalf("pcap exited with %v; stderr: %s", err, c.stderr)
+	}
+	captured, dropped := c.counts(t)
+	t.Logf("pcap stderr: %s", strings.TrimSpace(c.stderr.String()))
+
+	r, pkts := readPcap(t, c.out)
+	if r.LinkType() != layers.LinkTypeEthernet || r.Snaplen() != DefaultSnaplen {
+		t.Errorf("link type %v snaplen %d, want Ethernet %d", r.LinkType(), r.Snaplen(), DefaultSnaplen)
+	}
+	if len(pkts) != captured || dropped != 0 {
+		t.Errorf("file has %d packets; pcap said %d captured, %d dropped", len(pkts), captured, dropped)
+	}
+	count := func(cond func(gopacket.Packet) bool) int {
+		n := 0
+		for _, p := range pkts {
+			if cond(p) {
+				n++
+			}
+		}
+		return n
+	}
+	checks := []struct {
+		what string
+		min  int
+		cond func(gopacket.Packet) bool
+	}{
+		{"echo requests from the experiment", 3, func(p gopacket.Packet) bool { return isEcho(p, exp1Addr, "198.51.100.1", false) }},
+		{"echo replies to the experiment", 3, func(p gopacket.Packet) bool { return isEcho(p, "198.51.100.1", exp1Addr, true) }},
+		{"SYN", 1, func(p gopacket.Packet) bool { return isTCP(p, exp1Addr, "198.51.100.80", true, false) }},
+		{"SYN-ACK", 1, func(p gopacket.Packet) bool { return isTCP(p, "198.51.100.80", exp1Addr, true, true) }},
+		{"ACK", 1, func(p gopacket.Packet) bool { return isTCP(p, exp1Addr, "198.51.100.80", false, true) }},
+	}
+	for _, c := range checks {
+		if n := count(c.cond); n < c.min {
+			t.Errorf("%s: %d packets, want at least %d", c.what, n, c.min)
+		}
+	}
+	if n := count(func(p gopacket.Packet) bool { return hasAddr(p, exp2Addr) || hasAddr(p, exp2GW) }); n != 0 {
+		t.Errorf("%d packets of the second experiment in the first one's capture", n)
+	}
+	for i, p := range pkts {
+		if p.Metadata().Timestamp.IsZero() || time.Since(p.Metadata().Timestamp) > time.Hour {
+			t.Errorf("packet %d: timestamp %v", i+1, p.Metadata().Timestamp)
+			break
+		}
+	}
+
+	// tshark reads it too, and decodes the same conversation.
+	out, err := exec.Command("tshark", "-n", "-r", c.out).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark -r: %v\n%s", err, out)
+	}
+	ts := strings.Join(strings.Fields(string(out)), " ")
+	for _, want := range []string{exp1Addr + " → 198.51.100.1 ICMP", "198.51.100.1 → " + exp1Addr + " ICMP", "Echo (ping) reply", "[SYN]", "[SYN, ACK]", "HTTP"} {
+		if !strings.Contains(ts, want) {
+			t.Errorf("tshark output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(ts, exp2Addr) {
+		t.Errorf("tshark shows the second experiment's address %s", exp2Addr)
+	}
+
+	// The last reader left: the capture socket is gone.
+	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
+	if n := packetSockets(t, l.node, exp1If); n != 0 {
+		t.Errorf("%d packet sockets on %s with no reader", n, exp1If)
+	}
+	if st := srv.Stats(); st.Captures != 1 || st.Connections != 1 {
+		t.Errorf("stats %+v: want 1 capture, 1 connection", st)
+	}
+}
+
+var _ = runtime.NumCPU
+var _ = netns.None
+var _ = wire.Magic
