@@ -12,7 +12,7 @@ import (
 )
 
 // ParseQuery reads a query from URL parameters (API requests are untrusted):
-// experiment, dst (address or prefix), src, port, proto, at, since, until
+// experiment, dst (address or prefix), src, port, sport, proto, at, since, until
 // (RFC 3339), limit.
 func ParseQuery(v url.Values) (Query, error) {
 	var q Query
@@ -37,6 +37,13 @@ func ParseQuery(v url.Values) (Query, error) {
 			return q, fmt.Errorf("port %q: want 1-65535", s)
 		}
 		q.Port = uint16(n)
+	}
+	if s := v.Get("sport"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 16)
+		if err != nil || n == 0 {
+			return q, fmt.Errorf("sport %q: want 1-65535", s)
+		}
+		q.SPort = uint16(n)
 	}
 	if s := v.Get("proto"); s != "" {
 		p, err := ParseProto(s)

@@ -13,6 +13,7 @@ import (
 	ct "github.com/florianl/go-conntrack"
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/nsdo"
@@ -135,8 +136,12 @@ func (r *Recorder) subscribe(ctx context.Context) error {
 		return fmt.Errorf("open conntrack netlink: %w", err)
 	}
 	defer nfct.Close()
-	// A deep receive buffer rides out bursts of short flows.
-	nfct.Con.SetReadBuffer(16 << 20)
+	// A deep receive buffer rides out bursts (a flush of 50,000 flows
+	// arrives at once). SO_RCVBUF is capped by net.core.rmem_max; root may
+	// force past it.
+	if err := forceReadBuffer(nfct, 64<<20); err != nil {
+		r.log.Warn("cannot raise the conntrack socket buffer; bursts may lose events", "error", err)
+	}
 	errc := nfct.AttachErrChan()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -152,6 +157,21 @@ func (r *Recorder) subscribe(ctx context.Context) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+func forceReadBuffer(nfct *ct.Nfct, n int) error {
+	rc, err := nfct.Con.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 func (r *Recorder) onEvent(c ct.Con) int {

@@ -121,6 +121,7 @@ type Query struct {
 	Dst        netip.Prefix // destination (same inside and outside: NAT changes the source)
 	Src        netip.Addr   // inside source or NATed (public) source
 	Port       uint16       // destination port
+	SPort      uint16       // source port, inside or NATed (public)
 	Proto      uint8
 	At         time.Time // flows open at this instant
 	Since      time.Time // flows that ended at or after
@@ -139,6 +140,9 @@ func (q *Query) match(f *Flow) bool {
 		return false
 	}
 	if q.Port != 0 && f.DPort != q.Port {
+		return false
+	}
+	if q.SPort != 0 && f.SPort != q.SPort && f.NATSPort != q.SPort {
 		return false
 	}
 	if q.Proto != 0 && f.Proto != q.Proto {

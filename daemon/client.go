@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/arkgw/arkgw/store"
+)
+
+// Client talks to a running daemon over its Unix socket.
+type Client struct {
+	Socket string
+	hc     *http.Client
+}
+
+// NewClient returns a client for the daemon at socket ("" = DefaultSocket).
+func NewClient(socket string) *Client {
+	if socket == "" {
+		socket = DefaultSocket
+	}
+	return &Client{Socket: socket, hc: &http.Client{
+		Timeout: 2 * time.Minute,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}},
+	}}
+}
+
+func (c *Client) do(method, path string, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://arkgw"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("the arkgw daemon is not running (no socket at %s); start it with 'arkgw run' or 'systemctl start arkgw'", c.Socket)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("permission denied on %s: the arkgw CLI must run as root", c.Socket)
+		}
+		return fmt.Errorf("talk to arkgw at %s: %w", c.Socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e ErrorResponse
+		if json.Unmarshal(data, &e) == nil && e.Error != "" {
+			if len(e.Conflicts) > 0 {
+				return &RefusedError{Conflicts: e.Conflicts}
+			}
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("arkgw: %s: %s", resp.Status, strings.TrimSpace(string(data)))
+	}
+	if out == nil {
+		return nil
+	}
+	if b, ok := out.(*[]byte); ok {
+		*b = data
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}
+
+// Submit sends a manifest; dir is the absolute directory its files are in.
+func (c *Client) Submit(manifest []byte, name, dir string) (*store.Experiment, error) {
+	var x store.Experiment
+	err := c.do("POST", pathExperiments, SubmitRequest{Manifest: string(manifest), Name: name, Dir: dir}, &x)
+	return &x, err
+}
+
+// List returns every experiment.
+func (c *Client) List() ([]ExperimentView, error) {
+	var v []ExperimentView
+	return v, c.do("GET", pathExperiments, nil, &v)
+}
+
+// Get returns one experiment.
+func (c *Client) Get(id string) (*ExperimentView, error) {
+	var v ExperimentView
+	return &v, c.do("GET", pathExperiments+"/"+url.PathEscape(id), nil, &v)
+}
+
+// Stop stops an experiment (recorded as stopped by staff).
+func (c *Client) Stop(id string) (*store.Experiment, error) {
+	var x store.Experiment
+	return &x, c.do("POST", pathExperiments+"/"+url.PathEscape(id)+"/stop", StopRequest{Reason: store.ReasonStoppedStaff}, &x)
+}
+
+// Logs returns an experiment's collected stdout or stderr.
+func (c *Client) Logs(id string, stderr bool) ([]byte, error) {
+	q := ""
+	if stderr {
+		q = "?stream=stderr"
+	}
+	var b []byte
+	return b, c.do("GET", pathExperiments+"/"+url.PathEscape(id)+"/logs"+q, nil, &b)
+}
+
+// Raw GETs an API path and returns the body (used by `arkgw flows`).
+func (c *Client) Raw(path string) ([]byte, error) {
+	var b []byte
+	return b, c.do("GET", path, nil, &b)
+}
