@@ -36,7 +36,9 @@ type fakeInstance struct {
 
 func (f *fakeInstance) Done() <-chan struct{} { return f.done }
 func (f *fakeInstance) Result() Result        { return f.result }
-func (f *fakeInstance) Status() Status        { return Status{BytesUpToday: 100, BytesDownToday: 200, RateMbps: 1} }
+func (f *fakeInstance) Status() Status {
+	return Status{BytesUpToday: 100, BytesDownToday: 200, RateMbps: 1}
+}
 func (f *fakeInstance) Stop(context.Context) error {
 	f.stopped = true
 	f.exit(Result{Signal: "killed"})

@@ -144,10 +144,10 @@ func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
 	p, _ := d.auth.principal(r)
 	paused, _ := d.mgr.store.Paused()
 	data := struct {
-		Node, Now, CSRF               string
-		Paused                        bool
-		Running, Planned, Completed   []pageRow
-		Alerts                        []alertRow
+		Node, Now, CSRF             string
+		Paused                      bool
+		Running, Planned, Completed []pageRow
+		Alerts                      []alertRow
 	}{Node: d.mgr.Policy().NodeName(), Now: now.UTC().Format("2006-01-02 15:04 UTC"), CSRF: d.auth.csrf(p), Paused: paused}
 	for _, v := range views {
 		row := pageRow{
