@@ -1,0 +1,98 @@
+package shape
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/arkgw/arkgw/gateway/shape/bwlab"
+	"github.com/vishvananda/netlink"
+)
+
+// TestPrivilegedShapeBothDirections: iperf3 through a shaped veth lands
+// within 10% of the cap in both directions, Update changes the cap live,
+// Remove leaves nothing behind.
+func TestPrivilegedShapeBothDirections(t *testing.T) {
+	lab := bwlab.New(t)
+	port := lab.Server(t)
+	up, down := Priorities(3)
+	lab.Nft(t, fmt.Sprintf(`table inet shapetest {
+		chain forw { type filter hook forward priority 10;
+			iifname %q meta priority set %x:%x
+			oifname %q meta priority set %x:%x
+		}
+	}`, bwlab.HostIf, up>>16, up&0xffff, bwlab.HostIf, down>>16, down&0xffff))
+	s, err := NewShaper(ShaperConfig{NS: lab.Node.NS(), Uplinks: []string{bwlab.Uplink}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	const capBps = 5_000_000
+	spec := Spec{ID: "bw1", HostIf: bwlab.HostIf, Slot: 3, RateBps: capBps}
+	if err := s.Apply(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(ctx, spec); err != nil { // idempotent
+		t.Fatalf("second Apply: %v", err)
+	}
+	check := func(name string, reverse bool, want float64) {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		r, err := lab.Client(rctx, port, 4, reverse)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		ratio := r.GoodputBps / want
+		t.Logf("%s: goodput %.3f Mbit/s = %.3f of cap %.1f Mbit/s", name, r.GoodputBps/1e6, ratio, want/1e6)
+		if ratio < 0.9 || ratio > 1.1 {
+			t.Errorf("%s: goodput %.0f bit/s not within 10%% of the cap %.0f", name, r.GoodputBps, want)
+		}
+	}
+	check("upload", false, capBps)
+	check("download", true, capBps)
+
+	if err := s.Update(ctx, "bw1", 2_000_000); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := s.Rate("bw1"); !ok || r != 2_000_000 {
+		t.Errorf("Rate = %d %v, want 2e6", r, ok)
+	}
+	check("download after Update", true, 2_000_000)
+
+	if err := s.Remove(ctx, "bw1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(ctx, "bw1"); err != nil {
+		t.Fatalf("second Remove: %v", err)
+	}
+	for _, n := range []string{UpIFB, DownIFB} {
+		if _, err := lab.Node.Handle().LinkByName(n); err == nil {
+			t.Errorf("%s still exists after Remove", n)
+		}
+	}
+	link, err := lab.Node.Handle().LinkByName(bwlab.HostIf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, _ := lab.Node.Handle().QdiscList(link)
+	for _, q := range qs {
+		if q.Type() == "clsact" {
+			t.Errorf("clsact still on %s after Remove", bwlab.HostIf)
+		}
+	}
+	fs, _ := lab.Node.Handle().FilterList(link, netlink.HANDLE_MIN_INGRESS)
+	if len(fs) != 0 {
+		t.Errorf("filters left on %s: %v", bwlab.HostIf, fs)
+	}
+	out := lab.Node.Run(t, "ip", "-o", "link")
+	if strings.Contains(out, "ifb") {
+		t.Errorf("ifb left:\n%s", out)
+	}
+	if out := lab.Node.Run(t, "tc", "filter", "show", "dev", bwlab.Uplink, "egress"); strings.Contains(out, "mirred") {
+		t.Errorf("redirect left on the uplink:\n%s", out)
+	}
+}
