@@ -668,10 +668,10 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	for _, cfg := range []Config{
-		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}},                                             // no upstreams
-		{Experiment: "e1", Upstreams: []string{"192.0.2.1"}},                                            // no listen
-		{Experiment: "e1", Listen: []string{"nonsense"}, Upstreams: []string{"192.0.2.1"}},              // bad listen
-		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"resolver.example"}},    // bad upstream
+		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}},                                          // no upstreams
+		{Experiment: "e1", Upstreams: []string{"192.0.2.1"}},                                         // no listen
+		{Experiment: "e1", Listen: []string{"nonsense"}, Upstreams: []string{"192.0.2.1"}},           // bad listen
+		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"resolver.example"}}, // bad upstream
 		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"1.1.1.1"}, Names: []string{"a..b"}},
 		{Experiment: "Bad_ID!", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"192.0.2.1"}},
 	} {
