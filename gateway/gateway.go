@@ -1,0 +1,424 @@
+// Package gateway builds each experiment's network and enforces the node
+// owner's egress policy on the host side of the experiment's veth.
+//
+// Per experiment: a user namespace and a network namespace owned by it
+// (nsholder, persisted under RunDir/ns/<id>), a veth pair "ark<id>" (host)
+// / "eth0" (inside), addresses from the pools (a /30 and a /64 per slot),
+// default routes via the host end, and the experiment's chains in the one
+// nftables table "inet arkgw".
+//
+// Deciding is separate from doing: Compile turns effective policies into a
+// plain Ruleset (ruleset.go, compile.go; golden files in testdata/), and
+// the applier (apply.go) loads it with google/nftables as one atomic
+// transaction that replaces the whole table. Stateful accounting (quotas)
+// lives in "inet arkgw_acct" (package gateway/quota), which reloads never
+// touch. See README.md for the chain layout, rule names and ct marks.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netns"
+
+	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/nsholder"
+)
+
+// Config configures a Gateway. Zero values take the documented defaults.
+type Config struct {
+	HostNS         netns.NsHandle // the node's netns; netns.None() = current
+	RunDir         string         // namespace files under RunDir/ns/<id>/{user,net}
+	Uplink         string         // "" = interface of the default route
+	DefaultRouters []netip.Addr   // nil = gateways of the default routes
+	Pool4          netip.Prefix   // default 10.250.0.0/16: a /30 per slot
+	Pool6          netip.Prefix   // default fd00:a4c::/48: a /64 per slot
+	NFLOGGroup     uint16         // drops are logged here with prefix alert.LogPrefix(id, rule)
+	UIDBase        uint32         // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
+	Logger         hclog.Logger
+}
+
+// Defaults.
+var (
+	DefaultPool4   = netip.MustParsePrefix("10.250.0.0/16")
+	DefaultPool6   = netip.MustParsePrefix("fd00:a4c::/48")
+	DefaultUIDBase = uint32(1 << 30)
+)
+
+// Net is an experiment's network as built by Add.
+type Net struct {
+	ID     string
+	Slot   int
+	HostIf string // "ark<id>" in HostNS
+
+	Addr4, Addr6 netip.Addr // the experiment's own addresses (inside eth0)
+	GW4, GW6     netip.Addr // host end = default routes inside = DNS proxy addresses
+
+	NetNSPath, UserNSPath string
+	Holder                *nsholder.Holder // nil when re-adopted after a restart
+	HostUID, HostGID      uint32
+}
+
+type expState struct {
+	eff *configs.Effective
+	net *Net
+}
+
+// Gateway owns the experiment networks and the arkgw table in HostNS.
+// Methods are safe for concurrent use; each runs under one lock.
+type Gateway struct {
+	cfg Config
+	log hclog.Logger
+
+	mu   sync.Mutex
+	exps map[string]*expState
+	// applied is the ruleset currently in the kernel (nil = no table).
+	applied *Ruleset
+}
+
+// New checks cfg, fills defaults, resolves the uplink and default routers
+// from HostNS's routes, and returns a Gateway. It changes nothing.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.RunDir == "" {
+		return nil, errors.New("gateway: RunDir is empty (set it to the daemon's run directory)")
+	}
+	if !cfg.Pool4.IsValid() {
+		cfg.Pool4 = DefaultPool4
+	}
+	if !cfg.Pool6.IsValid() {
+		cfg.Pool6 = DefaultPool6
+	}
+	if !cfg.Pool4.Addr().Is4() || cfg.Pool4.Bits() > 30 {
+		return nil, fmt.Errorf("gateway: Pool4 %s must be an IPv4 prefix of /30 or shorter", cfg.Pool4)
+	}
+	if !cfg.Pool6.Addr().Is6() || cfg.Pool6.Bits() > 64 {
+		return nil, fmt.Errorf("gateway: Pool6 %s must be an IPv6 prefix of /64 or shorter", cfg.Pool6)
+	}
+	cfg.Pool4, cfg.Pool6 = cfg.Pool4.Masked(), cfg.Pool6.Masked()
+	if cfg.UIDBase == 0 {
+		cfg.UIDBase = DefaultUIDBase
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.Uplink == "" || cfg.DefaultRouters == nil {
+		up, routers, err := defaultRoutes(cfg.HostNS)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: find default route: %w", err)
+		}
+		if cfg.Uplink == "" {
+			cfg.Uplink = up
+		}
+		if cfg.DefaultRouters == nil {
+			cfg.DefaultRouters = routers
+		}
+	}
+	return &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}}, nil
+}
+
+// Uplink is the interface experiments are masqueraded out of.
+func (g *Gateway) Uplink() string { return g.cfg.Uplink }
+
+// MaxSlots is the number of slots the pools hold.
+func (g *Gateway) MaxSlots() int {
+	n4 := 1 << min(30, 30-g.cfg.Pool4.Bits())
+	n6 := 1 << min(30, 64-g.cfg.Pool6.Bits())
+	return min(n4, n6, int(MarkSlotMask)-1)
+}
+
+// Addresses returns the addresses of a slot: the experiment's and the host
+// end's, v4 and v6.
+func (g *Gateway) Addresses(slot int) (addr4, gw4, addr6, gw6 netip.Addr, err error) {
+	if slot < 0 || slot >= g.MaxSlots() {
+		return addr4, gw4, addr6, gw6, fmt.Errorf("slot %d out of range 0..%d of pools %s, %s", slot, g.MaxSlots()-1, g.cfg.Pool4, g.cfg.Pool6)
+	}
+	b4 := g.cfg.Pool4.Addr().As4()
+	v := uint32(b4[0])<<24 | uint32(b4[1])<<16 | uint32(b4[2])<<8 | uint32(b4[3])
+	v += uint32(slot) * 4
+	mk4 := func(x uint32) netip.Addr {
+		return netip.AddrFrom4([4]byte{byte(x >> 24), byte(x >> 16), byte(x >> 8), byte(x)})
+	}
+	gw4, addr4 = mk4(v+1), mk4(v+2)
+	b6 := g.cfg.Pool6.Addr().As16()
+	// slot goes into bits 32..63 (the /64 index).
+	hi := uint64(b6[0])<<56 | uint64(b6[1])<<48 | uint64(b6[2])<<40 | uint64(b6[3])<<32 | uint64(b6[4])<<24 | uint64(b6[5])<<16 | uint64(b6[6])<<8 | uint64(b6[7])
+	hi += uint64(slot)
+	var a [16]byte
+	for i := 0; i < 8; i++ {
+		a[i] = byte(hi >> (56 - 8*i))
+	}
+	a[15] = 1
+	gw6 = netip.AddrFrom16(a)
+	a[15] = 2
+	addr6 = netip.AddrFrom16(a)
+	return addr4, gw4, addr6, gw6, nil
+}
+
+func (g *Gateway) nsDir(id string) string { return filepath.Join(g.cfg.RunDir, "ns", id) }
+
+// Add builds experiment eff.ID's network in slot and loads the ruleset with
+// its policy. On any error everything Add did is undone.
+func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n *Net, err error) {
+	if eff == nil {
+		return nil, errors.New("gateway add: nil policy")
+	}
+	id := eff.ID
+	if err := configs.ValidID(id); err != nil {
+		return nil, fmt.Errorf("gateway add: %w", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.exps[id]; ok {
+		return nil, fmt.Errorf("gateway add %q: experiment already has a network (remove it first)", id)
+	}
+	for oid, st := range g.exps {
+		if st.net.Slot == slot {
+			return nil, fmt.Errorf("gateway add %q: slot %d is used by experiment %q", id, slot, oid)
+		}
+	}
+	addr4, gw4, addr6, gw6, err := g.Addresses(slot)
+	if err != nil {
+		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+	}
+	log := g.log.With("experiment", id)
+	uid := g.cfg.UIDBase + uint32(slot)*65536
+	n = &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6, HostUID: uid, HostGID: uid}
+
+	// Leftovers of an earlier run of this id would make the kernel refuse.
+	g.removeNetwork(id, nil)
+
+	dir := g.nsDir(id)
+	h, err := nsholder.Create(nsholder.Config{Dir: dir, HostUID: uid, HostGID: uid})
+	if err != nil {
+		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+	}
+	n.Holder, n.NetNSPath, n.UserNSPath = h, h.NetNSPath(), h.UserNSPath()
+	defer func() {
+		if err != nil {
+			g.removeNetwork(id, h)
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := g.plumb(n); err != nil {
+		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+	}
+	g.exps[id] = &expState{eff: eff, net: n}
+	if err := g.reload(); err != nil {
+		delete(g.exps, id)
+		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+	}
+	log.Debug("experiment network up", "slot", slot, "addr4", addr4, "addr6", addr6, "if", n.HostIf)
+	return n, nil
+}
+
+// reload compiles every known experiment and replaces the table (or deletes
+// it when there is none).
+func (g *Gateway) reload() error {
+	if len(g.exps) == 0 {
+		if err := deleteTable(g.cfg.HostNS, TableName); err != nil {
+			return err
+		}
+		g.applied = nil
+		return nil
+	}
+	rs, err := Compile(g.compileInput(g.exps))
+	if err != nil {
+		return err
+	}
+	if err := applyRuleset(g.cfg.HostNS, rs); err != nil {
+		return err
+	}
+	g.applied = rs
+	return nil
+}
+
+func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
+	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, NFLOGGroup: g.cfg.NFLOGGroup}
+	for _, st := range exps {
+		in.Exps = append(in.Exps, CompileExp{Eff: st.eff, Net: st.net})
+	}
+	return in
+}
+
+// Update replaces the policies of the experiments in effs (all must have
+// been added; experiments not named keep their policy) in one transaction,
+// then cuts the conntrack flows the new policies no longer admit. If the
+// kernel refuses the new ruleset, the old one stays in force.
+func (g *Gateway) Update(ctx context.Context, effs []*configs.Effective) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	next := make(map[string]*expState, len(g.exps))
+	for id, st := range g.exps {
+		next[id] = st
+	}
+	var changed []*expState
+	for _, eff := range effs {
+		if eff == nil {
+			return errors.New("gateway update: nil policy")
+		}
+		st, ok := g.exps[eff.ID]
+		if !ok {
+			return fmt.Errorf("gateway update: experiment %q has no network (Add it first)", eff.ID)
+		}
+		ns := &expState{eff: eff, net: st.net}
+		next[eff.ID] = ns
+		changed = append(changed, ns)
+	}
+	rs, err := Compile(g.compileInput(next))
+	if err != nil {
+		return fmt.Errorf("gateway update: %w", err)
+	}
+	if err := applyRuleset(g.cfg.HostNS, rs); err != nil {
+		return fmt.Errorf("gateway update: %w (previous ruleset kept)", err)
+	}
+	g.exps, g.applied = next, rs
+	var errs []error
+	for _, st := range changed {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := revokeFlows(g.cfg.HostNS, st.net, st.eff, g.cfg.DefaultRouters)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("gateway update %q: cut revoked flows: %w", st.eff.ID, err))
+			continue
+		}
+		if n > 0 {
+			g.log.With("experiment", st.eff.ID).Info("revoked flows cut", "flows", n)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Remove deletes the experiment's rules, conntrack entries, veth and
+// namespaces. Idempotent; unknown ids still get their leftovers removed.
+func (g *Gateway) Remove(ctx context.Context, id string) error {
+	if err := configs.ValidID(id); err != nil {
+		return fmt.Errorf("gateway remove: %w", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.removeLocked(id)
+}
+
+func (g *Gateway) removeLocked(id string) error {
+	var errs []error
+	st, ok := g.exps[id]
+	var h *nsholder.Holder
+	if ok {
+		delete(g.exps, id)
+		if err := g.reload(); err != nil {
+			errs = append(errs, fmt.Errorf("gateway remove %q: rules: %w", id, err))
+		}
+		if _, err := deleteFlows(g.cfg.HostNS, st.net.Slot); err != nil {
+			errs = append(errs, fmt.Errorf("gateway remove %q: conntrack: %w", id, err))
+		}
+		h = st.net.Holder
+	}
+	if err := g.removeNetwork(id, h); err != nil {
+		errs = append(errs, fmt.Errorf("gateway remove %q: %w", id, err))
+	}
+	return errors.Join(errs...)
+}
+
+// removeNetwork deletes the veth and the persisted namespaces of id.
+func (g *Gateway) removeNetwork(id string, h *nsholder.Holder) error {
+	var errs []error
+	if err := deleteLink(g.cfg.HostNS, HostIfName(id)); err != nil {
+		errs = append(errs, err)
+	}
+	if h != nil {
+		if err := h.Remove(); err != nil {
+			errs = append(errs, err)
+		}
+	} else if err := nsholder.RemoveDir(g.nsDir(id)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Sweep removes arkgw kernel objects of ids not in keep: networks this
+// Gateway knows, "ark<id>" veths in HostNS, namespace directories under
+// RunDir/ns, and their rules (the table is reloaded from what remains).
+// Idempotent.
+func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var errs []error
+	for id := range g.exps {
+		if !keep[id] {
+			if err := g.removeLocked(id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := g.reload(); err != nil {
+		errs = append(errs, fmt.Errorf("gateway sweep: rules: %w", err))
+	}
+	links, err := arkLinks(g.cfg.HostNS)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
+	}
+	for _, id := range links {
+		if !keep[id] && g.exps[id] == nil {
+			if err := deleteLink(g.cfg.HostNS, HostIfName(id)); err != nil {
+				errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
+			}
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(g.cfg.RunDir, "ns"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
+	}
+	for _, e := range ents {
+		id := e.Name()
+		if configs.ValidID(id) != nil || keep[id] || g.exps[id] != nil {
+			continue
+		}
+		if err := nsholder.RemoveDir(g.nsDir(id)); err != nil {
+			errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Ruleset returns the ruleset currently loaded (nil when none).
+func (g *Gateway) Ruleset() *Ruleset {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.applied
+}
+
+// Nets returns the networks of the known experiments, sorted by id.
+func (g *Gateway) Nets() []*Net {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []*Net
+	for _, st := range g.exps {
+		out = append(out, st.net)
+	}
+	slices.SortFunc(out, func(a, b *Net) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// DropCounter reads the named drop counter of experiment id and rule from
+// the kernel (packets, bytes). Counters restart at zero on every reload.
+func (g *Gateway) DropCounter(id, rule string) (packets, bytes uint64, err error) {
+	return readCounter(g.cfg.HostNS, TableName, CounterName(id, rule))
+}

@@ -1,0 +1,252 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/nsdo"
+)
+
+// handleAt opens a netlink handle in ns (None = current namespace).
+func handleAt(ns netns.NsHandle) (*netlink.Handle, error) {
+	if ns.IsOpen() {
+		return netlink.NewHandleAt(ns)
+	}
+	return netlink.NewHandle()
+}
+
+// writeSysctl writes /proc/sys/<key> (dots as slashes) from a thread in ns:
+// /proc/sys/net resolves to the namespace of the thread that opens it.
+func writeSysctl(ns netns.NsHandle, key, val string) error {
+	return nsdo.In(ns, func() error {
+		p := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
+		if err := os.WriteFile(p, []byte(val), 0o644); err != nil {
+			return fmt.Errorf("sysctl %s=%s: %w", key, val, err)
+		}
+		return nil
+	})
+}
+
+func readSysctl(ns netns.NsHandle, key string) (string, error) {
+	var out string
+	err := nsdo.In(ns, func() error {
+		b, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
+		out = strings.TrimSpace(string(b))
+		return err
+	})
+	return out, err
+}
+
+func prefixOf(a netip.Addr, bits int) *net.IPNet {
+	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}
+}
+
+// plumb creates the veth pair (peer made directly inside the experiment
+// netns as eth0), addresses, routes and sysctls on both sides.
+func (g *Gateway) plumb(n *Net) error {
+	expNS, err := netns.GetFromPath(n.NetNSPath)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", n.NetNSPath, err)
+	}
+	defer expNS.Close()
+	host, err := handleAt(g.cfg.HostNS)
+	if err != nil {
+		return fmt.Errorf("netlink handle in host netns: %w", err)
+	}
+	defer host.Close()
+	inside, err := netlink.NewHandleAt(expNS)
+	if err != nil {
+		return fmt.Errorf("netlink handle in %s: %w", n.NetNSPath, err)
+	}
+	defer inside.Close()
+
+	// Node-wide forwarding. Enabling IPv6 forwarding makes the kernel
+	// ignore router advertisements unless accept_ra is 2: keep an uplink
+	// that learns its IPv6 route by SLAAC working.
+	if v, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf.all.forwarding"); err == nil && v != "1" && g.cfg.Uplink != "" {
+		if ra, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf."+g.cfg.Uplink+".accept_ra"); err == nil && ra == "1" {
+			if err := writeSysctl(g.cfg.HostNS, "net.ipv6.conf."+g.cfg.Uplink+".accept_ra", "2"); err != nil {
+				return err
+			}
+		}
+	}
+	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
+		if err := writeSysctl(g.cfg.HostNS, kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+
+	// Inside first: no DAD on the new link, ICMP datagram sockets for the
+	// experiment's gids (written from the host user namespace, so in host
+	// gids).
+	for _, kv := range [][2]string{
+		{"net.ipv6.conf.default.accept_dad", "0"},
+		{"net.ipv6.conf.default.accept_ra", "0"},
+		{"net.ipv4.ping_group_range", fmt.Sprintf("%d %d", n.HostGID, n.HostGID+65535)},
+	} {
+		if err := writeSysctl(expNS, kv[0], kv[1]); err != nil {
+			return fmt.Errorf("experiment netns: %w", err)
+		}
+	}
+
+	la := netlink.NewLinkAttrs()
+	la.Name = n.HostIf
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(expNS))}
+	if err := host.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s (peer eth0 in %s): %w", n.HostIf, n.NetNSPath, err)
+	}
+	hl, err := host.LinkByName(n.HostIf)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", n.HostIf, err)
+	}
+	for _, kv := range [][2]string{
+		{"net.ipv6.conf." + n.HostIf + ".accept_dad", "0"},
+		{"net.ipv6.conf." + n.HostIf + ".accept_ra", "0"},
+		// Spoofed sources are checked by the ruleset; strict reverse-path
+		// filtering would drop the declared ones before it.
+		{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"},
+	} {
+		if err := writeSysctl(g.cfg.HostNS, kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	for _, a := range []struct {
+		addr netip.Addr
+		bits int
+	}{{n.GW4, 30}, {n.GW6, 64}} {
+		if err := host.AddrAdd(hl, &netlink.Addr{IPNet: prefixOf(a.addr, a.bits), Flags: unix.IFA_F_NODAD}); err != nil {
+			return fmt.Errorf("address %s/%d on %s: %w", a.addr, a.bits, n.HostIf, err)
+		}
+	}
+	if err := host.LinkSetUp(hl); err != nil {
+		return fmt.Errorf("set %s up: %w", n.HostIf, err)
+	}
+
+	lo, err := inside.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("experiment lo: %w", err)
+	}
+	if err := inside.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set experiment lo up: %w", err)
+	}
+	el, err := inside.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("experiment eth0: %w", err)
+	}
+	for _, a := range []struct {
+		addr netip.Addr
+		bits int
+	}{{n.Addr4, 30}, {n.Addr6, 64}} {
+		if err := inside.AddrAdd(el, &netlink.Addr{IPNet: prefixOf(a.addr, a.bits), Flags: unix.IFA_F_NODAD}); err != nil {
+			return fmt.Errorf("address %s/%d on experiment eth0: %w", a.addr, a.bits, err)
+		}
+	}
+	if err := inside.LinkSetUp(el); err != nil {
+		return fmt.Errorf("set experiment eth0 up: %w", err)
+	}
+	for _, gw := range []netip.Addr{n.GW4, n.GW6} {
+		r := &netlink.Route{LinkIndex: el.Attrs().Index, Gw: gw.AsSlice()}
+		if gw.Is6() {
+			r.Family = netlink.FAMILY_V6
+		} else {
+			r.Family = netlink.FAMILY_V4
+		}
+		if err := inside.RouteAdd(r); err != nil {
+			return fmt.Errorf("default route via %s in experiment: %w", gw, err)
+		}
+	}
+	return nil
+}
+
+// deleteLink deletes link name in ns; a missing link is not an error.
+func deleteLink(ns netns.NsHandle, name string) error {
+	h, err := handleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink handle: %w", err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// arkLinks lists the experiment ids of "ark<id>" veths in ns.
+func arkLinks(ns netns.NsHandle) ([]string, error) {
+	h, err := handleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink handle: %w", err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var ids []string
+	for _, l := range links {
+		name := l.Attrs().Name
+		if l.Type() != "veth" || !strings.HasPrefix(name, LinkPrefix) {
+			continue
+		}
+		id := strings.TrimPrefix(name, LinkPrefix)
+		if configs.ValidID(id) == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+// defaultRoutes finds the uplink (interface of the IPv4 default route, else
+// IPv6) and the gateways of the default routes in ns.
+func defaultRoutes(ns netns.NsHandle) (uplink string, routers []netip.Addr, err error) {
+	h, err := handleAt(ns)
+	if err != nil {
+		return "", nil, err
+	}
+	defer h.Close()
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rs, err := h.RouteList(nil, fam)
+		if err != nil {
+			return "", nil, fmt.Errorf("list routes: %w", err)
+		}
+		for _, r := range rs {
+			if r.Dst != nil {
+				if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+					continue
+				}
+			}
+			if a, ok := netip.AddrFromSlice(r.Gw); ok {
+				routers = append(routers, a.Unmap())
+			}
+			for _, nh := range r.MultiPath {
+				if a, ok := netip.AddrFromSlice(nh.Gw); ok {
+					routers = append(routers, a.Unmap())
+				}
+			}
+			if uplink == "" && r.LinkIndex > 0 {
+				if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+					uplink = l.Attrs().Name
+				}
+			}
+		}
+	}
+	return uplink, routers, nil
+}
