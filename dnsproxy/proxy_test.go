@@ -2,7 +2,6 @@ package dnsproxy
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/arkgw/arkgw/alert"
 )
@@ -682,4 +682,29 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-var _ = binary.BigEndian
+func TestCollector(t *testing.T) {
+	up := startUpstream(t, nil)
+	p := startProxy(t, Config{Experiment: "m1", Names: []string{"example.org"}, Upstreams: []string{up.addr}})
+	query(t, p, "udp", "example.org.", dns.TypeA, 0)
+	query(t, p, "udp", "denied.test.", dns.TypeA, 0)
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(p.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != "m1" {
+				t.Errorf("%s: labels %v", mf.GetName(), m.GetLabel())
+			}
+			got[mf.GetName()] = m.GetCounter().GetValue()
+		}
+	}
+	if got["arkgw_dns_allowed_total"] != 1 || got["arkgw_dns_refused_total"] != 1 || got["arkgw_dns_queries_total"] != 2 {
+		t.Errorf("metrics %v", got)
+	}
+}
