@@ -104,6 +104,17 @@ func Create(cfg Config) (h *Holder, err error) {
 		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(cfg.HostUID), Size: int(cfg.Size)}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(cfg.HostGID), Size: int(cfg.Size)}},
+		// Let the sandbox init setgroups() to the experiment's gid: with
+		// "deny" the payload would keep the daemon's supplementary groups
+		// (host gid 0). The maps are written by host root, so allowing
+		// setgroups gives the namespace nothing the mapping did not.
+		GidMappingsEnableSetgroups: true,
+		// Become uid/gid 0 OF THE NAMESPACE (host HostUID/HostGID) once
+		// the maps are written, and drop supplementary groups. Without it
+		// the holder keeps host uid 0 — unmapped inside, so it would lose
+		// every capability at exec and could not create the sandbox's
+		// namespaces — and host root's file access.
+		Credential: &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}},
 		// The holder must not die with a daemon thread (Pdeathsig is per
 		// thread); it watches its stdin instead.
 		Setsid: true,

@@ -104,7 +104,7 @@ func TestPrivilegedSpawnCaptureStatus(t *testing.T) {
 	}
 	out, errf, status := open("out"), open("err"), open("status")
 	p, err := h.Spawn(SpawnRequest{
-		Path: "/bin/sh", Args: []string{"sh", "-c", "cat /proc/self/uid_map; readlink /proc/self/ns/net; head -c 5000 /dev/zero; echo oops >&2; exit 7"},
+		Path: "/bin/sh", Args: []string{"sh", "-c", "cat /proc/self/uid_map; grep -E '^(Uid|CapEff)' /proc/self/status; readlink /proc/self/ns/net; head -c 5000 /dev/zero; echo oops >&2; exit 7"},
 		Stdout: out, Stderr: errf, Status: status, OutputCap: 1000,
 	})
 	if err != nil {
@@ -129,6 +129,10 @@ func TestPrivilegedSpawnCaptureStatus(t *testing.T) {
 	unix.Stat(h.NetNSPath(), &ns)
 	if !strings.Contains(string(b), "200000") {
 		t.Fatalf("uid_map not the holder's: %q", b)
+	}
+	// root of the namespace (not unmapped host root) with its capabilities
+	if !strings.Contains(string(b), "Uid:\t0\t0\t0\t0") || strings.Contains(string(b), "CapEff:\t0000000000000000") {
+		t.Fatalf("child is not root of the namespace with full capabilities: %q", b)
 	}
 	if !strings.Contains(string(b), fmt.Sprintf("net:[%d]", ns.Ino)) {
 		t.Fatalf("child not in the holder's netns (%d, %s): %q", ns.Ino, netLink, b)
