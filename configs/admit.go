@@ -159,7 +159,7 @@ func (a *admission) dests(proto string, req, owner []DestEntry, ownerPorts []Por
 	var all []Dest
 	for i, e := range req {
 		f := idx(proto, i)
-		usable := false
+		usable, exceeded, outside := false, false, false
 		for _, d := range e.Dests {
 			if !e.Any && !a.famOK(d.Prefix.Addr()) {
 				a.conflict(f, e.Text, "%s destination, but the experiment does not get %s (ip = %q, node ipv4 = %v, ipv6 = %v); fix ip or drop the entry",
@@ -175,13 +175,15 @@ func (a *admission) dests(proto string, req, owner []DestEntry, ownerPorts []Por
 			}
 			usable = true
 			all = append(all, d)
-			if p, iv, bad := uncovered(set, d.Ports, allowed, anyPorts); bad {
+			if rest, iv, bad := uncovered(set, d.Ports, allowed, anyPorts); bad && !exceeded {
+				exceeded = true
 				a.conflict(f, e.Text, "exceeds the node's %s allowlist (%s ports %s are not allowed); ask the node owner or narrow it",
-					proto, p, FormatPorts([]PortRange{iv}))
+					proto, a.describe(rest, d.Prefix), FormatPorts([]PortRange{iv}))
 			}
-			if a.allPackets != nil {
+			if a.allPackets != nil && !outside {
 				if rest := setMinus(set, a.allPackets); !isEmpty(rest) {
-					a.conflict(f, e.Text, "outside the node's all_packets allowlist (%s is not in it); narrow it to the permitted prefixes", rest.Prefixes()[0])
+					outside = true
+					a.conflict(f, e.Text, "outside the node's all_packets allowlist (%s is not in it); narrow it to the permitted prefixes", a.describe(rest, d.Prefix))
 				}
 			}
 		}
@@ -190,6 +192,27 @@ func (a *admission) dests(proto string, req, owner []DestEntry, ownerPorts []Por
 		}
 	}
 	return MergeDests(all, a.drop)
+}
+
+// describe names a part of rest (a subset of within) readably: the widest
+// prefix of within that rest fills except for reserved ranges, e.g.
+// "0.0.0.0/0 minus reserved ranges" rather than "1.0.0.0/8".
+func (a *admission) describe(rest *netipx.IPSet, within netip.Prefix) string {
+	var b netipx.IPSetBuilder
+	b.AddSet(rest)
+	b.AddSet(a.reserved)
+	b.Intersect(prefixSet(within))
+	wide, _ := b.IPSet()
+	first := rest.Prefixes()[0]
+	for _, p := range wide.Prefixes() {
+		if p.Overlaps(first) {
+			if a.reserved.OverlapsPrefix(p) {
+				return p.String() + " minus reserved ranges"
+			}
+			return p.String()
+		}
+	}
+	return first.String()
 }
 
 func allFamOK(a *admission, e DestEntry) bool {

@@ -219,9 +219,16 @@ func LoadNode(path string) (*NodePolicy, error) {
 // (joined), not just the first.
 func ParseNode(name string, data []byte) (*NodePolicy, error) {
 	raw := defaultRawNode()
+	// The cpu table replaces the default classes as a whole: a class the
+	// owner leaves out is not offered.
+	defCPU := raw.Limits.CPU
+	raw.Limits.CPU = nil
 	md, err := toml.Decode(string(data), &raw)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if !md.IsDefined("limits", "cpu") {
+		raw.Limits.CPU = defCPU
 	}
 	e := &errs{file: name}
 	for _, k := range md.Undecoded() {
@@ -285,7 +292,7 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 	p.TCP = destEntries(e, "permit.tcp", rp.TCP)
 	p.UDP = destEntries(e, "permit.udp", rp.UDP)
 	for i, s := range rp.AllPackets {
-		pf, err := ParsePrefix(s)
+		pf, err := prefixOnly(s)
 		if err != nil {
 			e.addErr(idx("permit.all_packets", i), s, err)
 			continue
@@ -317,7 +324,7 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 	slices.Sort(p.Protocols)
 	p.Protocols = slices.Compact(p.Protocols)
 	for i, s := range rp.SpoofDestinations {
-		pf, err := ParsePrefix(s)
+		pf, err := prefixOnly(s)
 		if err != nil {
 			e.addErr(idx("permit.spoof_destinations", i), s, err)
 			continue
@@ -445,6 +452,17 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 		return nil, errors.Join(e.list...)
 	}
 	return n, nil
+}
+
+// prefixOnly parses a prefix list item and explains when ports were given.
+func prefixOnly(s string) (netip.Prefix, error) {
+	p, err := ParsePrefix(s)
+	if err != nil {
+		if ds, derr := ParseDest(s, false); derr == nil && len(ds) == 1 {
+			return p, fmt.Errorf("this list takes prefixes without ports; write %s", ds[0].Prefix)
+		}
+	}
+	return p, err
 }
 
 func destEntries(e *errs, field string, in []string) []DestEntry {

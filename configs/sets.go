@@ -107,10 +107,11 @@ func portsContain(rs []PortRange, p uint16) bool {
 	return false
 }
 
-// uncovered returns an example (prefix, port interval) of the request
-// (set x ports) that is not covered by the union of allowed boxes and of
-// anyDst ports (every destination), or ok=false when all is covered.
-func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []PortRange) (netip.Prefix, PortRange, bool) {
+// uncovered returns a part of the request (set x ports) that is not
+// covered by the union of allowed boxes and of anyDst ports (every
+// destination): the addresses missing for the first port interval that has
+// any, or ok=false when all is covered.
+func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []PortRange) (*netipx.IPSet, PortRange, bool) {
 	lists := [][]PortRange{ports, anyDst}
 	for _, d := range allowed {
 		lists = append(lists, d.Ports)
@@ -130,11 +131,11 @@ func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []Po
 			}
 		}
 		rest, _ := b.IPSet()
-		if ps := rest.Prefixes(); len(ps) > 0 {
-			return ps[0], iv, true
+		if !isEmpty(rest) {
+			return rest, iv, true
 		}
 	}
-	return netip.Prefix{}, PortRange{}, false
+	return nil, PortRange{}, false
 }
 
 // MergeDests returns the union of the destinations minus drop as disjoint
