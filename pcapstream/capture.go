@@ -1,12 +1,17 @@
 package pcapstream
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"reflect"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/arkgw/arkgw/nsdo"
 	"github.com/gopacket/gopacket/pcapgo"
+	"golang.org/x/sys/unix"
 )
 
 // capture is one open AF_PACKET socket and the goroutine reading it.
@@ -41,6 +46,10 @@ func (s *Server) openCapture() (*capture, error) {
 		c.h.Close()
 		return nil, fmt.Errorf("set capture length %d on %q: %w", s.cfg.Snaplen, s.cfg.Iface, err)
 	}
+	if err := setRcvBuf(c.h, s.cfg.CaptureBuffer); err != nil {
+		// Not fatal: the capture works, it just drops more in bursts.
+		s.log.Warn("cannot enlarge the capture socket's receive buffer: expect kernel drops in bursts", "bytes", s.cfg.CaptureBuffer, "error", err)
+	}
 	// No promiscuous mode: a veth end hands every frame its peer sends to
 	// packet sockets whatever its destination MAC, and promiscuous mode
 	// would change the interface's flags for everyone.
@@ -67,6 +76,7 @@ func (c *capture) kernelDrops() (uint64, error) {
 // the last reader) or fails (then captureEnded tells the readers).
 func (s *Server) captureLoop(c *capture) {
 	defer close(c.done)
+	var accept []*reader // reused per packet
 	for {
 		data, ci, err := c.h.ZeroCopyReadPacketData()
 		if err != nil {
@@ -88,16 +98,66 @@ func (s *Server) captureLoop(c *capture) {
 		if len(rs) == 0 {
 			continue
 		}
+		// Copy the frame once, only as far as the readers that will take
+		// it want it; a reader with a full queue costs no copy.
+		want := accept[:0]
 		keep := 0
 		for _, r := range rs {
+			if !r.wants(data) {
+				continue
+			}
+			if !r.room(len(data)) {
+				r.dropped.Add(1)
+				s.dropped.Add(1)
+				continue
+			}
+			want = append(want, r)
 			keep = max(keep, r.snaplen)
+		}
+		if len(want) == 0 {
+			continue
 		}
 		keep = min(keep, len(data))
 		p := &packet{ts: ci.Timestamp, length: ci.Length, data: append([]byte(nil), data[:keep]...)}
-		for _, r := range rs {
-			if r.offer(p) {
+		for _, r := range want {
+			if !r.push(p) {
 				s.dropped.Add(1)
 			}
 		}
+		clear(want)
+		accept = want
 	}
+}
+
+// setRcvBuf sets the socket receive buffer of h. The kernel's default
+// (net.core.rmem_default, 208 KiB) holds only three 64 KiB GSO frames of a
+// veth, so a capture drops whenever its goroutine is scheduled late.
+//
+// pcapgo.EthernetHandle does not expose its socket, so the descriptor is
+// read from its unexported file field; if a later gopacket renames it, this
+// reports an error and the capture runs with the default buffer.
+func setRcvBuf(h *pcapgo.EthernetHandle, size int) error {
+	f := reflect.ValueOf(h).Elem().FieldByName("file")
+	if !f.IsValid() || f.Type() != reflect.TypeOf((*os.File)(nil)) {
+		return errors.New("pcapgo.EthernetHandle has no file field (gopacket changed): cannot reach the socket")
+	}
+	file := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*os.File)
+	rc, err := file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		// FORCE ignores net.core.rmem_max (needs CAP_NET_ADMIN, which the
+		// daemon has); fall back to the capped call.
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, size); serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, size)
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("setsockopt SO_RCVBUF %d: %w", size, serr)
+	}
+	return nil
 }

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +26,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestMain(m *testing.M) {
@@ -463,6 +462,156 @@ func TestPrivilegedPcapStream(t *testing.T) {
 	}
 }
 
-var _ = runtime.NumCPU
-var _ = netns.None
-var _ = wire.Magic
+// dialRaw connects to the socket and sends a request, as cmd/pcap would.
+func dialRaw(t *testing.T, sock string, req wire.Request) *net.UnixConn {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	b, err := req.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// finish half-closes c as cmd/pcap does on SIGINT and reads the rest of the
+// stream: the pcap bytes, the last stats and any error.
+func finish(t *testing.T, c *net.UnixConn) (pcapBytes int, st wire.Stats, errMsg string) {
+	t.Helper()
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	var buf []byte
+	for {
+		typ, p, nb, err := wire.ReadFrame(c, buf)
+		buf = nb
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatalf("reading stream: %v", err)
+		}
+		switch typ {
+		case wire.FramePcap:
+			pcapBytes += len(p)
+		case wire.FrameStats:
+			if st, err = wire.ParseStats(p); err != nil {
+				t.Fatal(err)
+			}
+		case wire.FrameError:
+			errMsg = string(p)
+		}
+	}
+}
+
+// transfer fetches n bytes over HTTP from inside h and returns the rate in
+// bytes per second.
+func transfer(t *testing.T, h *netlab.Host, n int) float64 {
+	t.Helper()
+	start := time.Now()
+	got := httpGet(t, h, fmt.Sprintf("http://198.51.100.80/bytes?n=%d", n))
+	if got != int64(n) {
+		t.Fatalf("got %d bytes, want %d", got, n)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// TestPrivilegedPcapSlowReader: a reader that never reads loses packets
+// (counted, reported in-band and in metrics) while a second reader keeps
+// receiving and the experiment's transfer keeps its rate.
+func TestPrivilegedPcapSlowReader(t *testing.T) {
+	l := newLab(t)
+	srv, sock := startServer(t, l, "pc1", exp1If, func(c *Config) { c.QueuePackets = 256 })
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(srv); err != nil {
+		t.Fatal(err)
+	}
+
+	// A healthy reader (cut to headers so it keeps up), running throughout.
+	healthy := startClient(t, sock, "-s", "128")
+	waitFor(t, "healthy reader", 10*time.Second, func() bool { return len(srv.Stats().Readers) == 1 })
+
+	const size = 128 << 20
+	transfer(t, l.exp1, 1<<20) // warm up (ARP, route cache)
+	without := max(transfer(t, l.exp1, size), transfer(t, l.exp1, size), transfer(t, l.exp1, size))
+
+	stalled := dialRaw(t, sock, wire.Request{})
+	waitFor(t, "stalled reader", 10*time.Second, func() bool { return len(srv.Stats().Readers) == 2 })
+	with := max(transfer(t, l.exp1, size), transfer(t, l.exp1, size), transfer(t, l.exp1, size))
+	t.Logf("transfer rate: %.0f Mbit/s with a healthy reader, %.0f Mbit/s with a stalled one too", without*8/1e6, with*8/1e6)
+	if with < 0.3*without {
+		t.Errorf("the stalled reader slowed the experiment: %.0f -> %.0f Mbit/s", without*8/1e6, with*8/1e6)
+	}
+
+	var stalledStats ReaderStats
+	for _, r := range srv.Stats().Readers {
+		if r.Snaplen == DefaultSnaplen {
+			stalledStats = r
+		}
+	}
+	if stalledStats.Dropped == 0 || stalledStats.Queued > 256 {
+		t.Fatalf("stalled reader: %+v, want drops and at most 256 queued", stalledStats)
+	}
+
+	// The capture goroutine is not stuck behind the stalled reader: new
+	// packets still reach the healthy reader.
+	before := srv.Stats().Captured
+	l.exp1.Run(t, "ping", "-n", "-c", "2", "-i", "0.2", "198.51.100.9")
+	waitFor(t, "capture after the stall", 5*time.Second, func() bool { return srv.Stats().Captured >= before+4 })
+
+	// The stalled reader finally reads: what was queued, then its counts.
+	n, st, msg := finish(t, stalled)
+	t.Logf("stalled reader: %d pcap bytes, %+v %q", n, st, msg)
+	if st.Dropped < stalledStats.Dropped || st.Packets == 0 || msg != "" {
+		t.Errorf("stalled reader's last stats %+v (server saw %+v), error %q", st, stalledStats, msg)
+	}
+
+	if err := healthy.stop(t); err != nil {
+		t.Fatalf("pcap: %v; %s", err, healthy.stderr)
+	}
+	captured, dropped := healthy.counts(t)
+	_, pkts := readPcap(t, healthy.out)
+	if len(pkts) != captured {
+		t.Errorf("healthy reader: file has %d packets, pcap said %d", len(pkts), captured)
+	}
+	echoes := 0
+	for _, p := range pkts {
+		if isEcho(p, exp1Addr, "198.51.100.9", false) || isEcho(p, "198.51.100.9", exp1Addr, true) {
+			echoes++
+		}
+		if p.Metadata().CaptureLength > 128 {
+			t.Fatalf("packet of %d bytes with -s 128", p.Metadata().CaptureLength)
+		}
+	}
+	if echoes != 4 {
+		t.Errorf("healthy reader got %d of the 4 echo packets sent after the stall (it dropped %d)", echoes, dropped)
+	}
+	t.Logf("healthy reader: %d captured, %d dropped", captured, dropped)
+
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() != "pc1" {
+				t.Errorf("%s labelled %v", mf.GetName(), m.GetLabel())
+			}
+			if m.Counter != nil {
+				got[mf.GetName()] = m.GetCounter().GetValue()
+			} else {
+				got[mf.GetName()] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if got["arkgw_pcap_reader_dropped_packets_total"] < float64(st.Dropped) || got["arkgw_pcap_captured_packets_total"] == 0 || got["arkgw_pcap_connections_total"] != 2 {
+		t.Errorf("metrics %v", got)
+	}
+	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
+}

@@ -47,6 +47,7 @@ const (
 	DefaultQueuePackets = 4096
 	DefaultQueueBytes   = 8 << 20
 	DefaultMaxReaders   = 8
+	DefaultCaptureBuf   = 4 << 20
 	DefaultSocketMode   = 0o660
 	handshakeTimeout    = 5 * time.Second
 	finalWriteTimeout   = 2 * time.Second
@@ -69,6 +70,10 @@ type Config struct {
 	QueuePackets int // per-reader queue bound in packets; 0 = DefaultQueuePackets
 	QueueBytes   int // per-reader queue bound in bytes; 0 = DefaultQueueBytes
 	MaxReaders   int // concurrent readers; 0 = DefaultMaxReaders
+	// CaptureBuffer is the capture socket's receive buffer in bytes (what
+	// absorbs bursts while the capture goroutine is not scheduled); 0 =
+	// DefaultCaptureBuf.
+	CaptureBuffer int
 
 	Logger hclog.Logger // nil = no logging
 }
@@ -116,7 +121,7 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.SocketPath) > 107 {
 		return nil, fmt.Errorf("pcapstream: socket path %q is %d bytes, Unix sockets allow 107: use a shorter experiment directory", cfg.SocketPath, len(cfg.SocketPath))
 	}
-	if cfg.Snaplen < 0 || cfg.QueuePackets < 0 || cfg.QueueBytes < 0 || cfg.MaxReaders < 0 {
+	if cfg.Snaplen < 0 || cfg.QueuePackets < 0 || cfg.QueueBytes < 0 || cfg.MaxReaders < 0 || cfg.CaptureBuffer < 0 {
 		return nil, fmt.Errorf("pcapstream: experiment %q: negative snaplen, queue size or reader limit", cfg.Experiment)
 	}
 	if cfg.Snaplen == 0 || cfg.Snaplen > DefaultSnaplen {
@@ -127,6 +132,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.QueueBytes == 0 {
 		cfg.QueueBytes = DefaultQueueBytes
+	}
+	if cfg.CaptureBuffer == 0 {
+		cfg.CaptureBuffer = DefaultCaptureBuf
 	}
 	if cfg.MaxReaders == 0 {
 		cfg.MaxReaders = DefaultMaxReaders
@@ -271,31 +279,32 @@ type reader struct {
 	endMsg  atomic.Pointer[string]
 }
 
-// offer queues p for r unless the queue is full. Called by the capture
-// goroutine only; it never blocks.
-func (r *reader) offer(p *packet) bool {
+// wants reports whether p's frame is for r (count not reached, filter
+// passes). Capture goroutine only.
+func (r *reader) wants(frame []byte) bool {
 	if r.req.Count != 0 && r.accepted >= r.req.Count {
 		return false
 	}
-	if r.filter != nil && !r.filter.Match(p.data) {
-		return false
-	}
-	n := int64(len(p.data))
-	if n > int64(r.snaplen) {
-		n = int64(r.snaplen)
-	}
-	if r.qbytes.Load()+n > r.maxq {
-		r.dropped.Add(1)
-		return true
-	}
+	return r.filter == nil || r.filter.Match(frame)
+}
+
+// room reports whether r's queue can take a frame of n bytes.
+func (r *reader) room(n int) bool {
+	return len(r.q) < cap(r.q) && r.qbytes.Load()+int64(min(n, r.snaplen)) <= r.maxq
+}
+
+// push queues p for r without blocking and reports whether it did.
+// Capture goroutine only.
+func (r *reader) push(p *packet) bool {
+	n := int64(min(len(p.data), r.snaplen))
 	select {
 	case r.q <- p:
 		r.qbytes.Add(n)
 		r.accepted++
-		return false
+		return true
 	default:
 		r.dropped.Add(1)
-		return true
+		return false
 	}
 }
 
