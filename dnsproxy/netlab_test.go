@@ -1,0 +1,278 @@
+package dnsproxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/netlab"
+)
+
+// Experiment link addresses, as the gateway assigns slot 0.
+const (
+	expGW4   = "10.250.0.1"
+	expAddr4 = "10.250.0.2"
+	expGW6   = "fd00:a4c::1"
+	expAddr6 = "fd00:a4c::2"
+)
+
+// expWorld is netlab's standard world plus a plain experiment host "exp"
+// linked to the node, standing in for what the gateway will build.
+type expWorld struct {
+	lab             *netlab.Lab
+	node, inet, exp *netlab.Host
+	internet        *netlab.Internet
+}
+
+func newExpWorld(t *testing.T) *expWorld {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds network namespaces with netlab")
+	}
+	topo := netlab.WorldTopology()
+	topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: "exp", Routes: []netlab.RouteSpec{
+		{Dst: "default", Via: expGW4}, {Dst: "default6", Via: expGW6},
+	}})
+	topo.Links = append(topo.Links, netlab.LinkSpec{
+		A: "node", AIf: "arkexp", AAddrs: []string{expGW4 + "/30", expGW6 + "/64"},
+		B: "exp", BIf: "eth0", BAddrs: []string{expAddr4 + "/30", expAddr6 + "/64"},
+	})
+	lab := netlab.Build(t, topo)
+	w := &expWorld{lab: lab, node: lab.Host("node"), inet: lab.Host("inet"), exp: lab.Host("exp")}
+	in, err := netlab.StartInternet(w.inet)
+	if err != nil {
+		t.Fatalf("start fake internet: %v", err)
+	}
+	t.Cleanup(func() { in.Close() })
+	w.internet = in
+	return w
+}
+
+// startNodeProxy runs a proxy in the node namespace on the experiment's
+// gateway addresses (port 53) forwarding to the fake Internet's server.
+func (w *expWorld) startNodeProxy(t *testing.T, cfg Config) *Proxy {
+	t.Helper()
+	cfg.Experiment = "lab1"
+	cfg.NS = w.node.NS()
+	cfg.Listen = []string{expGW4 + ":53", "[" + expGW6 + "]:53"}
+	cfg.Upstreams = []string{netlab.DNS4, netlab.DNS6}
+	cfg.Clients = []netip.Prefix{netip.MustParsePrefix(expAddr4 + "/32"), netip.MustParsePrefix(expAddr6 + "/128")}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("proxy did not stop")
+		}
+	})
+	return p
+}
+
+// expQuery sends one query from inside the experiment namespace.
+func (w *expWorld) expQuery(t *testing.T, network, server, name string, qtype uint16, edns int) *dns.Msg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := w.exp.Dial(ctx, network, server)
+	if err != nil {
+		t.Fatalf("dial %s %s from exp: %v", network, server, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	m := new(dns.Msg)
+	m.SetQuestion(name, qtype)
+	if edns > 0 {
+		m.SetEdns0(uint16(edns), false)
+	}
+	dc := &dns.Conn{Conn: c, UDPSize: 65535}
+	if err := dc.WriteMsg(m); err != nil {
+		t.Fatalf("send %s: %v", name, err)
+	}
+	r, err := dc.ReadMsg()
+	if err != nil {
+		t.Fatalf("%s %s over %s to %s: %v", name, dns.Type(qtype), network, server, err)
+	}
+	if r.Id != m.Id {
+		t.Fatalf("answer id mismatch")
+	}
+	return r
+}
+
+func TestPrivilegedResolveThroughGateway(t *testing.T) {
+	w := newExpWorld(t)
+	al := &alertLog{}
+	p := w.startNodeProxy(t, Config{Names: []string{netlab.Zone}, Alerts: al})
+	srv4 := expGW4 + ":53"
+	srv6 := "[" + expGW6 + "]:53"
+
+	for _, srv := range []string{srv4, srv6} {
+		for _, network := range []string{"udp", "tcp"} {
+			r := w.expQuery(t, network, srv, "www.arkgw.test.", dns.TypeA, 1232)
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != netlab.WWW4 {
+				t.Fatalf("%s %s A: %v", network, srv, r)
+			}
+			r = w.expQuery(t, network, srv, "WWW.arkgw.test.", dns.TypeAAAA, 0)
+			if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.AAAA).AAAA.String() != netlab.WWW6 {
+				t.Fatalf("%s %s AAAA: %v", network, srv, r)
+			}
+		}
+	}
+	// The listed domain itself.
+	r := w.expQuery(t, "udp", srv4, "arkgw.test.", dns.TypeTXT, 1232)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
+		t.Fatalf("arkgw.test TXT: %v", r)
+	}
+	// A CNAME out of the allowlist is passed through (README: decisions).
+	r = w.expQuery(t, "udp", srv4, "alias-out.arkgw.test.", dns.TypeA, 1232)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) < 2 {
+		t.Errorf("alias-out: %v", r)
+	}
+
+	// Denied: REFUSED, an alert, and the authoritative server never asked.
+	for _, srv := range []string{srv4, srv6} {
+		r = w.expQuery(t, "udp", srv, "www.denied.test.", dns.TypeA, 1232)
+		if r.Rcode != dns.RcodeRefused {
+			t.Errorf("denied over %s: rcode %s", srv, dns.RcodeToString[r.Rcode])
+		}
+	}
+	r = w.expQuery(t, "tcp", srv4, "arkgw.test.denied.test.", dns.TypeAAAA, 0)
+	if r.Rcode != dns.RcodeRefused {
+		t.Errorf("denied over tcp: rcode %s", dns.RcodeToString[r.Rcode])
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(al.records()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	recs := al.records()
+	if len(recs) != 2 { // the second www.denied.test A is a repeat within AlertInterval
+		t.Fatalf("alerts: %+v", recs)
+	}
+	if a := recs[0]; a.Kind != alert.KindDNS || a.Experiment != "lab1" || a.Name != "www.denied.test." || a.QType != "A" {
+		t.Errorf("alert %+v", a)
+	}
+	if w.internet.Seen(func(r netlab.Record) bool { return strings.Contains(r.Detail, "denied.test") }) {
+		t.Errorf("the authoritative server was asked about a denied name: %v", w.internet.Log())
+	}
+
+	// Upstream sockets reused: 12 forwarded UDP queries, at most udpSockets
+	// source ports per upstream address.
+	ports := map[string]bool{}
+	for _, rec := range w.internet.Log() {
+		if rec.Service == "dns" && rec.Proto == "udp" {
+			ports[rec.Src.String()] = true
+		}
+	}
+	if len(ports) > 2*udpSockets {
+		t.Errorf("%d upstream UDP sources: sockets not reused", len(ports))
+	}
+	s := p.Stats()
+	if s.Refused != 3 || s.Allowed < 10 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+func TestPrivilegedTruncatedThenTCP(t *testing.T) {
+	w := newExpWorld(t)
+	p := w.startNodeProxy(t, Config{Names: []string{netlab.Zone}})
+	srv := expGW4 + ":53"
+	r := w.expQuery(t, "udp", srv, netlab.BigName, dns.TypeTXT, 1232)
+	if !r.Truncated {
+		t.Fatalf("big TXT over UDP not truncated: %d answers", len(r.Answer))
+	}
+	r = w.expQuery(t, "tcp", srv, netlab.BigName, dns.TypeTXT, 1232)
+	if r.Truncated || len(r.Answer) != 1 {
+		t.Fatalf("big TXT over TCP: tc=%v %d answers", r.Truncated, len(r.Answer))
+	}
+	if n := len(strings.Join(r.Answer[0].(*dns.TXT).Txt, "")); n != netlab.BigTXTSize {
+		t.Errorf("TXT payload %d bytes, want %d", n, netlab.BigTXTSize)
+	}
+	if p.Stats().TCPFallbacks == 0 {
+		t.Errorf("the proxy did not retry upstream over TCP: %+v", p.Stats())
+	}
+	if !w.internet.Seen(func(r netlab.Record) bool { return r.Proto == "tcp" && r.Detail == netlab.BigName+" TXT" }) {
+		t.Errorf("no TCP query upstream: %v", w.internet.Log())
+	}
+}
+
+func TestPrivilegedPipelinedTCP(t *testing.T) {
+	w := newExpWorld(t)
+	w.startNodeProxy(t, Config{Names: []string{netlab.Zone}, CacheSize: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := w.exp.Dial(ctx, "tcp", expGW4+":53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	dc := &dns.Conn{Conn: c}
+	type q struct {
+		name  string
+		qtype uint16
+		rcode int
+	}
+	var qs []q
+	for i := 0; i < 30; i++ {
+		switch i % 3 {
+		case 0:
+			qs = append(qs, q{"www.arkgw.test.", dns.TypeA, dns.RcodeSuccess})
+		case 1:
+			qs = append(qs, q{netlab.BigName, dns.TypeTXT, dns.RcodeSuccess})
+		case 2:
+			qs = append(qs, q{fmt.Sprintf("n%d.denied.test.", i), dns.TypeA, dns.RcodeRefused})
+		}
+	}
+	// Write every query before reading any answer.
+	for i, x := range qs {
+		m := new(dns.Msg)
+		m.SetQuestion(x.name, x.qtype)
+		m.Id = uint16(1000 + i)
+		if err := dc.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[uint16]bool{}
+	for range qs {
+		r, err := dc.ReadMsg()
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(seen), err)
+		}
+		i := int(r.Id) - 1000
+		if i < 0 || i >= len(qs) || seen[r.Id] {
+			t.Fatalf("unexpected answer id %d", r.Id)
+		}
+		seen[r.Id] = true
+		if r.Question[0].Name != qs[i].name || r.Rcode != qs[i].rcode {
+			t.Errorf("answer %d: %v", i, r)
+		}
+		if qs[i].qtype == dns.TypeTXT && (r.Truncated || len(r.Answer) != 1) {
+			t.Errorf("big TXT over pipelined TCP truncated")
+		}
+	}
+	// Upstream TCP connections were reused: the 10 big answers came over at
+	// most tcpConns connections per upstream address.
+	srcs := map[netip.AddrPort]bool{}
+	for _, rec := range w.internet.Log() {
+		if rec.Service == "dns" && rec.Proto == "tcp" {
+			srcs[rec.Src] = true
+		}
+	}
+	if len(srcs) == 0 || len(srcs) > 2*tcpConns {
+		t.Errorf("%d upstream TCP connections for 10 truncated answers", len(srcs))
+	}
+}
+
