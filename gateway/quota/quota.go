@@ -1,0 +1,455 @@
+// Package quota keeps the nftables table "inet arkgw_acct": per experiment,
+// named byte counters for upload and download, an optional named quota (the
+// daily budget) that drops the experiment's traffic once exhausted, and the
+// skb->priority marks that file its packets into its tc classes (package
+// shape).
+//
+// The table is separate from the gateway's "inet arkgw" on purpose: the
+// gateway replaces its table on every policy reload, and replacing a table
+// loses the state of its counters and quotas. Nothing here is ever
+// replaced wholesale; per-experiment parts are added and removed on their
+// own, in one transaction each.
+//
+// Layout (nft syntax, experiment "e1" on veth "arke1", NFLOG group G):
+//
+//	table inet arkgw_acct {
+//	  counter e1_up {}  counter e1_down {}  counter e1_drop {}
+//	  quota e1_quota { over 2000000 bytes used 0 bytes }
+//	  chain forward { type filter hook forward priority filter + 10; policy accept;
+//	    iifname "arke1" jump exp_e1
+//	    oifname "arke1" jump exp_e1 }
+//	  chain exp_e1 {
+//	    quota name "e1_quota" jump over_e1
+//	    iifname "arke1" counter name "e1_up" meta priority set a4c1:2
+//	    oifname "arke1" counter name "e1_down" meta priority set a4c2:2 }
+//	  chain over_e1 {
+//	    limit rate 5/second burst 10 packets log prefix "ark:e1:quota" group G
+//	    counter name "e1_drop" drop }
+//	}
+//
+// The forward chain runs after the gateway's filter (priority filter + 10),
+// so only traffic the gateway admitted is counted; an accept verdict in the
+// gateway's base chain does not stop this one. What counts: IP packets
+// including their headers (skb->len in the forward hook), both directions
+// against the one budget. The quota object also counts the packets it
+// drops once over (the kernel adds every packet it evaluates); the counters
+// count only what passed.
+package quota
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/arkgw/arkgw/alert"
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Names.
+const (
+	TableName    = "arkgw_acct"
+	ForwardChain = "forward"
+	// ChainPriority: after the gateway's filter (filter = 0).
+	ChainPriority = 10
+	// RuleLog is the rule name in NFLOG prefixes: "ark:<id>:quota".
+	RuleLog = "quota"
+	// LogRate is how many quota drops per second are logged per experiment
+	// (the drop counter counts all of them).
+	LogRate = 5
+)
+
+// Exp describes one experiment's accounting.
+type Exp struct {
+	ID     string
+	HostIf string // host end of its veth
+	// BudgetBytes is the daily budget (up + down); 0 = none.
+	BudgetBytes uint64
+	// UsedBytes is written into the quota's used bytes when the quota object
+	// is (re)created: the value saved before a restart or reboot.
+	UsedBytes uint64
+	// UpPriority and DownPriority are the skb->priority values for the tc
+	// classes (shape.Priorities); 0 = do not set.
+	UpPriority, DownPriority uint32
+}
+
+// Counts are an experiment's kernel counters.
+type Counts struct {
+	Up, Down               uint64 // bytes that passed (IP packets incl. headers)
+	UpPackets, DownPackets uint64
+	Dropped                uint64 // bytes dropped by the quota
+	QuotaUsed              uint64 // the quota's used bytes (includes dropped packets)
+	Budget                 uint64 // the quota's limit; 0 = no quota
+}
+
+// Config of a Table.
+type Config struct {
+	NS         netns.NsHandle // the node's netns; netns.None() = current
+	NFLOGGroup uint16
+	Logger     hclog.Logger
+}
+
+// Table manages inet arkgw_acct. Its methods are safe for concurrent use
+// (each is one netlink transaction on a fresh connection).
+type Table struct {
+	cfg Config
+	log hclog.Logger
+	t   *nftables.Table
+}
+
+// New returns a Table; nothing is changed in the kernel until Add.
+func New(cfg Config) *Table {
+	log := cfg.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	return &Table{cfg: cfg, log: log.Named("quota"), t: &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}}
+}
+
+func (t *Table) conn() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if t.cfg.NS.IsOpen() {
+		opts = append(opts, nftables.WithNetNSFd(int(t.cfg.NS)))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("quota: nftables connection: %w", err)
+	}
+	return c, nil
+}
+
+func objName(id, kind string) string { return id + "_" + kind }
+func expChain(id string) string      { return "exp_" + id }
+func overChain(id string) string     { return "over_" + id }
+
+func ifname(n string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, n)
+	return b
+}
+
+func validate(e Exp) error {
+	if e.ID == "" || strings.ContainsAny(e.ID, "_ \"") || len(e.ID) > 32 {
+		return fmt.Errorf("quota: experiment id %q: want [a-z0-9]", e.ID)
+	}
+	if e.HostIf == "" || len(e.HostIf) > 15 {
+		return fmt.Errorf("quota: experiment %q: host interface %q: want 1-15 bytes", e.ID, e.HostIf)
+	}
+	return nil
+}
+
+// existing returns the names of the table's objects (nil map if the table
+// does not exist).
+func (t *Table) existing(c *nftables.Conn) (map[string]nftables.Obj, error) {
+	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("quota: look up table %s: %w", TableName, err)
+	}
+	objs, err := c.GetNamedObjects(t.t)
+	if err != nil {
+		return nil, fmt.Errorf("quota: list objects of %s: %w", TableName, err)
+	}
+	m := make(map[string]nftables.Obj, len(objs))
+	for _, o := range objs {
+		if no, ok := o.(*nftables.NamedObj); ok {
+			m[no.Name] = o
+		}
+	}
+	return m, nil
+}
+
+// Add installs (or re-adopts) an experiment's counters, quota and rules in
+// one transaction. Counters that already exist (the table survived a daemon
+// restart) keep counting: created reports whether they were made new, in
+// which case the caller's saved totals are the only record of today. The
+// quota keeps its used bytes if it exists, else it starts at e.UsedBytes.
+func (t *Table) Add(e Exp) (created bool, err error) {
+	if err := validate(e); err != nil {
+		return false, err
+	}
+	c, err := t.conn()
+	if err != nil {
+		return false, err
+	}
+	have, err := t.existing(c)
+	if err != nil {
+		return false, err
+	}
+	created = have[objName(e.ID, "up")] == nil || have[objName(e.ID, "down")] == nil
+	c.AddTable(t.t)
+	t.addBase(c)
+	for _, k := range []string{"up", "down", "drop"} {
+		if have[objName(e.ID, k)] == nil {
+			c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, k), Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+		}
+	}
+	t.unhook(c, e.ID)
+	if have[objName(e.ID, "quota")] != nil && e.BudgetBytes == 0 {
+		// Rules referring to it are gone once the chain is flushed.
+		c.FlushChain(&nftables.Chain{Table: t.t, Name: expChain(e.ID)})
+		c.DeleteObject(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, "quota"), Type: nftables.ObjTypeQuota})
+	}
+	if e.BudgetBytes > 0 {
+		q := &expr.Quota{Bytes: e.BudgetBytes, Over: true}
+		if have[objName(e.ID, "quota")] == nil {
+			q.Consumed = e.UsedBytes
+		}
+		// NEWOBJ on an existing quota updates its limit and keeps its used bytes.
+		c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, "quota"), Type: nftables.ObjTypeQuota, Obj: q})
+	}
+	t.addRules(c, e)
+	if err := c.Flush(); err != nil {
+		return false, fmt.Errorf("quota: add experiment %q to table %s: %w", e.ID, TableName, err)
+	}
+	t.log.Debug("accounting rules installed", "experiment", e.ID, "created", created, "budget", e.BudgetBytes)
+	return created, nil
+}
+
+func (t *Table) addBase(c *nftables.Conn) *nftables.Chain {
+	prio := nftables.ChainPriority(ChainPriority)
+	pol := nftables.ChainPolicyAccept
+	return c.AddChain(&nftables.Chain{Table: t.t, Name: ForwardChain, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: &prio, Policy: &pol})
+}
+
+func tag(id string) []byte { return []byte("arkgw:" + id) }
+
+// unhook queues deletion of the experiment's jump rules in the base chain
+// and of its own chains' rules (so they can be written afresh).
+func (t *Table) unhook(c *nftables.Conn, id string) {
+	base := &nftables.Chain{Table: t.t, Name: ForwardChain}
+	if rules, err := c.GetRules(t.t, base); err == nil {
+		for _, r := range rules {
+			if string(r.UserData) == string(tag(id)) {
+				_ = c.DelRule(r)
+			}
+		}
+	}
+	for _, n := range []string{expChain(id), overChain(id)} {
+		if ch, err := c.ListChain(t.t, n); err == nil && ch != nil {
+			c.FlushChain(&nftables.Chain{Table: t.t, Name: n})
+		}
+	}
+}
+
+func (t *Table) addRules(c *nftables.Conn, e Exp) {
+	exp := c.AddChain(&nftables.Chain{Table: t.t, Name: expChain(e.ID)})
+	over := c.AddChain(&nftables.Chain{Table: t.t, Name: overChain(e.ID)})
+	base := &nftables.Chain{Table: t.t, Name: ForwardChain}
+	ifMatch := func(key expr.MetaKey) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: key, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(e.HostIf)},
+		}
+	}
+	for _, k := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
+		c.AddRule(&nftables.Rule{Table: t.t, Chain: base, UserData: tag(e.ID),
+			Exprs: append(ifMatch(k), &expr.Verdict{Kind: expr.VerdictJump, Chain: exp.Name})})
+	}
+	if e.BudgetBytes > 0 {
+		c.AddRule(&nftables.Rule{Table: t.t, Chain: exp, Exprs: []expr.Any{
+			&expr.Objref{Type: int(nftables.ObjTypeQuota), Name: objName(e.ID, "quota")},
+			&expr.Verdict{Kind: expr.VerdictJump, Chain: over.Name},
+		}})
+	}
+	for _, d := range []struct {
+		key  expr.MetaKey
+		name string
+		prio uint32
+	}{
+		{expr.MetaKeyIIFNAME, "up", e.UpPriority},
+		{expr.MetaKeyOIFNAME, "down", e.DownPriority},
+	} {
+		ex := append(ifMatch(d.key), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: objName(e.ID, d.name)})
+		if d.prio != 0 {
+			ex = append(ex,
+				&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(d.prio)},
+				&expr.Meta{Key: expr.MetaKeyPRIORITY, SourceRegister: true, Register: 1})
+		}
+		c.AddRule(&nftables.Rule{Table: t.t, Chain: exp, Exprs: ex})
+	}
+	c.AddRule(&nftables.Rule{Table: t.t, Chain: over, Exprs: []expr.Any{
+		&expr.Limit{Type: expr.LimitTypePkts, Rate: LogRate, Unit: expr.LimitTimeSecond, Burst: 2 * LogRate},
+		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: t.cfg.NFLOGGroup,
+			Data: []byte(alert.LogPrefix(e.ID, RuleLog))},
+	}})
+	c.AddRule(&nftables.Rule{Table: t.t, Chain: over, Exprs: []expr.Any{
+		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: objName(e.ID, "drop")},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}})
+}
+
+// RestoreUsed sets the quota's used bytes to used, atomically: in one
+// transaction the experiment's rules are flushed, the quota deleted and
+// recreated with used, and the rules written again (the kernel cannot
+// change a quota's used bytes in place). Counters are untouched.
+func (t *Table) RestoreUsed(e Exp, used uint64) error {
+	if err := validate(e); err != nil {
+		return err
+	}
+	if e.BudgetBytes == 0 {
+		return nil
+	}
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	have, err := t.existing(c)
+	if err != nil {
+		return err
+	}
+	if have[objName(e.ID, "up")] == nil {
+		return fmt.Errorf("quota: restore used bytes of %q: experiment not in table %s (Add it first)", e.ID, TableName)
+	}
+	t.unhook(c, e.ID)
+	if have[objName(e.ID, "quota")] != nil {
+		c.DeleteObject(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, "quota"), Type: nftables.ObjTypeQuota})
+	}
+	c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, "quota"), Type: nftables.ObjTypeQuota,
+		Obj: &expr.Quota{Bytes: e.BudgetBytes, Consumed: used, Over: true}})
+	t.addRules(c, e)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("quota: restore used bytes of %q: %w", e.ID, err)
+	}
+	return nil
+}
+
+// SetBudget changes the limit of an experiment's quota; used bytes stay.
+// The quota must exist (Add with a budget); to add or drop a quota, Add.
+func (t *Table) SetBudget(id string, bytes uint64) error {
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(id, "quota"), Type: nftables.ObjTypeQuota,
+		Obj: &expr.Quota{Bytes: bytes, Over: true}})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("quota: set budget of %q to %d bytes: %w", id, bytes, err)
+	}
+	return nil
+}
+
+// ResetQuota sets the quota's used bytes to zero (day rollover) and
+// returns what it had used; read and reset are one atomic kernel operation.
+func (t *Table) ResetQuota(id string) (uint64, error) {
+	c, err := t.conn()
+	if err != nil {
+		return 0, err
+	}
+	o, err := c.ResetObject(&nftables.NamedObj{Table: t.t, Name: objName(id, "quota"), Type: nftables.ObjTypeQuota})
+	if err != nil {
+		return 0, fmt.Errorf("quota: reset quota of %q: %w", id, err)
+	}
+	if no, ok := o.(*nftables.NamedObj); ok {
+		if q, ok := no.Obj.(*expr.Quota); ok {
+			return q.Consumed, nil
+		}
+	}
+	return 0, nil
+}
+
+// Read returns the counters of every experiment in the table.
+func (t *Table) Read() (map[string]Counts, error) {
+	c, err := t.conn()
+	if err != nil {
+		return nil, err
+	}
+	have, err := t.existing(c)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Counts{}
+	for name, o := range have {
+		i := strings.LastIndexByte(name, '_')
+		if i <= 0 {
+			continue
+		}
+		id, kind := name[:i], name[i+1:]
+		no := o.(*nftables.NamedObj)
+		cnt := out[id]
+		switch v := no.Obj.(type) {
+		case *expr.Counter:
+			switch kind {
+			case "up":
+				cnt.Up, cnt.UpPackets = v.Bytes, v.Packets
+			case "down":
+				cnt.Down, cnt.DownPackets = v.Bytes, v.Packets
+			case "drop":
+				cnt.Dropped = v.Bytes
+			default:
+				continue
+			}
+		case *expr.Quota:
+			if kind != "quota" {
+				continue
+			}
+			cnt.QuotaUsed, cnt.Budget = v.Consumed, v.Bytes
+		default:
+			continue
+		}
+		out[id] = cnt
+	}
+	return out, nil
+}
+
+// Remove deletes an experiment's rules, chains and objects (idempotent).
+func (t *Table) Remove(id string) error {
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	have, err := t.existing(c)
+	if err != nil || have == nil {
+		return err
+	}
+	t.unhook(c, id)
+	for _, n := range []string{expChain(id), overChain(id)} {
+		if ch, err := c.ListChain(t.t, n); err == nil && ch != nil {
+			c.DelChain(&nftables.Chain{Table: t.t, Name: n})
+		}
+	}
+	for _, k := range []string{"up", "down", "drop", "quota"} {
+		if o := have[objName(id, k)]; o != nil {
+			c.DeleteObject(o)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("quota: remove experiment %q from %s: %w", id, TableName, err)
+	}
+	return nil
+}
+
+// IDs lists the experiments that have counters in the table (for a sweep).
+func (t *Table) IDs() ([]string, error) {
+	cs, err := t.Read()
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(cs))
+	for id := range cs {
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// Delete removes the whole table (arkgw cleanup; loses all counters).
+func (t *Table) Delete() error {
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+		return nil
+	}
+	c.DelTable(t.t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("quota: delete table %s: %w", TableName, err)
+	}
+	return nil
+}
