@@ -615,3 +615,122 @@ func TestPrivilegedPcapSlowReader(t *testing.T) {
 	}
 	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
 }
+
+// TestPrivilegedPcapOptions: several readers at once, each with its own
+// count, snap length, timestamp resolution and filter; errors reach the
+// user on stderr; the socket's owner and mode keep other uids out; a
+// reader whose stdout closes (popen's pclose) still exits cleanly.
+func TestPrivilegedPcapOptions(t *testing.T) {
+	l := newLab(t)
+	srv, sock := startServer(t, l, "pc1", exp1If, func(c *Config) { c.MaxReaders = 4 })
+
+	counted := startClient(t, sock, "-c", "3", "-s", "64", "-nano", "icmp")
+	web := startClient(t, sock, "tcp", "port", "80")
+	all := startClient(t, sock)
+	// popen("/usr/bin/pcap", "r") then pclose: stdout is a pipe whose
+	// reader goes away.
+	piped := exec.Command(pcapClient(t))
+	piped.Env = []string{"ARK_PCAP_SOCK=" + sock}
+	piped.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: readerUID, Gid: readerUID}}
+	var pipedErr bytes.Buffer
+	piped.Stderr = &pipedErr
+	pipe, err := piped.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := piped.Start(); err != nil {
+		t.Fatal(err)
+	}
+	hdr := make([]byte, 24)
+	if _, err := io.ReadFull(pipe, hdr); err != nil {
+		t.Fatalf("reading the pcap header from a pipe: %v", err)
+	}
+	pipe.Close()
+	waitFor(t, "four readers", 10*time.Second, func() bool { return len(srv.Stats().Readers) == 4 })
+
+	// A fifth reader is refused; so is a bad filter; so is a uid the
+	// socket does not belong to.
+	extra := startClient(t, sock)
+	if err := extra.wait(t); err == nil || !strings.Contains(extra.stderr.String(), "too many pcap readers") {
+		t.Errorf("fifth reader: %v, stderr %q", err, extra.stderr)
+	}
+
+	l.exp1.Run(t, "ping", "-n", "-c", "5", "-i", "0.2", "198.51.100.1")
+	httpGet(t, l.exp1, "http://198.51.100.80/")
+
+	// popen's reader is gone: the next write fails, pcap says what it got.
+	if err := piped.Wait(); err != nil {
+		t.Errorf("pcap with a closed stdout pipe: %v; stderr %q", err, pipedErr.String())
+	}
+	if !strings.HasPrefix(pipedErr.String(), "pcap: ") || !strings.Contains(pipedErr.String(), "packets captured") {
+		t.Errorf("pcap with a closed stdout pipe printed %q", pipedErr.String())
+	}
+
+	// -c 3 ends on its own.
+	if err := counted.wait(t); err != nil {
+		t.Fatalf("pcap -c 3: %v; %s", err, counted.stderr)
+	}
+	if n, d := counted.counts(t); n != 3 || d != 0 {
+		t.Errorf("pcap -c 3 said %d captured, %d dropped", n, d)
+	}
+	r, pkts := readPcap(t, counted.out)
+	if len(pkts) != 3 || r.Snaplen() != 64 || r.Resolution() != gopacket.TimestampResolutionNanosecond {
+		t.Errorf("pcap -c 3 -s 64 -nano: %d packets, snaplen %d, resolution %v", len(pkts), r.Snaplen(), r.Resolution())
+	}
+	for _, p := range pkts {
+		md := p.Metadata()
+		if p.Layer(layers.LayerTypeICMPv4) == nil || md.CaptureLength != 64 || md.Length != 98 {
+			t.Errorf("pcap -s 64 icmp: packet %v, %d of %d bytes", p.Layers(), md.CaptureLength, md.Length)
+		}
+	}
+
+	waitFor(t, "web reader got the HTTP exchange", 10*time.Second, func() bool {
+		for _, r := range srv.Stats().Readers {
+			if r.Filter == "tcp port 80" && r.Delivered >= 8 {
+				return true
+			}
+		}
+		return false
+	})
+	for _, c := range []*client{web, all} {
+		if err := c.stop(t); err != nil {
+			t.Fatalf("pcap: %v; %s", err, c.stderr)
+		}
+	}
+	_, webPkts := readPcap(t, web.out)
+	_, allPkts := readPcap(t, all.out)
+	syns := 0
+	for _, p := range webPkts {
+		tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		if tcp == nil || (tcp.SrcPort != 80 && tcp.DstPort != 80) {
+			t.Fatalf("tcp port 80 filter let through %v", p)
+		}
+		if tcp.SYN {
+			syns++
+		}
+	}
+	echoes := 0
+	for _, p := range allPkts {
+		if isEcho(p, exp1Addr, "198.51.100.1", false) {
+			echoes++
+		}
+	}
+	if syns != 2 || echoes != 5 || len(allPkts) <= len(webPkts) {
+		t.Errorf("filtered reader: %d packets (%d SYNs); unfiltered: %d packets (%d echo requests)", len(webPkts), syns, len(allPkts), echoes)
+	}
+
+	bad := startClient(t, sock, "tcp", "port")
+	if err := bad.wait(t); err == nil || !strings.Contains(bad.stderr.String(), "pcap: filter \"tcp port\"") {
+		t.Errorf("bad filter: %v, stderr %q", err, bad.stderr)
+	}
+	if fi, err := os.Stat(bad.out); err != nil || fi.Size() != 0 {
+		t.Errorf("bad filter wrote to stdout: %v %v", fi, err)
+	}
+
+	other := exec.Command(pcapClient(t), "-S", sock)
+	other.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: readerUID + 1, Gid: readerUID + 1}}
+	if out, err := other.CombinedOutput(); err == nil || !strings.Contains(string(out), "permission denied") {
+		t.Errorf("another uid connected: %v %q", err, out)
+	}
+	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
+}
