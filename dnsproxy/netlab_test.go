@@ -275,4 +275,3 @@ func TestPrivilegedPipelinedTCP(t *testing.T) {
 		t.Errorf("%d upstream TCP connections for 10 truncated answers", len(srcs))
 	}
 }
-
