@@ -1,0 +1,451 @@
+package sandbox
+
+// The sandbox init: a re-executed copy of the binary that the holder starts
+// in new mount, PID, UTS and IPC namespaces (inside the experiment's user
+// and network namespaces). It runs as uid 0 of the experiment's user
+// namespace, builds the sandbox, then starts the command as the
+// experiment's uid and stays as pid 1 of the run: it reaps orphans,
+// forwards SIGTERM/SIGINT/SIGHUP to the command, and reports the command's
+// exit status on the result pipe when it ended. Its exit takes the whole
+// PID namespace with it.
+//
+// Every step that changes the process happens on the main thread, locked:
+// the bounding set, nice value and the seccomp "no new privs" bit are
+// per-thread, and the command is forked from this thread.
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/moby/sys/capability"
+	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/reexec"
+)
+
+const initName = "arkgw-sandbox-init"
+
+func init() { reexec.Register(initName, initMain) }
+
+// initConfig travels as one JSON line on fd 3, followed by the byte 'g'
+// once the daemon placed the init in its cgroup.
+type initConfig struct {
+	ID         string   `json:"id"`
+	ReportFD   int      `json:"report_fd"`
+	ResultFD   int      `json:"result_fd"`
+	RootFD     int      `json:"root_fd"`
+	FilesFD    int      `json:"files_fd,omitempty"`
+	PcapBinFD  int      `json:"pcap_bin_fd,omitempty"`
+	PcapSockFD int      `json:"pcap_sock_fd,omitempty"`
+	TmpfsBytes int64    `json:"tmpfs_bytes"`
+	HasFiles   bool     `json:"has_files"`
+	HasPcapBin bool     `json:"has_pcap_bin"`
+	HasPcapSck bool     `json:"has_pcap_sock"`
+	Hostname   string   `json:"hostname"`
+	ResolvConf string   `json:"resolv_conf"`
+	Hosts      string   `json:"hosts"`
+	Args       []string `json:"args"`
+	Env        []string `json:"env"`
+	Dir        string   `json:"dir"`
+	UID        uint32   `json:"uid"`
+	GID        uint32   `json:"gid"`
+	NoFile     uint64   `json:"nofile"`
+	CPUSeconds uint64   `json:"cpu_seconds"`
+	Nice       int      `json:"nice"`
+	Caps       []string `json:"caps"`
+}
+
+// stage is where the new root is assembled, in the init's private mount
+// namespace: a fresh tmpfs over /tmp (reachable by any uid; the host's
+// /tmp is untouched, the mount exists only in this namespace).
+const stage = "/tmp"
+
+func initMain() {
+	runtime.LockOSThread()
+	report := os.NewFile(4, "report")
+	fail := func(step string, err error) {
+		fmt.Fprintf(report, "error: %s: %v\n", step, err)
+		os.Exit(125)
+	}
+	// Nothing the holder passed may reach the command.
+	closeFrom3OnExec()
+	cfgPipe := os.NewFile(3, "config")
+	rd := bufio.NewReader(cfgPipe)
+	line, err := rd.ReadBytes('\n')
+	if err != nil {
+		os.Exit(125)
+	}
+	var cfg initConfig
+	if err := json.Unmarshal(line, &cfg); err != nil {
+		fail("decode config", err)
+	}
+	if cfg.ReportFD != 4 {
+		fail("config", fmt.Errorf("report fd %d", cfg.ReportFD))
+	}
+	if err := buildRoot(&cfg); err != nil {
+		fail("build root", err)
+	}
+	// Wait until the daemon placed us in the cgroup.
+	if b, err := rd.ReadByte(); err != nil || b != 'g' {
+		os.Exit(125)
+	}
+	cfgPipe.Close()
+	// A cgroup namespace rooted at the experiment's cgroup.
+	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
+		fail("unshare cgroup namespace", err)
+	}
+	cmd, err := prepareCommand(&cfg)
+	if err != nil {
+		fail("prepare command", err)
+	}
+	if err := restrict(&cfg); err != nil {
+		fail("restrict", err)
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	if err := cmd.Start(); err != nil {
+		fail("start "+cfg.Args[0], err)
+	}
+	report.WriteString("ok\n")
+	report.Close()
+	go func() {
+		for s := range sigs {
+			cmd.Process.Signal(s)
+		}
+	}()
+	st := reap(cmd.Process.Pid)
+	if res := os.NewFile(uintptr(cfg.ResultFD), "result"); res != nil {
+		b, _ := json.Marshal(st)
+		res.Write(b)
+		res.Close()
+	}
+	if st.Exited {
+		os.Exit(st.Code)
+	}
+	os.Exit(128 + st.Signal)
+}
+
+// reap waits for every child (pid 1 inherits orphans) until the command
+// itself ended.
+func reap(pid int) payloadStatus {
+	for {
+		var ws unix.WaitStatus
+		p, err := unix.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return payloadStatus{Code: -1, Signal: int(unix.SIGKILL)}
+		}
+		if p == pid {
+			if ws.Exited() {
+				return payloadStatus{Exited: true, Code: ws.ExitStatus()}
+			}
+			return payloadStatus{Code: -1, Signal: int(ws.Signal())}
+		}
+	}
+}
+
+func closeFrom3OnExec() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd >= 3 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}
+
+// mountFlagsOf returns the flags of the mount holding path that a
+// read-only bind remount must repeat: in a user namespace, flags locked by
+// the parent (nosuid, nodev, noexec, atime) cannot be cleared.
+func mountFlagsOf(path string) uintptr {
+	var st unix.Statfs_t
+	if unix.Statfs(path, &st) != nil {
+		return 0
+	}
+	var f uintptr
+	for _, m := range []struct{ st, ms uintptr }{
+		{unix.ST_NOSUID, unix.MS_NOSUID}, {unix.ST_NODEV, unix.MS_NODEV}, {unix.ST_NOEXEC, unix.MS_NOEXEC},
+		{unix.ST_NOATIME, unix.MS_NOATIME}, {unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
+	} {
+		if uintptr(st.Flags)&m.st != 0 {
+			f |= m.ms
+		}
+	}
+	return f
+}
+
+// attach moves a detached mount (an open_tree clone the daemon made,
+// already read-only) onto dst.
+func attach(fd int, dst string) error {
+	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("move_mount onto %s: %w", dst, err)
+	}
+	return nil
+}
+
+// bindRO bind-mounts src on dst and makes the bind read-only.
+func bindRO(src, dst string, extra uintptr) error {
+	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s on %s: %w", src, dst, err)
+	}
+	return remountRO(dst, extra)
+}
+
+func remountRO(dst string, extra uintptr) error {
+	flags := unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY | mountFlagsOf(dst) | extra
+	if err := unix.Mount("", dst, "", flags, ""); err != nil {
+		return fmt.Errorf("remount %s read-only: %w", dst, err)
+	}
+	return nil
+}
+
+// buildRoot assembles the new root under stage and pivots into it.
+func buildRoot(c *initConfig) error {
+	// Nothing we mount may propagate to the host.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	if err := unix.Mount("arkgw-stage", stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
+		return fmt.Errorf("mount staging tmpfs on %s: %w", stage, err)
+	}
+	root := filepath.Join(stage, "root")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return err
+	}
+	// The container root, read-only from the start (the daemon made the
+	// mount points).
+	if err := attach(c.RootFD, root); err != nil {
+		return fmt.Errorf("container root: %w", err)
+	}
+	in := func(p string) string { return filepath.Join(root, p) }
+
+	// /proc of the new PID namespace (allowed: the PID namespace is owned
+	// by our user namespace and the host's /proc is fully visible here).
+	if err := unix.Mount("proc", in("proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("mount /proc: %w", err)
+	}
+	if err := buildDev(in("dev")); err != nil {
+		return err
+	}
+	if c.TmpfsBytes > 0 {
+		if err := unix.Mount("tmpfs", in("tmp"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV,
+			fmt.Sprintf("size=%d,mode=1777", c.TmpfsBytes)); err != nil {
+			return fmt.Errorf("mount /tmp tmpfs: %w", err)
+		}
+	}
+	// /run: a small tmpfs holding the generated /etc files and the pcap
+	// socket's mount point.
+	if err := unix.Mount("tmpfs", in("run"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=256k,mode=755"); err != nil {
+		return fmt.Errorf("mount /run tmpfs: %w", err)
+	}
+	gen := in("run/arkgw")
+	if err := os.MkdirAll(gen, 0o755); err != nil {
+		return err
+	}
+	for name, content := range map[string]string{"resolv.conf": c.ResolvConf, "hosts": c.Hosts, "hostname": c.Hostname + "\n"} {
+		src := filepath.Join(gen, name)
+		if err := os.WriteFile(src, []byte(content), 0o644); err != nil {
+			return err
+		}
+		if err := bindRO(src, in("etc/"+name), 0); err != nil {
+			return err
+		}
+	}
+	if c.HasFiles {
+		if err := attach(c.FilesFD, in("experiment")); err != nil {
+			return fmt.Errorf("experiment files: %w", err)
+		}
+	}
+	if c.HasPcapBin {
+		if err := attach(c.PcapBinFD, in("usr/bin/pcap")); err != nil {
+			return fmt.Errorf("pcap client: %w", err)
+		}
+	}
+	if c.HasPcapSck {
+		if err := os.MkdirAll(in("run/ark"), 0o755); err != nil {
+			return err
+		}
+		sock := in("run/ark/pcap.sock")
+		if err := os.WriteFile(sock, nil, 0o644); err != nil {
+			return err
+		}
+		if err := attach(c.PcapSockFD, sock); err != nil {
+			return fmt.Errorf("bind pcap socket: %w", err)
+		}
+	}
+	if err := unix.Sethostname([]byte(c.Hostname)); err != nil {
+		return fmt.Errorf("sethostname: %w", err)
+	}
+	// pivot_root(".", ".") stacks the old root on the new one; detaching
+	// it leaves only the new root (runc's trick, no put_old directory).
+	if err := unix.Chdir(root); err != nil {
+		return err
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach old root: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// buildDev makes a minimal /dev: a tmpfs with the harmless host device
+// nodes bind-mounted in (mknod is not allowed in a user namespace), a new
+// devpts instance, /dev/shm, and the usual symlinks; then read-only.
+func buildDev(dev string) error {
+	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
+		return fmt.Errorf("mount /dev tmpfs: %w", err)
+	}
+	for _, n := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+		p := filepath.Join(dev, n)
+		if err := os.WriteFile(p, nil, 0o666); err != nil {
+			return err
+		}
+		if err := unix.Mount("/dev/"+n, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind /dev/%s: %w", n, err)
+		}
+	}
+	for _, d := range []string{"pts", "shm"} {
+		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
+		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		return fmt.Errorf("mount /dev/pts: %w", err)
+	}
+	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=16m,mode=1777"); err != nil {
+		return fmt.Errorf("mount /dev/shm: %w", err)
+	}
+	for l, t := range map[string]string{"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(t, filepath.Join(dev, l)); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount("", dev, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
+		return fmt.Errorf("remount /dev read-only: %w", err)
+	}
+	return nil
+}
+
+// prepareCommand resolves the command inside the new root.
+func prepareCommand(c *initConfig) (*exec.Cmd, error) {
+	path := c.Args[0]
+	if !strings.Contains(path, "/") {
+		found := ""
+		pathEnv := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+		for _, e := range c.Env {
+			if v, ok := strings.CutPrefix(e, "PATH="); ok {
+				pathEnv = v
+			}
+		}
+		for _, d := range filepath.SplitList(pathEnv) {
+			p := filepath.Join(d, path)
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+				found = p
+				break
+			}
+		}
+		if found == "" {
+			return nil, fmt.Errorf("%q not found in PATH %s of the container", path, pathEnv)
+		}
+		path = found
+	}
+	caps, err := capNumbers(c.Caps)
+	if err != nil {
+		return nil, err
+	}
+	amb := make([]uintptr, len(caps))
+	for i, cp := range caps {
+		amb[i] = uintptr(cp)
+	}
+	cmd := &exec.Cmd{Path: path, Args: c.Args, Env: c.Env, Dir: c.Dir,
+		Stdin: nil, Stdout: os.Stdout, Stderr: os.Stderr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential:  &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{c.GID}},
+		AmbientCaps: amb,
+		Setsid:      true,
+	}
+	return cmd, nil
+}
+
+func capNumbers(names []string) ([]capability.Cap, error) {
+	var out []capability.Cap
+	for _, n := range names {
+		found := false
+		for _, c := range capability.ListKnown() {
+			if "CAP_"+strings.ToUpper(c.String()) == n {
+				out = append(out, c)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown capability %s", n)
+		}
+	}
+	return out, nil
+}
+
+// restrict applies everything inherited by the command: rlimits, nice, the
+// bounding set (exactly the network capabilities), no_new_privs and,
+// last, seccomp (TSYNC: all of the init's threads).
+func restrict(c *initConfig) error {
+	lim := func(res int, v uint64) error {
+		// syscall.Setrlimit, not unix: it also stops os/exec from
+		// restoring the NOFILE limit Go found at start in the child.
+		if err := syscall.Setrlimit(res, &syscall.Rlimit{Cur: v, Max: v}); err != nil {
+			return fmt.Errorf("setrlimit %d=%d: %w", res, v, err)
+		}
+		return nil
+	}
+	if err := lim(unix.RLIMIT_NOFILE, c.NoFile); err != nil {
+		return err
+	}
+	if err := lim(unix.RLIMIT_CORE, 0); err != nil {
+		return err
+	}
+	if c.CPUSeconds > 0 {
+		if err := lim(unix.RLIMIT_CPU, c.CPUSeconds); err != nil {
+			return err
+		}
+	}
+	if err := unix.Setpriority(unix.PRIO_PROCESS, 0, c.Nice); err != nil {
+		return fmt.Errorf("nice %d: %w", c.Nice, err)
+	}
+	caps, err := capNumbers(c.Caps)
+	if err != nil {
+		return err
+	}
+	cp, err := capability.NewPid2(0)
+	if err != nil {
+		return err
+	}
+	if err := cp.Load(); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	cp.Clear(capability.BOUNDING)
+	cp.Set(capability.BOUNDING, caps...)
+	if err := cp.Apply(capability.BOUNDING); err != nil {
+		return fmt.Errorf("reduce bounding set: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	return loadSeccomp()
+}

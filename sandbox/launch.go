@@ -1,0 +1,354 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsholder"
+	"github.com/arkgw/arkgw/reexec"
+)
+
+// Sandbox is a launched run. Its methods are safe for concurrent use.
+type Sandbox struct {
+	ID  string
+	PID int // host pid of the sandbox init (pid 1 of the run's PID namespace)
+
+	log     hclog.Logger
+	proc    *nsholder.Process
+	cg      cgroupCtl
+	timeout time.Duration
+
+	mu       sync.Mutex
+	stopped  bool
+	timedOut bool
+
+	stop chan struct{} // closed by Stop
+	done chan struct{} // closed when the run ended and was cleaned up
+	res  Result
+}
+
+// cloneflags of the init: new mount, PID, UTS and IPC namespaces, owned by
+// the experiment's user namespace (the holder's). The cgroup namespace is
+// unshared by the init after it was moved into its cgroup, so that its
+// cgroup root is the experiment's cgroup.
+const cloneflags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// Launch starts spec.Command in a new sandbox and returns once the command
+// was executed (or failed to start: then nothing is left behind). ctx
+// bounds the launch only; the run is bounded by spec.Limits.MaxHours and
+// Stop.
+//
+// Sequence: validate and compute (prepare) -> create the cgroup -> open
+// the output/status files and O_PATH handles of the bind sources -> send
+// the init's configuration into a pipe -> the holder spawns the init in
+// new namespaces and starts draining its output -> the daemon moves the
+// init into the cgroup and writes "go" -> the init finishes the sandbox,
+// starts the command and reports "ok" (or the error) on a report pipe.
+func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
+	p, err := prepare(&spec)
+	if err != nil {
+		return nil, err
+	}
+	log := spec.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	log = log.With("experiment", spec.ID)
+	if err := ensureMountPoints(p.root); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	}
+	cg, err := newCgroup(spec.ID, p.cgroupRel, p.res, spec.AllowMissing)
+	if err != nil {
+		return nil, err
+	}
+	if m := cg.Missing(); len(m) > 0 {
+		log.Warn("running without cgroup controllers (accepted by policy)", "missing", m)
+	}
+	var proc *nsholder.Process
+	defer func() {
+		if err != nil {
+			if proc != nil {
+				cg.Kill()
+				proc.Wait()
+			}
+			cg.Kill()
+			cg.Delete()
+		}
+	}()
+
+	var toClose []*os.File
+	defer func() {
+		for _, f := range toClose {
+			f.Close()
+		}
+	}()
+	openOut := func(path string) (*os.File, error) {
+		if path == "" {
+			return nil, nil
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC|unix.O_CLOEXEC, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: open output file: %w", spec.ID, err)
+		}
+		toClose = append(toClose, f)
+		return f, nil
+	}
+	stdout, err := openOut(spec.Stdout)
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := openOut(spec.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	status, err := openOut(spec.StatusFile)
+	if err != nil {
+		return nil, err
+	}
+	// Bind sources travel as detached mounts (open_tree clones made here,
+	// already read-only, nosuid, nodev) that the init attaches with
+	// move_mount: the init's mount namespace is a copy, where binding a
+	// path of ours fails (EINVAL), and its uid could not walk the
+	// daemon's 0700 directories anyway.
+	openPath := func(path, what string) (*os.File, error) {
+		fd, err := unix.OpenTree(unix.AT_FDCWD, path, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		if err != nil {
+			return nil, fmt.Errorf("sandbox %s: clone mount of %s %s: %w", spec.ID, what, path, err)
+		}
+		f := os.NewFile(uintptr(fd), path)
+		toClose = append(toClose, f)
+		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+			return nil, fmt.Errorf("sandbox %s: make %s %s read-only: %w", spec.ID, what, path, err)
+		}
+		return f, nil
+	}
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	toClose = append(toClose, cfgR, cfgW)
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	toClose = append(toClose, repR, repW)
+	extra := []*os.File{cfgR, repW}
+	p.cfg.ReportFD = 4
+	rootF, err := openPath(p.root, "container root")
+	if err != nil {
+		return nil, err
+	}
+	extra = append(extra, rootF)
+	p.cfg.RootFD = 2 + len(extra)
+	for _, b := range []struct {
+		path, what string
+		fd         *int
+	}{
+		{spec.FilesDir, "experiment files", &p.cfg.FilesFD},
+		{spec.PcapBinary, "pcap client", &p.cfg.PcapBinFD},
+		{spec.PcapSocket, "pcap socket", &p.cfg.PcapSockFD},
+	} {
+		if b.path == "" {
+			continue
+		}
+		f, err := openPath(b.path, b.what)
+		if err != nil {
+			return nil, err
+		}
+		extra = append(extra, f)
+		*b.fd = 2 + len(extra)
+	}
+	p.cfg.ResultFD = 3 + len(extra)
+	cfgJSON, err := json.Marshal(p.cfg)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := cfgW.Write(append(cfgJSON, '\n')); err != nil {
+		return nil, fmt.Errorf("sandbox %s: write init config: %w", spec.ID, err)
+	}
+
+	proc, err = spec.Holder.Spawn(nsholder.SpawnRequest{
+		Path:       reexec.Self,
+		Args:       []string{initName},
+		Env:        []string{},
+		Cloneflags: cloneflags,
+		ExtraFiles: extra,
+		ResultPipe: true,
+		Stdout:     stdout,
+		Stderr:     stderr,
+		Status:     status,
+		OutputCap:  spec.Limits.OutputMB << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	}
+	// Only the holder and the init keep these now.
+	for _, f := range toClose {
+		if f != cfgW && f != repR {
+			f.Close()
+		}
+	}
+	toClose = []*os.File{cfgW, repR}
+
+	if err := cg.Add(proc.PID); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	}
+	if _, err := cfgW.Write([]byte{'g'}); err != nil {
+		return nil, fmt.Errorf("sandbox %s: release init: %w", spec.ID, err)
+	}
+	cfgW.Close()
+
+	type rep struct {
+		line string
+		err  error
+	}
+	rc := make(chan rep, 1)
+	go func() {
+		l, err := bufio.NewReader(repR).ReadString('\n')
+		rc <- rep{l, err}
+	}()
+	var r rep
+	select {
+	case r = <-rc:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("sandbox %s: launch: %w", spec.ID, ctx.Err())
+	}
+	line := strings.TrimSpace(r.line)
+	if line != "ok" {
+		if line == "" {
+			line = fmt.Sprintf("init ended without report (%v)", r.err)
+		}
+		return nil, fmt.Errorf("sandbox %s: %s", spec.ID, strings.TrimPrefix(line, "error: "))
+	}
+	sb = &Sandbox{
+		ID: spec.ID, PID: proc.PID, log: log, proc: proc, cg: cg, timeout: p.timeout,
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	go sb.monitor()
+	log.Debug("sandbox started", "pid", proc.PID, "root", p.root)
+	return sb, nil
+}
+
+// monitor owns the run: it enforces the wall-clock limit, and when the
+// init ended it reads the cgroup's accounting, removes the cgroup and
+// publishes the Result.
+func (sb *Sandbox) monitor() {
+	var timer <-chan time.Time
+	if sb.timeout > 0 {
+		t := time.NewTimer(sb.timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-sb.proc.Done():
+	case <-timer:
+		sb.mu.Lock()
+		sb.timedOut = true
+		sb.mu.Unlock()
+		sb.log.Info("wall-clock limit reached, killing")
+		sb.cg.Kill()
+	}
+	st, werr := sb.proc.Wait()
+	stats := sb.cg.Stats()
+	var errs []error
+	if werr != nil {
+		errs = append(errs, werr)
+	}
+	if st.Err != "" {
+		errs = append(errs, errors.New(st.Err))
+	}
+	// With the init gone its PID namespace is empty; anything left (it
+	// cannot be) is killed before the cgroup is removed.
+	if err := sb.cg.Kill(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := sb.cg.Delete(); err != nil {
+		errs = append(errs, err)
+	}
+	sb.mu.Lock()
+	res := resultOf(sb.ID, st, stats, sb.stopped, sb.timedOut)
+	sb.mu.Unlock()
+	if err := errors.Join(errs...); err != nil {
+		res.Err = err.Error()
+	}
+	sb.res = res
+	sb.log.Info("sandbox ended", "exited", res.Exited, "code", res.Code, "signal", res.Signal,
+		"oom", res.OOMKilled, "timeout", res.TimedOut, "stopped", res.Stopped, "cpu", res.CPUTime)
+	close(sb.done)
+}
+
+// payloadStatus is what the init reports about the command on the result
+// pipe (the init is pid 1 of its namespace and cannot die of the
+// command's signal itself).
+type payloadStatus struct {
+	Exited bool `json:"exited"`
+	Code   int  `json:"code"`
+	Signal int  `json:"signal"`
+}
+
+// resultOf combines the holder's view of the init, the init's report about
+// the command and the cgroup's accounting.
+func resultOf(id string, st nsholder.ExitStatus, cs cgStats, stopped, timedOut bool) Result {
+	r := Result{ID: id, Exited: st.Exited, Code: st.Code, Signal: st.Signal,
+		UserCPU: st.UserCPU, SysCPU: st.SysCPU, Stdout: st.Stdout, Stderr: st.Stderr,
+		Started: st.Started, Ended: st.Ended, Stopped: stopped, TimedOut: timedOut,
+		OOMKilled: cs.OOMKills > 0, CPUTime: cs.CPU}
+	var ps payloadStatus
+	if len(st.Result) > 0 && json.Unmarshal(st.Result, &ps) == nil {
+		r.Exited, r.Code, r.Signal = ps.Exited, ps.Code, ps.Signal
+		if !ps.Exited {
+			r.Code = -1
+		}
+	}
+	if r.CPUTime == 0 {
+		r.CPUTime = st.UserCPU + st.SysCPU
+	}
+	return r
+}
+
+// Done is closed when the run ended and its cgroup was removed.
+func (sb *Sandbox) Done() <-chan struct{} { return sb.done }
+
+// Wait blocks until the run ended and was cleaned up, or ctx ends.
+func (sb *Sandbox) Wait(ctx context.Context) (Result, error) {
+	select {
+	case <-sb.done:
+		return sb.res, nil
+	case <-ctx.Done():
+		return Result{}, fmt.Errorf("sandbox %s: wait: %w", sb.ID, ctx.Err())
+	}
+}
+
+// Stop kills every process of the run (the whole cgroup) and waits until
+// it was cleaned up: no process, mount (they live in the run's mount
+// namespace, which dies with its last process) or cgroup remains.
+// Idempotent; after the run ended it just returns the Result.
+func (sb *Sandbox) Stop(ctx context.Context) (Result, error) {
+	select {
+	case <-sb.done:
+		return sb.res, nil
+	default:
+	}
+	sb.mu.Lock()
+	first := !sb.stopped
+	sb.stopped = true
+	sb.mu.Unlock()
+	if first {
+		close(sb.stop)
+		if err := sb.cg.Kill(); err != nil {
+			sb.log.Error("stop: kill cgroup", "error", err)
+		}
+	}
+	return sb.Wait(ctx)
+}

@@ -1,0 +1,103 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// probeMain runs inside the sandbox (the test binary bound as
+// /usr/bin/arkgw-sandbox-probe): each argument names a check; it prints
+// "<check> <errno name or ok>" per line.
+func probeMain() {
+	for _, a := range os.Args[1:] {
+		fmt.Printf("%s %s\n", a, errName(probe(a)))
+	}
+	os.Exit(0)
+}
+
+func errName(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	if e, ok := err.(syscall.Errno); ok {
+		return unix.ErrnoName(e)
+	}
+	return strings.ReplaceAll(err.Error(), " ", "_")
+}
+
+func probe(what string) error {
+	switch what {
+	case "ptrace":
+		_, _, e := unix.RawSyscall6(unix.SYS_PTRACE, unix.PTRACE_ATTACH, 1, 0, 0, 0, 0)
+		return errno(e)
+	case "mount":
+		return unix.Mount("none", "/tmp", "tmpfs", 0, "")
+	case "umount":
+		return unix.Unmount("/proc", unix.MNT_DETACH)
+	case "unshare-user":
+		_, _, e := unix.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_NEWUSER, 0, 0)
+		return errno(e)
+	case "unshare-net":
+		_, _, e := unix.RawSyscall(unix.SYS_UNSHARE, unix.CLONE_NEWNET, 0, 0)
+		return errno(e)
+	case "clone-newuser":
+		_, _, e := unix.RawSyscall6(unix.SYS_CLONE, unix.CLONE_NEWUSER|uintptr(unix.SIGCHLD), 0, 0, 0, 0, 0)
+		return errno(e)
+	case "clone3":
+		_, _, e := unix.RawSyscall(unix.SYS_CLONE3, 0, 0, 0)
+		return errno(e)
+	case "bpf":
+		_, _, e := unix.RawSyscall(unix.SYS_BPF, 0, 0, 0)
+		return errno(e)
+	case "kexec":
+		_, _, e := unix.RawSyscall6(unix.SYS_KEXEC_LOAD, 0, 0, 0, 0, 0, 0)
+		return errno(e)
+	case "setns":
+		_, _, e := unix.RawSyscall(unix.SYS_SETNS, 0, 0, 0)
+		return errno(e)
+	case "unknown":
+		_, _, e := unix.RawSyscall(1000, 0, 0, 0)
+		return errno(e)
+	case "keyctl":
+		_, _, e := unix.RawSyscall(unix.SYS_KEYCTL, 0, 0, 0)
+		return errno(e)
+	case "raw":
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	case "packet":
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	case "alg":
+		fd, err := unix.Socket(unix.AF_ALG, unix.SOCK_SEQPACKET, 0)
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	case "write-root":
+		return os.WriteFile("/probe", nil, 0o644)
+	case "write-experiment":
+		return os.WriteFile("/experiment/probe", nil, 0o644)
+	case "write-tmp":
+		return os.WriteFile("/tmp/probe", []byte("x"), 0o644)
+	case "chroot":
+		return unix.Chroot("/tmp")
+	}
+	return fmt.Errorf("unknown probe %q", what)
+}
+
+func errno(e syscall.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
