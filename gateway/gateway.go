@@ -81,6 +81,9 @@ type Gateway struct {
 	exps map[string]*expState
 	// applied is the ruleset currently in the kernel (nil = no table).
 	applied *Ruleset
+	// mutate, when set (tests), edits each compiled ruleset before it is
+	// applied.
+	mutate func(*Ruleset)
 }
 
 // New checks cfg, fills defaults, resolves the uplink and default routers
@@ -234,6 +237,9 @@ func (g *Gateway) reload() error {
 	if err != nil {
 		return err
 	}
+	if g.mutate != nil {
+		g.mutate(rs)
+	}
 	if err := applyRuleset(g.cfg.HostNS, rs); err != nil {
 		return err
 	}
@@ -276,6 +282,9 @@ func (g *Gateway) Update(ctx context.Context, effs []*configs.Effective) error {
 	rs, err := Compile(g.compileInput(next))
 	if err != nil {
 		return fmt.Errorf("gateway update: %w", err)
+	}
+	if g.mutate != nil {
+		g.mutate(rs)
 	}
 	if err := applyRuleset(g.cfg.HostNS, rs); err != nil {
 		return fmt.Errorf("gateway update: %w (previous ruleset kept)", err)
