@@ -59,10 +59,18 @@ func newExpWorld(t *testing.T) *expWorld {
 // gateway addresses (port 53) forwarding to the fake Internet's server.
 func (w *expWorld) startNodeProxy(t *testing.T, cfg Config) *Proxy {
 	t.Helper()
+	cfg.Upstreams = []string{netlab.DNS4, netlab.DNS6}
+	return w.startNodeProxyOn(t, 53, cfg)
+}
+
+func (w *expWorld) startNodeProxyOn(t *testing.T, port int, cfg Config) *Proxy {
+	t.Helper()
 	cfg.Experiment = "lab1"
 	cfg.NS = w.node.NS()
-	cfg.Listen = []string{expGW4 + ":53", "[" + expGW6 + "]:53"}
-	cfg.Upstreams = []string{netlab.DNS4, netlab.DNS6}
+	cfg.Listen = []string{fmt.Sprintf("%s:%d", expGW4, port), fmt.Sprintf("[%s]:%d", expGW6, port)}
+	if cfg.Upstreams == nil {
+		cfg.Upstreams = []string{benchUpstream}
+	}
 	cfg.Clients = []netip.Prefix{netip.MustParsePrefix(expAddr4 + "/32"), netip.MustParsePrefix(expAddr6 + "/128")}
 	p, err := New(cfg)
 	if err != nil {

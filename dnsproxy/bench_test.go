@@ -1,0 +1,307 @@
+package dnsproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Benchmark addresses: the upstream is a Go authoritative server in the fake
+// Internet; the three resolvers listen in the node namespace on the
+// experiment's gateway address, each on its own port.
+const (
+	benchUpstream = "198.51.100.60"
+	portArkgw     = 53
+	portDnsmasq   = 5301
+	portUnbound   = 5302
+)
+
+// benchUpstreamServer answers every A query for a name under bench.test.
+// with one record: TTL 0 under nc.bench.test. (never cached), one day
+// under c.bench.test.
+func startBenchUpstream(t *testing.T, w *expWorld) {
+	t.Helper()
+	h := dns.HandlerFunc(func(rw dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		if len(r.Question) == 1 {
+			q := r.Question[0]
+			ttl := uint32(0)
+			if strings.HasSuffix(strings.ToLower(q.Name), ".c.bench.test.") {
+				ttl = 86400
+			}
+			if q.Qtype == dns.TypeA {
+				m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: net.IPv4(198, 51, 100, 80)}}
+			}
+		}
+		if o := r.IsEdns0(); o != nil {
+			m.SetEdns0(1232, false)
+		}
+		_ = rw.WriteMsg(m)
+	})
+	addr := benchUpstream + ":53"
+	for i := 0; i < 2; i++ {
+		var pc net.PacketConn
+		err := w.inet.Do(func() error {
+			var err error
+			pc, err = reusePortListenPacket(addr)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &dns.Server{PacketConn: pc, Handler: h}
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+	l, err := w.inet.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &dns.Server{Listener: l, Handler: h, MaxTCPQueries: -1}
+	go ts.ActivateAndServe()
+	t.Cleanup(func() { ts.Shutdown() })
+}
+
+func reusePortListenPacket(addr string) (net.PacketConn, error) {
+	lc := net.ListenConfig{Control: reusePortControl}
+	return lc.ListenPacket(context.Background(), "udp", addr)
+}
+
+// startDaemon starts a resolver in the node namespace and waits until it
+// answers on port.
+func startDaemon(t *testing.T, w *expWorld, port int, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := w.node.Start(cmd); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		_ = pid
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		c, err := w.exp.Dial(ctx, "udp", fmt.Sprintf("%s:%d", expGW4, port))
+		cancel()
+		if err == nil {
+			dc := &dns.Conn{Conn: c}
+			m := new(dns.Msg)
+			m.SetQuestion("up.c.bench.test.", dns.TypeA)
+			c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+			if dc.WriteMsg(m) == nil {
+				if r, err := dc.ReadMsg(); err == nil && r.Rcode == dns.RcodeSuccess {
+					c.Close()
+					return
+				}
+			}
+			c.Close()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s did not come up on port %d:\n%s", name, port, out.String())
+}
+
+type perfResult struct {
+	qps      float64
+	p50, p99 time.Duration
+	lost     int
+}
+
+var (
+	reQPS  = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
+	reLost = regexp.MustCompile(`Queries lost:\s+([0-9]+)`)
+)
+
+// dnsperf runs dnsperf from the experiment namespace and parses its summary
+// and the per-query latencies it prints with -v.
+func dnsperf(t *testing.T, w *expWorld, port int, datafile, mode string) perfResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	args := []string{"-s", expGW4, "-p", strconv.Itoa(port), "-d", datafile, "-l", "5", "-c", "2", "-q", "200", "-m", mode, "-v"}
+	cmd := exec.CommandContext(ctx, "dnsperf", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := w.exp.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("dnsperf %v: %v\n%s", args, err, tail(out.String()))
+	}
+	var r perfResult
+	s := out.String()
+	m := reQPS.FindStringSubmatch(s)
+	if m == nil {
+		t.Fatalf("dnsperf: no result:\n%s", tail(s))
+	}
+	r.qps, _ = strconv.ParseFloat(m[1], 64)
+	if m := reLost.FindStringSubmatch(s); m != nil {
+		r.lost, _ = strconv.Atoi(m[1])
+	}
+	var lat []float64
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 5 && f[0] == ">" {
+			if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil {
+				lat = append(lat, v)
+			}
+		}
+	}
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		q := func(p float64) time.Duration {
+			return time.Duration(lat[int(p*float64(len(lat)-1))] * float64(time.Second))
+		}
+		r.p50, r.p99 = q(0.50), q(0.99)
+	}
+	return r
+}
+
+func tail(s string) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > 30 {
+		lines = lines[len(lines)-30:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func writeQueries(t *testing.T, dir, name, format string, n int) string {
+	t.Helper()
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, format+" A\n", i)
+	}
+	p := filepath.Join(dir, name)
+	writeFile(t, p, b.String())
+	return p
+}
+
+func TestBenchDNS(t *testing.T) {
+	if os.Getenv("ARKGW_BENCH") != "1" {
+		t.Skip("benchmark: set ARKGW_BENCH=1 (make bench-dns)")
+	}
+	w := newExpWorld(t)
+	startBenchUpstream(t, w)
+	dir := t.TempDir()
+
+	// arkgw
+	p := w.startNodeProxyOn(t, portArkgw, Config{Names: []string{"bench.test."}})
+	// dnsmasq: forwards bench.test. only; with no default server it answers
+	// REFUSED for every other name.
+	writeFile(t, filepath.Join(dir, "dnsmasq.conf"), fmt.Sprintf(`port=%d
+listen-address=%s
+bind-interfaces
+no-resolv
+no-hosts
+no-poll
+server=/bench.test/%s
+cache-size=10000
+dns-forward-max=5000
+user=root
+`, portDnsmasq, expGW4, benchUpstream))
+	startDaemon(t, w, portDnsmasq, "dnsmasq", "-k", "--conf-file="+filepath.Join(dir, "dnsmasq.conf"), "--pid-file=", "--log-facility=/dev/null")
+	// unbound: refuses everything but bench.test., which it forwards.
+	writeFile(t, filepath.Join(dir, "unbound.conf"), fmt.Sprintf(`server:
+  interface: %s@%d
+  port: %d
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "%s"
+  pidfile: ""
+  logfile: ""
+  use-syslog: no
+  verbosity: 0
+  num-threads: 2
+  so-reuseport: yes
+  access-control: 10.250.0.0/30 allow
+  do-not-query-localhost: no
+  module-config: "iterator"
+  qname-minimisation: no
+  incoming-num-tcp: 100
+  local-zone: "." refuse
+  local-zone: "bench.test." transparent
+forward-zone:
+  name: "bench.test."
+  forward-addr: %s
+remote-control:
+  control-enable: no
+`, expGW4, portUnbound, portUnbound, dir, benchUpstream))
+	startDaemon(t, w, portUnbound, "unbound", "-d", "-c", filepath.Join(dir, "unbound.conf"))
+
+	files := map[string]string{
+		"forwarded": writeQueries(t, dir, "fwd.txt", "n%d.nc.bench.test", 20000),
+		"refused":   writeQueries(t, dir, "ref.txt", "n%d.denied.test", 1000),
+		"cached":    writeQueries(t, dir, "cached.txt", "n%d.c.bench.test", 1000),
+	}
+	type row struct{ kind, mode, file string }
+	rows := []row{{"forwarded", "udp", files["forwarded"]}, {"refused", "udp", files["refused"]},
+		{"cached", "udp", files["cached"]}, {"tcp", "tcp", files["forwarded"]}}
+	servers := []struct {
+		name string
+		port int
+	}{{"arkgw", portArkgw}, {"dnsmasq", portDnsmasq}, {"unbound", portUnbound}}
+
+	res := map[string]map[string]perfResult{}
+	for _, r := range rows {
+		for _, s := range servers {
+			if r.kind == "cached" { // warm the cache
+				dnsperfN(t, w, s.port, r.file)
+			}
+			pr := dnsperf(t, w, s.port, r.file, r.mode)
+			if res[r.kind] == nil {
+				res[r.kind] = map[string]perfResult{}
+			}
+			res[r.kind][s.name] = pr
+			fmt.Printf("%-9s %-4s %-8s qps=%8.0f p50=%7.3fms p99=%7.3fms lost=%d\n", r.kind, r.mode, s.name, pr.qps,
+				float64(pr.p50.Microseconds())/1000, float64(pr.p99.Microseconds())/1000, pr.lost)
+		}
+	}
+	t.Logf("arkgw stats: %+v", p.Stats())
+	ratio := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	fw := res["forwarded"]
+	fmt.Printf("bench-dns qps_ratio_vs_dnsmasq=%.2f p99_ratio_vs_dnsmasq=%.2f tcp_ratio_vs_unbound=%.2f\n",
+		ratio(fw["arkgw"].qps, fw["dnsmasq"].qps),
+		ratio(float64(fw["arkgw"].p99), float64(fw["dnsmasq"].p99)),
+		ratio(res["tcp"]["arkgw"].qps, res["tcp"]["unbound"].qps))
+}
+
+// dnsperfN sends each query of datafile once (cache warm-up).
+func dnsperfN(t *testing.T, w *expWorld, port int, datafile string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "dnsperf", "-s", expGW4, "-p", strconv.Itoa(port), "-d", datafile, "-n", "1", "-q", "50")
+	if err := w.exp.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("dnsperf warm-up: %v", err)
+	}
+}
