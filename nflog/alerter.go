@@ -93,6 +93,8 @@ type Alerter struct {
 	prefixes atomic.Int64
 	enfMu    sync.Mutex
 	enf      *Enforcer
+
+	testHookHandle func() // called by the reader for every message (tests slow it down)
 }
 
 // New checks cfg and returns an Alerter; nothing touches the kernel before
@@ -290,6 +292,9 @@ func (a *Alerter) raiseBuffer(nf *gonflog.Nflog) {
 // checks the sequence, decodes and queues. It never blocks.
 func (a *Alerter) handle(dec *Decoder, attr gonflog.Attribute) {
 	a.received.Add(1)
+	if a.testHookHandle != nil {
+		a.testHookHandle()
+	}
 	if attr.Seq != nil {
 		s := *attr.Seq
 		a.seqMu.Lock()
