@@ -1,10 +1,12 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,7 +25,8 @@ func errName(err error) string {
 	if err == nil {
 		return "ok"
 	}
-	if e, ok := err.(syscall.Errno); ok {
+	var e syscall.Errno
+	if errors.As(err, &e) {
 		return unix.ErrnoName(e)
 	}
 	return strings.ReplaceAll(err.Error(), " ", "_")
@@ -91,6 +94,27 @@ func probe(what string) error {
 		return os.WriteFile("/tmp/probe", []byte("x"), 0o644)
 	case "chroot":
 		return unix.Chroot("/tmp")
+	case "hog": // touch memory until killed
+		var keep [][]byte
+		for i := 0; i < 4096; i++ {
+			b := make([]byte, 1<<20)
+			for j := range b {
+				b[j] = byte(j)
+			}
+			keep = append(keep, b)
+		}
+		return fmt.Errorf("allocated %d MiB", len(keep))
+	case "spin": // busy loop until killed
+		for x := 0; ; x++ {
+			if x < 0 {
+				return nil
+			}
+		}
+	case "spin3": // busy loop for 3 s of wall-clock time
+		end := time.Now().Add(3 * time.Second)
+		for time.Now().Before(end) {
+		}
+		return nil
 	}
 	return fmt.Errorf("unknown probe %q", what)
 }
