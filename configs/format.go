@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -193,6 +192,5 @@ func formatDests(ds []Dest) string {
 		}
 		lines = append(lines, line)
 	}
-	slices.Sort(lines)
 	return strings.Join(lines, "\n               ")
 }
