@@ -2,9 +2,9 @@ package configs
 
 import (
 	"io"
-	"regexp"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 )
 
