@@ -101,3 +101,20 @@ func (h *Host) Run(t testing.TB, name string, args ...string) string {
 	}
 	return out
 }
+
+// Ping sends one echo request to dst (ping -c1, IPv4 or IPv6) and returns
+// nil if a reply came within timeout (rounded up to whole seconds), else an
+// error with ping's output.
+func (h *Host) Ping(dst string, timeout time.Duration) error {
+	secs := int((timeout + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+5*time.Second)
+	defer cancel()
+	out, err := h.RunE(ctx, "ping", "-n", "-c1", "-W", fmt.Sprint(secs), dst)
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(out))
+	}
+	return nil
+}

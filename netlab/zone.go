@@ -107,24 +107,32 @@ func (z *zoneDB) zoneOf(name string) string {
 	return best
 }
 
-// lookup returns the records owned by name, synthesizing from a wildcard
-// ("*.parent") when name has none.
+// lookup returns the records owned by name, synthesizing them from the
+// wildcard "*.<closest encloser>" when name has none (RFC 4592, simplified).
 func (z *zoneDB) lookup(name string) []dns.RR {
 	if rrs, ok := z.names[name]; ok {
 		return rrs
 	}
+	if z.hasDescendant(name) {
+		return nil // empty non-terminal: no wildcard applies
+	}
 	labels := dns.SplitDomainName(name)
-	if len(labels) < 2 {
-		return nil
+	for i := 1; i < len(labels); i++ {
+		parent := strings.Join(labels[i:], ".") + "."
+		if wild, ok := z.names["*."+parent]; ok {
+			out := make([]dns.RR, 0, len(wild))
+			for _, r := range wild {
+				c := dns.Copy(r)
+				c.Header().Name = name
+				out = append(out, c)
+			}
+			return out
+		}
+		if _, ok := z.names[parent]; ok || z.hasDescendant(parent) {
+			return nil // the closest encloser has no wildcard
+		}
 	}
-	wild := "*." + strings.Join(labels[1:], ".") + "."
-	var out []dns.RR
-	for _, r := range z.names[wild] {
-		c := dns.Copy(r)
-		c.Header().Name = name
-		out = append(out, c)
-	}
-	return out
+	return nil
 }
 
 // answer fills m (a reply to q) authoritatively: CNAME chains are followed
