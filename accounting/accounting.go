@@ -388,7 +388,7 @@ func (a *Accountant) update(ctx context.Context, ent *entry, c quota.Counts, now
 	}
 	ent.st.Up += du
 	ent.st.Down += dd
-	a.enforce(ctx, ent, now)
+	a.enforce(ctx, ent, now, c)
 }
 
 func (a *Accountant) rollover(ctx context.Context, ent *entry, today string) {
@@ -425,12 +425,18 @@ func (a *Accountant) setRate(ctx context.Context, ent *entry, rate uint64) {
 	ent.rate = rate
 }
 
-func (a *Accountant) enforce(ctx context.Context, ent *entry, now time.Time) {
+func (a *Accountant) enforce(ctx context.Context, ent *entry, now time.Time, c quota.Counts) {
 	b := ent.exp.BudgetBytes
 	if b == 0 {
 		return
 	}
 	used := ent.st.Up + ent.st.Down
+	// The kernel quota also counts what it dropped and retransmissions of
+	// it: once it is over, the budget is exhausted even if the bytes that
+	// passed fall a little short of it.
+	if c.Budget > 0 && c.QuotaUsed >= c.Budget && used < b {
+		used = b
+	}
 	if float64(used) < AlertFraction*float64(b) {
 		return
 	}
