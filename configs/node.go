@@ -409,6 +409,9 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 		}
 		l.CPU[k] = int(v)
 	}
+	if len(rl.CPU) == 0 {
+		e.add("limits.cpu", "", "no CPU class offered, so no experiment could run; offer at least one, e.g. { minimal = 10 }")
+	}
 	for i, c := range rl.AllowMissingControllers {
 		if !slices.Contains(Controllers, c) {
 			e.add(idx("limits.allow_missing_controllers", i), c, "unknown cgroup controller; use %s", strings.Join(Controllers, ", "))

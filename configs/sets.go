@@ -76,6 +76,7 @@ func isEmpty(s *netipx.IPSet) bool { return s == nil || len(s.Ranges()) == 0 }
 // cuts returns the elementary port intervals induced by the given range
 // lists: within one elementary interval every input range either contains
 // all ports or none. Only intervals inside at least one range are returned.
+// It is a sweep over the sorted boundaries: O(n log n) for n ranges.
 func cuts(lists ...[]PortRange) []PortRange {
 	var pts []int
 	for _, l := range lists {
@@ -85,17 +86,33 @@ func cuts(lists ...[]PortRange) []PortRange {
 	}
 	slices.Sort(pts)
 	pts = slices.Compact(pts)
+	depth := make([]int, len(pts)+1)
+	for _, l := range lists {
+		for _, r := range l {
+			i, _ := slices.BinarySearch(pts, int(r.Lo))
+			j, _ := slices.BinarySearch(pts, int(r.Hi)+1)
+			depth[i]++
+			depth[j]--
+		}
+	}
 	var out []PortRange
+	d := 0
 	for i := 0; i+1 < len(pts); i++ {
-		iv := PortRange{uint16(pts[i]), uint16(pts[i+1] - 1)}
-		for _, l := range lists {
-			if portsContain(l, iv.Lo) {
-				out = append(out, iv)
-				break
-			}
+		d += depth[i]
+		if d > 0 {
+			out = append(out, PortRange{uint16(pts[i]), uint16(pts[i+1] - 1)})
 		}
 	}
 	return out
+}
+
+func overlapsAny(r PortRange, rs []PortRange) bool {
+	for _, x := range rs {
+		if r.Lo <= x.Hi && x.Lo <= r.Hi {
+			return true
+		}
+	}
+	return false
 }
 
 func portsContain(rs []PortRange, p uint16) bool {
@@ -112,11 +129,21 @@ func portsContain(rs []PortRange, p uint16) bool {
 // destination): the addresses missing for the first port interval that has
 // any, or ok=false when all is covered.
 func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []PortRange) (*netipx.IPSet, PortRange, bool) {
-	lists := [][]PortRange{ports, anyDst}
-	for _, d := range allowed {
-		lists = append(lists, d.Ports)
+	// Only boundaries of ranges that meet the request matter.
+	var rel []PortRange
+	for _, r := range anyDst {
+		if overlapsAny(r, ports) {
+			rel = append(rel, r)
+		}
 	}
-	for _, iv := range cuts(lists...) {
+	for _, d := range allowed {
+		for _, r := range d.Ports {
+			if overlapsAny(r, ports) {
+				rel = append(rel, r)
+			}
+		}
+	}
+	for _, iv := range cuts(ports, rel) {
 		if !portsContain(ports, iv.Lo) {
 			continue
 		}

@@ -334,6 +334,7 @@ func TestNodeValidationMessages(t *testing.T) {
 			`node.toml: limits.output_mb "0": must be more than 0 MB`,
 			`node.toml: limits.tmpfs_mb "-1": must not be negative`}},
 		{"unknown cpu class", "[limits]\ncpu = { huge = 400 }", []string{`node.toml: limits.cpu.huge: unknown CPU class; use minimal, moderate, substantial`}},
+		{"no cpu class", "[limits]\ncpu = {}", []string{`node.toml: limits.cpu: no CPU class offered`}},
 		{"bad cpu percent", "[limits]\ncpu = { minimal = 0 }", []string{`node.toml: limits.cpu.minimal "0": must be 1 to 6400 percent`}},
 		{"bad controller", "[limits]\nallow_missing_controllers = [\"io\"]", []string{`node.toml: limits.allow_missing_controllers[0] "io": unknown cgroup controller; use cpu, memory, pids`}},
 		{"bad nflog group", "[alerts]\nnflog_group = 70000", []string{`node.toml: alerts.nflog_group "70000": must be 0-65535`}},

@@ -1,0 +1,39 @@
+package configs
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Large allowlists (the gateway benchmark uses 1,000 entries) must admit
+// quickly: covering and merging are computed per elementary port interval.
+func TestAdmitLargeAllowlists(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	var owner, req []string
+	for i := range 1000 {
+		a := netip.AddrFrom4([4]byte{198, 18 + byte(i/256%2), byte(i % 256), 0})
+		owner = append(owner, fmt.Sprintf("%s/24:%d-%d", a, 1000+i, 1100+i))
+		req = append(req, fmt.Sprintf("%s/25:%d", a, 1000+i))
+	}
+	node := mustNode(t, "[permit]\ntcp = [\""+strings.Join(owner, "\", \"")+"\"]")
+	m := mustManifest(t, "tcp = [\""+strings.Join(req, "\", \"")+"\", \"203.0.113.0/24:1-65535\"]", "")
+	start := time.Now()
+	eff, conflicts := Admit(node, m, Env{})
+	took := time.Since(start)
+	if len(conflicts) != 1 || conflicts[0].Field != "tcp[1000]" {
+		t.Errorf("conflicts %v", conflicts[:min(3, len(conflicts))])
+	}
+	if len(eff.TCP) < 500 {
+		t.Errorf("%d tcp dests", len(eff.TCP))
+	}
+	checkDisjoint(t, "tcp", eff.TCP)
+	t.Logf("admit 1000-entry request against 1000-entry allowlist: %v, %d dests", took, len(eff.TCP))
+	if took > 20*time.Second {
+		t.Errorf("admission took %v", took)
+	}
+}
