@@ -183,7 +183,7 @@ func formatDests(ds []Dest) string {
 		kb.Intersect(reserved)
 		kept, _ := kb.IPSet()
 		line := fmt.Sprintf("%s ports %s", strings.Join(parts, ", "), g.ports)
-		if ks := kept.Prefixes(); len(ks) > 0 && len(parts) > 0 && strings.HasSuffix(parts[0], "reserved ranges") {
+		if ks := kept.Prefixes(); len(ks) > 0 && strings.Contains(line, "minus reserved ranges") {
 			kp := make([]string, len(ks))
 			for i, k := range ks {
 				kp[i] = k.String()

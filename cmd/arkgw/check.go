@@ -56,7 +56,7 @@ func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) 
 	case *nodePath != "":
 		n, err := configs.LoadNode(*nodePath)
 		if err != nil {
-			fmt.Fprintf(stderr, "arkgw check: %v\n", err)
+			fmt.Fprintf(stderr, "arkgw check: node policy %s is invalid:\n%v\n", *nodePath, err)
 			return 2
 		}
 		node, source = n, *nodePath
@@ -68,14 +68,19 @@ func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) 
 		case errors.Is(err, fs.ErrNotExist):
 			node, source = configs.DefaultNode(), "built-in defaults ("+defaultNode+" does not exist)"
 		default:
-			fmt.Fprintf(stderr, "arkgw check: %v\n", err)
+			fmt.Fprintf(stderr, "arkgw check: node policy %s is invalid:\n%v\n", defaultNode, err)
 			return 2
 		}
 	}
 
 	m, err := configs.LoadManifest(pos[0])
 	if err != nil {
-		fmt.Fprintf(stderr, "arkgw check: %s is invalid:\n%v\n", pos[0], err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			fmt.Fprintf(stderr, "arkgw check: %v\n", err)
+		} else {
+			fmt.Fprintf(stderr, "arkgw check: %s is invalid:\n%v\n", pos[0], err)
+		}
 		return 2
 	}
 	routers := defaultRouters()
@@ -88,7 +93,7 @@ func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) 
 		for i, r := range routers {
 			rs[i] = r.String()
 		}
-		fmt.Fprintf(stdout, "default router: %s (reachable despite reserved ranges)\n", strings.Join(rs, ", "))
+		fmt.Fprintf(stdout, "routers:       %s (default routes: reachable even in reserved ranges)\n", strings.Join(rs, ", "))
 	}
 	fmt.Fprintln(stdout)
 	if err := configs.FormatEffective(stdout, eff); err != nil {
