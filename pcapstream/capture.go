@@ -7,6 +7,8 @@ import (
 	"os"
 	"reflect"
 	"sync/atomic"
+	"syscall"
+	"time"
 	"unsafe"
 
 	"github.com/arkgw/arkgw/nsdo"
@@ -14,10 +16,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Batching of the capture goroutine's wake-ups (see captureLoop).
+const (
+	rateWindow = 100 * time.Millisecond
+	batchRate  = 2000 // packets per second above which the capture batches
+	batchPause = time.Millisecond
+)
+
 // capture is one open AF_PACKET socket and the goroutine reading it.
 type capture struct {
 	h       *pcapgo.EthernetHandle
 	ifindex int
+	rc      syscall.RawConn // nil if unreachable: no batching
 	closing atomic.Bool
 	done    chan struct{} // closed when the capture goroutine returned
 }
@@ -46,9 +56,15 @@ func (s *Server) openCapture() (*capture, error) {
 		c.h.Close()
 		return nil, fmt.Errorf("set capture length %d on %q: %w", s.cfg.Snaplen, s.cfg.Iface, err)
 	}
-	if err := setRcvBuf(c.h, s.cfg.CaptureBuffer); err != nil {
+	rc, err := rawConn(c.h)
+	if err == nil {
+		err = setRcvBuf(rc, s.cfg.CaptureBuffer)
+	}
+	if err != nil {
 		// Not fatal: the capture works, it just drops more in bursts.
 		s.log.Warn("cannot enlarge the capture socket's receive buffer: expect kernel drops in bursts", "bytes", s.cfg.CaptureBuffer, "error", err)
+	} else {
+		c.rc = rc
 	}
 	// No promiscuous mode: a veth end hands every frame its peer sends to
 	// packet sockets whatever its destination MAC, and promiscuous mode
@@ -77,7 +93,18 @@ func (c *capture) kernelDrops() (uint64, error) {
 func (s *Server) captureLoop(c *capture) {
 	defer close(c.done)
 	var accept []*reader // reused per packet
+	var (
+		winStart time.Time // rate window
+		winCount int
+		busy     bool // the last window was above batchRate
+	)
 	for {
+		// Under load, wake once per batchPause instead of once per packet:
+		// when the socket is empty, sleep and let the (large) receive
+		// buffer collect a batch. Sparse traffic is read at once.
+		if busy && c.rc != nil && !pending(c.rc) {
+			time.Sleep(batchPause)
+		}
 		data, ci, err := c.h.ZeroCopyReadPacketData()
 		if err != nil {
 			if c.closing.Load() {
@@ -94,6 +121,11 @@ func (s *Server) captureLoop(c *capture) {
 			continue
 		}
 		s.captured.Add(1)
+		winCount++
+		if d := ci.Timestamp.Sub(winStart); d >= rateWindow || d < 0 {
+			busy = float64(winCount)/d.Seconds() > batchRate && d > 0
+			winStart, winCount = ci.Timestamp, 0
+		}
 		rs := *s.readers.Load()
 		if len(rs) == 0 {
 			continue
@@ -129,23 +161,23 @@ func (s *Server) captureLoop(c *capture) {
 	}
 }
 
-// setRcvBuf sets the socket receive buffer of h. The kernel's default
-// (net.core.rmem_default, 208 KiB) holds only three 64 KiB GSO frames of a
-// veth, so a capture drops whenever its goroutine is scheduled late.
-//
-// pcapgo.EthernetHandle does not expose its socket, so the descriptor is
-// read from its unexported file field; if a later gopacket renames it, this
-// reports an error and the capture runs with the default buffer.
-func setRcvBuf(h *pcapgo.EthernetHandle, size int) error {
+// rawConn reaches the socket of h. pcapgo.EthernetHandle does not expose
+// it, so it is read from the handle's unexported file field; if a later
+// gopacket renames that field, this reports an error and the capture runs
+// without the larger buffer and the batching below.
+func rawConn(h *pcapgo.EthernetHandle) (syscall.RawConn, error) {
 	f := reflect.ValueOf(h).Elem().FieldByName("file")
 	if !f.IsValid() || f.Type() != reflect.TypeOf((*os.File)(nil)) {
-		return errors.New("pcapgo.EthernetHandle has no file field (gopacket changed): cannot reach the socket")
+		return nil, errors.New("pcapgo.EthernetHandle has no file field (gopacket changed): cannot reach the socket")
 	}
 	file := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*os.File)
-	rc, err := file.SyscallConn()
-	if err != nil {
-		return err
-	}
+	return file.SyscallConn()
+}
+
+// setRcvBuf sets the socket receive buffer. The kernel's default
+// (net.core.rmem_default, 208 KiB) holds only three 64 KiB GSO frames of a
+// veth, so a capture drops whenever its goroutine is scheduled late.
+func setRcvBuf(rc syscall.RawConn, size int) error {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		// FORCE ignores net.core.rmem_max (needs CAP_NET_ADMIN, which the
@@ -160,4 +192,17 @@ func setRcvBuf(h *pcapgo.EthernetHandle, size int) error {
 		return fmt.Errorf("setsockopt SO_RCVBUF %d: %w", size, serr)
 	}
 	return nil
+}
+
+// pending reports whether a packet waits in the socket (SIOCINQ: the
+// length of the next packet on a packet socket).
+func pending(rc syscall.RawConn) bool {
+	n := 0
+	var ierr error
+	if err := rc.Control(func(fd uintptr) {
+		n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+	}); err != nil || ierr != nil {
+		return true // unknown: do not pause
+	}
+	return n > 0
 }

@@ -53,6 +53,7 @@ const (
 	finalWriteTimeout   = 2 * time.Second
 	statsInterval       = time.Second
 	maxBatch            = 256 << 10 // bytes of pcap records per P frame
+	flushDelay          = 2 * time.Millisecond
 )
 
 // Config configures a Server for one experiment.
@@ -415,6 +416,13 @@ func (s *Server) stream(ctx context.Context, c *net.UnixConn, r *reader, gone <-
 		case p := <-r.q:
 			w.add(p)
 			w.drain()
+			if len(w.buf) < maxBatch/4 && r.req.Count == 0 {
+				// Little queued: wait a moment for more, so that a busy
+				// stream costs a write per few milliseconds, not per
+				// packet.
+				time.Sleep(flushDelay)
+				w.drain()
+			}
 			if err := w.flush(); err != nil {
 				return "client gone"
 			}
