@@ -18,6 +18,23 @@ type Env struct {
 	// ID is the experiment id given to the admitted experiment ("" when
 	// only checking).
 	ID string
+	// Arch is the node's machine architecture as uname -m says it
+	// ("x86_64", "aarch64", "armv7l"; see MachineArch); "" skips the check.
+	Arch string
+}
+
+// MachineArch maps a GOARCH to the architecture names manifests use
+// ("" for architectures arkgw does not name).
+func MachineArch(goarch string) string {
+	switch goarch {
+	case "amd64":
+		return "x86_64"
+	case "arm64":
+		return "aarch64"
+	case "arm":
+		return "armv7l"
+	}
+	return ""
 }
 
 // Admit checks the manifest m against the node policy and computes the
@@ -46,6 +63,9 @@ func Admit(node *NodePolicy, m *Manifest, env Env) (*Effective, []Conflict) {
 		}
 	}
 	a.experimenters()
+	if env.Arch != "" && !slices.Contains(m.Architectures, "any") && !slices.Contains(m.Architectures, env.Arch) {
+		a.conflict("architectures", strings.Join(m.Architectures, ","), "this node is %s; build the experiment for it (or for \"any\") or choose another node", env.Arch)
+	}
 	eff.IPv4, eff.IPv6 = a.families()
 
 	// What is always dropped: reserved ranges (minus the default routers)

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -84,7 +85,7 @@ func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) 
 		return 2
 	}
 	routers := defaultRouters()
-	eff, conflicts := configs.Admit(node, m, configs.Env{DefaultRouters: routers})
+	eff, conflicts := configs.Admit(node, m, configs.Env{DefaultRouters: routers, Arch: configs.MachineArch(runtime.GOARCH)})
 
 	fmt.Fprintf(stdout, "manifest:      %s\n", pos[0])
 	fmt.Fprintf(stdout, "node policy:   %s\n", source)
