@@ -8,6 +8,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -17,10 +18,27 @@ import (
 
 // nftConn opens an nftables connection to the netns (None = current).
 func nftConn(ns netns.NsHandle) (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
 	if ns.IsOpen() {
-		return nftables.New(nftables.WithNetNSFd(int(ns)))
+		opts = append(opts, nftables.WithNetNSFd(int(ns)))
 	}
-	return nftables.New()
+	return nftables.New(opts...)
+}
+
+// bigBuffers lets one batch carry a whole table: the kernel refuses a
+// netlink message larger than the socket's send buffer (EMSGSIZE), and a
+// 10,000-element allowlist is about a megabyte. The FORCE options need
+// CAP_NET_ADMIN, which the gateway has; without it the defaults stay.
+func bigBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	rc.Control(func(fd uintptr) {
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 32<<20)
+		unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	})
+	return nil
 }
 
 // applyRuleset replaces table rs.Table atomically: add table, delete table
@@ -194,6 +212,8 @@ func setType(f Field) nftables.SetDatatype {
 		return nftables.TypeICMPType
 	case FIPLen, FIP6Len:
 		return nftables.TypeInetService
+	case FCtMark, FCtFlow:
+		return nftables.TypeMark
 	}
 	t := nftables.TypeInteger
 	t.Bytes = uint32(fieldType(f).bytes)
@@ -309,7 +329,7 @@ func valueBytes(f Field, v Value) []byte {
 		b := make([]byte, 16)
 		copy(b, v.Str)
 		return b
-	case FCtState, FCtMark:
+	case FCtState, FCtMark, FCtFlow:
 		return binaryutil.NativeEndian.PutUint32(v.Num)
 	case FIPLen, FIP6Len, FTHDport:
 		return binary.BigEndian.AppendUint16(nil, uint16(v.Num))
@@ -375,6 +395,10 @@ func load(f Field, reg uint32) []expr.Any {
 		return []expr.Any{&expr.Ct{Key: expr.CtKeySTATE, Register: reg}}
 	case FCtMark:
 		return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: reg}}
+	case FCtFlow:
+		return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: reg},
+			&expr.Bitwise{SourceRegister: reg, DestRegister: reg, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(markFlowMask), Xor: make([]byte, 4)}}
 	}
 	return nil
 }

@@ -29,6 +29,10 @@ const (
 	mapIn   = "in_exp"   // iifname -> jump in_<id>
 	mapDNS  = "dns_exp"  // iifname -> jump dns_<id> (restricted DNS only)
 
+	// Established fast path: (interface . flow mark) pairs of admitted flows.
+	setEstOut = "est_out" // iifname "ark<id>" . admitted|slot+1 (never SYN-only)
+	setEstIn  = "est_in"  // oifname "ark<id>" . admitted[|syn-only]|slot+1
+
 	setReserved4   = "reserved4"
 	setReserved6   = "reserved6"
 	setRouters4    = "routers4"
@@ -50,6 +54,9 @@ const (
 	MarkAdmitted uint32 = 0x00010000 // the policy admitted this flow
 	MarkSynOnly  uint32 = 0x00020000 // admitted as a SYN-only probe: only bare SYN/RST may follow
 	MarkSpoofed  uint32 = 0x00040000 // a declared spoofed source (never NATed)
+
+	// markFlowMask selects what the established fast path compares.
+	markFlowMask = MarkSlotMask | MarkAdmitted | MarkSynOnly
 )
 
 // MarkForSlot is the conntrack mark base of an experiment slot.
@@ -127,10 +134,13 @@ func Compile(in CompileInput) (*Ruleset, error) {
 	dnsm := &Set{Name: mapDNS, Fields: []Field{FIIFName}, VerdictMap: true}
 	exp4 := &Set{Name: setExp4, Fields: []Field{FIPSaddr}}
 	exp6 := &Set{Name: setExp6, Fields: []Field{FIP6Saddr}}
-	rs.Sets = append(rs.Sets, from, to, inm, dnsm, exp4, exp6)
+	estOut := &Set{Name: setEstOut, Fields: []Field{FIIFName, FCtFlow}}
+	estIn := &Set{Name: setEstIn, Fields: []Field{FOIFName, FCtFlow}}
+	rs.Sets = append(rs.Sets, from, to, inm, dnsm, exp4, exp6, estOut, estIn)
 	rs.Sets = append(rs.Sets, globalSets(in.DefaultRouters)...)
 
 	unknown := []Expr{Counter{counterUnknown}, Verdict{Kind: "drop"}}
+	estab := Cmp{Field: FCtState, Mask: ctEstablished | ctRelated, Neq: true, Value: Value{Num: 0}}
 	arkIn := Cmp{Field: FIIFName, Value: Value{Str: LinkPrefix, Prefix: true}}
 	arkOut := Cmp{Field: FOIFName, Value: Value{Str: LinkPrefix, Prefix: true}}
 	rs.Chains = append(rs.Chains,
@@ -142,6 +152,12 @@ func Compile(in CompileInput) (*Ruleset, error) {
 			{Exprs: append([]Expr{arkIn}, unknown...)},
 		}},
 		&Chain{Name: chainForward, Type: "filter", Hook: "forward", Priority: 0, Rules: []Rule{
+			// Established fast path: packets of flows this interface's
+			// experiment was admitted for. SYN-only flows carry the
+			// syn-only bit, which est_out never holds, so they always go
+			// through fwd_<id>'s syn-only check (KERNEL-NOTES).
+			{Exprs: []Expr{estab, Lookup{Fields: estOut.Fields, Set: setEstOut}, Verdict{Kind: "accept"}}},
+			{Exprs: []Expr{estab, Lookup{Fields: estIn.Fields, Set: setEstIn}, Verdict{Kind: "accept"}}},
 			{Exprs: []Expr{Vmap{Field: FIIFName, Map: mapFrom}}},
 			{Exprs: append([]Expr{arkIn}, unknown...)},
 			{Exprs: []Expr{Vmap{Field: FOIFName, Map: mapTo}}},
@@ -185,6 +201,9 @@ func Compile(in CompileInput) (*Ruleset, error) {
 		if x.Eff.DNSRestricted() {
 			dnsm.Elems = append(dnsm.Elems, Elem{Key: []Value{ifv}, Verdict: Verdict{Kind: "jump", Chain: "dns_" + id}})
 		}
+		flow := MarkAdmitted | MarkForSlot(x.Net.Slot)
+		estOut.Elems = append(estOut.Elems, Elem{Key: []Value{ifv, {Num: flow}}})
+		estIn.Elems = append(estIn.Elems, Elem{Key: []Value{ifv, {Num: flow}}}, Elem{Key: []Value{ifv, {Num: flow | MarkSynOnly}}})
 		if x.Net.Addr4.IsValid() {
 			exp4.Elems = append(exp4.Elems, Elem{Key: []Value{{Addr: x.Net.Addr4}}})
 		}
@@ -362,8 +381,10 @@ func (c *expCompiler) compile() error {
 	if len(eff.SynOnlyPorts) > 0 {
 		add(Rule{Exprs: append(append([]Expr{synOnly}, bare4...), flags, Verdict{Kind: "accept"})})
 		add(Rule{Exprs: append(append([]Expr{synOnly}, bare6...), flags, Verdict{Kind: "accept"})})
-		add(c.drop(RuleSynOnly, synOnly))
 	}
+	// Always: a flow admitted as SYN-only under an older policy is never
+	// let through by a later one.
+	add(c.drop(RuleSynOnly, synOnly))
 
 	// 5. Established flows this experiment's policy admitted.
 	add(Rule{Exprs: []Expr{

@@ -34,6 +34,7 @@ const (
 	FICMPType                  // icmp type / icmpv6 type (first transport byte)
 	FCtState                   // ct state bits
 	FCtMark                    // ct mark
+	FCtFlow                    // ct mark & (flags that decide admission | slot): 0x3ffff
 )
 
 var fieldNames = map[Field]string{
@@ -41,7 +42,7 @@ var fieldNames = map[Field]string{
 	FIPSaddr: "ip saddr", FIPDaddr: "ip daddr", FIP6Saddr: "ip6 saddr", FIP6Daddr: "ip6 daddr",
 	FIPVIHL: "@nh,0,8", FIPLen: "ip length", FIP6Len: "ip6 length", FTHDport: "th dport",
 	FTCPFlags: "tcp flags & (fin|syn|rst|ack)", FTCPDoff: "tcp doff", FICMPType: "icmp type",
-	FCtState: "ct state", FCtMark: "ct mark",
+	FCtState: "ct state", FCtMark: "ct mark", FCtFlow: "ct mark & 0x3ffff",
 }
 
 func (f Field) String() string { return fieldNames[f] }
@@ -76,7 +77,7 @@ func (v Value) render(f Field) string {
 		if n, ok := protoNames[uint8(v.Num)]; ok {
 			return n
 		}
-	case FTCPFlags, FCtMark, FCtState, FIPVIHL, FTCPDoff:
+	case FTCPFlags, FCtMark, FCtState, FIPVIHL, FTCPDoff, FCtFlow:
 		return fmt.Sprintf("0x%x", v.Num)
 	}
 	return fmt.Sprint(v.Num)
@@ -370,7 +371,7 @@ func fieldType(f Field) fieldInfo {
 		return fieldInfo{"integer(8)", 1}
 	case FCtState:
 		return fieldInfo{"ct_state", 4}
-	case FCtMark:
+	case FCtMark, FCtFlow:
 		return fieldInfo{"mark", 4}
 	}
 	return fieldInfo{"invalid", 0}

@@ -291,6 +291,9 @@ func (s *Shaper) syncClasses(p Plan) error {
 			if err := s.h.ClassReplace(htbClass(idx, t.major, l.Class)); err != nil {
 				return fmt.Errorf("shape: set class %x:%x on %s for experiment %q: %w", t.major, l.Class.Minor, t.ifb, l.ID, err)
 			}
+			if err := s.h.QdiscReplace(leafQueue(idx, t.major, l.Class, s.cfg.MTU)); err != nil {
+				return fmt.Errorf("shape: set queue of class %x:%x on %s for experiment %q: %w", t.major, l.Class.Minor, t.ifb, l.ID, err)
+			}
 		}
 	}
 	return nil
@@ -305,6 +308,23 @@ func htbClass(idx int, major uint16, c Class) *netlink.HtbClass {
 	// kernel's bytes/s and ticks.
 	return netlink.NewHtbClass(netlink.ClassAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(major, c.Minor), Parent: parent},
 		netlink.HtbClassAttrs{Rate: c.Rate * 8, Ceil: c.Ceil * 8, Buffer: c.Burst, Cbuffer: c.Cburst, Quantum: c.Quantum})
+}
+
+// leafQueue is the qdisc under a leaf class: a tbf that never limits (10
+// Gbit/s) used as a byte-limited fifo (QueueLimit), the only byte-limited
+// queue this kernel configuration and the netlink library offer together.
+// Its bucket (6 frames) is below a GSO packet, so tbf splits GSO packets
+// into segments and the limit counts real packets.
+func leafQueue(idx int, major uint16, c Class, mtu int) *netlink.Tbf {
+	const rate = unlimitedBps / 8
+	burst := uint32(6 * (DefaultMTU + EthOverhead))
+	if mtu > 0 {
+		burst = uint32(6 * (mtu + EthOverhead))
+	}
+	return &netlink.Tbf{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(major, c.Minor), Handle: netlink.MakeHandle(c.Minor, 0)},
+		Rate:       rate, Buffer: netlink.Xmittime(rate, burst), Limit: QueueLimit(c.Ceil, mtu),
+	}
 }
 
 // attach puts clsact + the download redirect filter on the experiment's veth.

@@ -1,0 +1,149 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/netlab"
+)
+
+// bigPolicy is an allowlist of n distinct /32:port entries in the fake
+// Internet's 203.0.113.0/24 and 198.51.100.0/24, plus extra.
+func bigPolicy(id string, n int, extra ...configs.Dest) *configs.Effective {
+	eff := &configs.Effective{ID: id, IPv4: true, IPv6: true, ICMPAny: true}
+	for i := 0; len(eff.TCP) < n; i++ {
+		// Spread over public-looking space outside the reserved ranges.
+		a := netip.AddrFrom4([4]byte{100 + byte(i/65536), byte(i / 256 % 256), byte(i % 256), 1})
+		eff.TCP = append(eff.TCP, configs.Dest{Prefix: netip.PrefixFrom(a, 32), Ports: []configs.PortRange{{Lo: uint16(1000 + i%5000), Hi: uint16(1000 + i%5000)}}})
+	}
+	eff.TCP = append(eff.TCP, extra...)
+	return eff
+}
+
+// iperf runs an iperf3 client in the experiment against inet and returns
+// bits per second received.
+func iperf(t *testing.T, exp *netlab.Host, server string, secs int) float64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+15)*time.Second)
+	defer cancel()
+	out, err := exp.Command(ctx, "iperf3", "-c", server, "-t", fmt.Sprint(secs), "-J", "-O", "1").Output()
+	if err != nil {
+		t.Fatalf("iperf3 client: %v: %s", err, out)
+	}
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("iperf3 output: %v", err)
+	}
+	return res.End.SumReceived.BitsPerSecond
+}
+
+// TestBenchGateway: TCP throughput through an experiment with a 1,000-entry
+// allowlist vs the same topology without any rules, and the time to apply
+// a 10,000-entry policy. Run with ARKGW_BENCH=1 (make bench-gateway).
+func TestBenchGateway(t *testing.T) {
+	if os.Getenv("ARKGW_BENCH") != "1" {
+		t.Skip("benchmark: set ARKGW_BENCH=1")
+	}
+	needRoot(t)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3 (apt install iperf3)")
+	}
+	l := newLab(t)
+	server := "198.51.100.201"
+	srvCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	srv := l.w.Inet.Command(srvCtx, "iperf3", "-s", "-B", server)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Wait()
+	defer stop()
+
+	eff := bigPolicy("bench", 1000, configs.Dest{Prefix: netip.MustParsePrefix(server + "/32"), Ports: []configs.PortRange{{Lo: 5201, Hi: 5201}}})
+	n, _ := l.add(t, eff, 0)
+	exp := netlab.Build(t, netlab.Topology{Hosts: []netlab.HostSpec{{Name: "exp", NetNSPath: n.NetNSPath}}}).Host("exp")
+	// Wait for the server.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := dialIn(exp.NS(), "tcp", server+":5201", time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("iperf3 server: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+
+	// Alternate short runs so that load from elsewhere on the machine
+	// hits both sides alike; compare medians.
+	const secs, rounds = 2, 5
+	var withs, withouts []float64
+	rs := l.g.Ruleset()
+	for round := 0; round < rounds; round++ {
+		if err := applyRuleset(l.w.Node.NS(), rs); err != nil {
+			t.Fatal(err)
+		}
+		withs = append(withs, iperf(t, exp, server, secs))
+		// No rules at all: inet routes the pool back, so nothing is needed.
+		if err := deleteTable(l.w.Node.NS(), TableName); err != nil {
+			t.Fatal(err)
+		}
+		withouts = append(withouts, iperf(t, exp, server, secs))
+	}
+	with, without := median(withs), median(withouts)
+	if err := applyRuleset(l.w.Node.NS(), rs); err != nil {
+		t.Fatal(err)
+	}
+
+	// Apply time of a 10,000-entry policy: compile + one transaction.
+	big := bigPolicy(eff.ID, 10000)
+	var best time.Duration
+	for i := 0; i < 3; i++ {
+		start := time.Now()
+		if err := l.g.Update(context.Background(), []*configs.Effective{big}); err != nil {
+			t.Fatal(err)
+		}
+		d := time.Since(start)
+		if best == 0 || d < best {
+			best = d
+		}
+	}
+	// Where the time goes.
+	start := time.Now()
+	rs10k, err := Compile(CompileInput{Uplink: "eth0", NFLOGGroup: 1, Exps: []CompileExp{{Eff: big, Net: n}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	compileD := time.Since(start)
+	start = time.Now()
+	if err := applyRuleset(l.w.Node.NS(), rs10k); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("10k: compile %v, apply %v, update (compile+apply+conntrack) best %v", compileD, time.Since(start), best)
+	t.Logf("runs with rules %.0f, without %.0f (bit/s)", withs, withouts)
+	t.Logf("with rules %.0f Mbit/s, without %.0f Mbit/s", with/1e6, without/1e6)
+	fmt.Printf("bench-gateway ratio=%.3f apply10k_ms=%d\n", with/without, best.Milliseconds())
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	slices.Sort(s)
+	return s[len(s)/2]
+}

@@ -1,0 +1,171 @@
+package shape
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/arkgw/arkgw/gateway/quota"
+	"github.com/arkgw/arkgw/gateway/shape/bwlab"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// cniShape installs what the CNI bandwidth plugin does on the host veth: tbf
+// as the veth's root qdisc (towards the experiment) and ingress + u32
+// mirred redirect to an ifb with tbf (from the experiment). The burst is the
+// same as ours so that only the method differs.
+func cniShape(t *testing.T, h *netlink.Handle, veth string, bps uint64) func() {
+	t.Helper()
+	link, err := h.LinkByName(veth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rate := bps / 8
+	burst := Burst(rate, DefaultMTU)
+	tbf := func(idx int) *netlink.Tbf {
+		// tc's tbf: buffer in ticks, limit = rate*latency(25ms)+burst.
+		return &netlink.Tbf{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)},
+			Rate: rate, Buffer: netlink.Xmittime(rate, burst), Limit: uint32(rate*25/1000) + burst}
+	}
+	if err := h.QdiscAdd(tbf(link.Attrs().Index)); err != nil {
+		t.Fatalf("cni tbf on %s: %v", veth, err)
+	}
+	ifbName := "cnibw" + veth[len(veth)-1:]
+	if err := h.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: ifbName, TxQLen: 1000}}); err != nil {
+		t.Fatal(err)
+	}
+	ifb, _ := h.LinkByName(ifbName)
+	h.LinkSetUp(ifb)
+	if err := h.QdiscAdd(tbf(ifb.Attrs().Index)); err != nil {
+		t.Fatalf("cni tbf on ifb: %v", err)
+	}
+	if err := h.QdiscAdd(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_INGRESS, Handle: netlink.MakeHandle(0xffff, 0)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.FilterAdd(&netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.MakeHandle(0xffff, 0), Priority: 1, Protocol: unix.ETH_P_ALL},
+		Actions: []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)}}); err != nil {
+		t.Fatalf("cni redirect: %v", err)
+	}
+	return func() {
+		h.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_INGRESS, Handle: netlink.MakeHandle(0xffff, 0)}})
+		h.QdiscDel(tbf(link.Attrs().Index))
+		h.LinkDel(ifb)
+	}
+}
+
+type benchRun struct {
+	wireRatio   float64 // IP bytes on the veth in steady state / cap
+	deliveredIP float64 // IP bytes that reached the other end / cap
+	goodput     float64 // iperf3 receiver, bit/s
+}
+
+// measure runs iperf3 for 6 s (first second omitted) and samples the veth
+// counters between 1.5 s and 5.5 s.
+func measure(t *testing.T, lab *bwlab.Lab, port int, capBps uint64, download bool) benchRun {
+	t.Helper()
+	type sample struct{ veth, far uint64 }
+	read := func() sample {
+		rb, rp, tb, tp, err := bwlab.LinkStats(lab.Node, bwlab.HostIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s sample
+		if download {
+			s.veth = tb - 14*tp
+			frb, frp, _, _, _ := bwlab.LinkStats(lab.Exp, "eth0")
+			s.far = frb - 14*frp
+		} else {
+			s.veth = rb - 14*rp
+			frb, frp, _, _, _ := bwlab.LinkStats(lab.Inet, "eth0")
+			s.far = frb - 14*frp
+		}
+		return s
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type res struct {
+		r   bwlab.Result
+		err error
+	}
+	ch := make(chan res, 1)
+	start := time.Now()
+	go func() {
+		r, err := lab.Client(ctx, port, 6, download, "-O", "1")
+		ch <- res{r, err}
+	}()
+	time.Sleep(time.Until(start.Add(1500 * time.Millisecond)))
+	s0, t0 := read(), time.Now()
+	time.Sleep(time.Until(start.Add(5500 * time.Millisecond)))
+	s1, t1 := read(), time.Now()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	secs := t1.Sub(t0).Seconds()
+	return benchRun{
+		wireRatio:   float64(s1.veth-s0.veth) * 8 / secs / float64(capBps),
+		deliveredIP: float64(s1.far-s0.far) * 8 / secs / float64(capBps),
+		goodput:     r.r.GoodputBps,
+	}
+}
+
+// TestBenchBandwidth: wire-rate accuracy of arkgw's shaping at 1, 10 and
+// 100 Mbit/s in both directions, and iperf3 goodput against the CNI
+// bandwidth plugin's tbf/ifb approach on the same veth in the same run.
+func TestBenchBandwidth(t *testing.T) {
+	if os.Getenv("ARKGW_BENCH") != "1" {
+		t.Skip("benchmark: set ARKGW_BENCH=1 (make bench-bandwidth)")
+	}
+	lab := bwlab.New(t)
+	port := lab.Server(t)
+	ctx := context.Background()
+	worst, worstGood := 1.0, math.Inf(1)
+	for _, capMbps := range []uint64{1, 10, 100} {
+		capBps := capMbps * 1_000_000
+		for _, download := range []bool{false, true} {
+			dir := "up"
+			if download {
+				dir = "down"
+			}
+			// arkgw
+			sh, err := NewShaper(ShaperConfig{NS: lab.Node.NS(), Uplinks: []string{bwlab.Uplink}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tab := quota.New(quota.Config{NS: lab.Node.NS()})
+			up, down := Priorities(0)
+			if _, err := tab.Add(quota.Exp{ID: "bench", HostIf: bwlab.HostIf, UpPriority: up, DownPriority: down}); err != nil {
+				t.Fatal(err)
+			}
+			if err := sh.Apply(ctx, Spec{ID: "bench", HostIf: bwlab.HostIf, Slot: 0, RateBps: capBps}); err != nil {
+				t.Fatal(err)
+			}
+			ark := measure(t, lab, port, capBps, download)
+			if err := sh.Remove(ctx, "bench"); err != nil {
+				t.Fatal(err)
+			}
+			sh.Close()
+			if err := tab.Delete(); err != nil {
+				t.Fatal(err)
+			}
+			// CNI
+			undo := cniShape(t, lab.Node.Handle(), bwlab.HostIf, capBps)
+			cni := measure(t, lab, port, capBps, download)
+			undo()
+
+			g := ark.goodput / cni.goodput
+			fmt.Printf("cap %3d Mbit/s %-4s arkgw wire %.4f delivered %.4f goodput %.4f | cni wire %.4f delivered %.4f goodput %.4f | goodput ark/cni %.4f\n",
+				capMbps, dir, ark.wireRatio, ark.deliveredIP, ark.goodput/float64(capBps),
+				cni.wireRatio, cni.deliveredIP, cni.goodput/float64(capBps), g)
+			if math.Abs(ark.wireRatio-1) > math.Abs(worst-1) {
+				worst = ark.wireRatio
+			}
+			worstGood = math.Min(worstGood, g)
+		}
+	}
+	fmt.Printf("bench-bandwidth worst_ratio=%.4f goodput_vs_cni=%.4f\n", worst, worstGood)
+}
