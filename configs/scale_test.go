@@ -37,3 +37,27 @@ func TestAdmitLargeAllowlists(t *testing.T) {
 		t.Errorf("admission took %v", took)
 	}
 }
+
+// Worst case for covering: a whole-space request against a large owner
+// list that also allows the whole space.
+func TestAdmitWideRequestLargeAllowlist(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	owner := []string{"0.0.0.0/0:*", "[::/0]:*"}
+	for i := range 1000 {
+		owner = append(owner, fmt.Sprintf("198.%d.%d.0/24:%d-%d", 18+i/256%2, i%256, 1000+i, 1100+2*i))
+	}
+	node := mustNode(t, "[permit]\ntcp = [\""+strings.Join(owner, "\", \"")+"\"]")
+	m := mustManifest(t, `tcp = ["any"]`, "")
+	start := time.Now()
+	eff, conflicts := Admit(node, m, Env{})
+	took := time.Since(start)
+	if len(conflicts) != 0 || len(eff.TCP) == 0 {
+		t.Errorf("conflicts %v", conflicts)
+	}
+	t.Logf("admit any against 1002-entry allowlist: %v", took)
+	if took > 20*time.Second {
+		t.Errorf("admission took %v", took)
+	}
+}

@@ -129,20 +129,32 @@ func portsContain(rs []PortRange, p uint16) bool {
 // destination): the addresses missing for the first port interval that has
 // any, or ok=false when all is covered.
 func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []PortRange) (*netipx.IPSet, PortRange, bool) {
-	// Only boundaries of ranges that meet the request matter.
+	// Only allowed boxes that meet the request matter, widest first (so
+	// the fast path below finds a covering prefix early).
 	var rel []PortRange
 	for _, r := range anyDst {
 		if overlapsAny(r, ports) {
 			rel = append(rel, r)
 		}
 	}
+	var meet []Dest
 	for _, d := range allowed {
+		if !set.OverlapsPrefix(d.Prefix) {
+			continue
+		}
+		use := false
 		for _, r := range d.Ports {
 			if overlapsAny(r, ports) {
 				rel = append(rel, r)
+				use = true
 			}
 		}
+		if use {
+			meet = append(meet, d)
+		}
 	}
+	slices.SortStableFunc(meet, func(a, b Dest) int { return cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()) })
+	want := set.Prefixes()
 	for _, iv := range cuts(ports, rel) {
 		if !portsContain(ports, iv.Lo) {
 			continue
@@ -150,9 +162,22 @@ func uncovered(set *netipx.IPSet, ports []PortRange, allowed []Dest, anyDst []Po
 		if portsContain(anyDst, iv.Lo) {
 			continue
 		}
+		// Fast path: each prefix of the request lies in one allowed prefix.
+		covered := true
+		for _, p := range want {
+			if !slices.ContainsFunc(meet, func(d Dest) bool {
+				return d.Prefix.Bits() <= p.Bits() && d.Prefix.Contains(p.Addr()) && portsContain(d.Ports, iv.Lo)
+			}) {
+				covered = false
+				break
+			}
+		}
+		if covered {
+			continue
+		}
 		var b netipx.IPSetBuilder
 		b.AddSet(set)
-		for _, d := range allowed {
+		for _, d := range meet {
 			if portsContain(d.Ports, iv.Lo) {
 				b.RemovePrefix(d.Prefix)
 			}
