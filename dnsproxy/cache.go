@@ -1,16 +1,16 @@
 package dnsproxy
 
 import (
+	"encoding/binary"
 	"sync"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
-// cache is a small per-experiment answer cache. Entries live for the
-// smallest TTL of the answer (negative answers: the SOA's TTL/MINIMUM, RFC
-// 2308), at most maxTTL; answers with TTL 0, truncated answers and failures
-// are not stored. When full, an arbitrary entry is evicted (Go map order),
+// cache is a small per-experiment answer cache of complete client answers
+// (wire bytes). Entries live for the smallest TTL of the answer and
+// authority records (negative answers: also the SOA's MINIMUM, RFC 2308), at
+// most maxTTL; answers with TTL 0, truncated answers, negative answers
+// without SOA and failures are not stored. When full, an arbitrary entry is evicted (Go map order),
 // which keeps the cost constant and the size bounded.
 type cache struct {
 	mu     sync.Mutex
@@ -21,7 +21,8 @@ type cache struct {
 }
 
 type cacheEntry struct {
-	msg     *dns.Msg // as received from upstream; never modified
+	packed  []byte // the complete answer (ID and question case to be patched)
+	ttlOffs []int  // where the TTLs are in packed
 	stored  time.Time
 	expires time.Time
 }
@@ -34,7 +35,7 @@ func newCache(size int, maxTTL time.Duration) *cache {
 }
 
 // get returns a copy of the cached answer with TTLs reduced by its age.
-func (c *cache) get(key string) *dns.Msg {
+func (c *cache) get(key string) []byte {
 	if c == nil {
 		return nil
 	}
@@ -50,38 +51,31 @@ func (c *cache) get(key string) *dns.Msg {
 		return nil
 	}
 	age := uint32(now.Sub(e.stored) / time.Second)
-	m := e.msg.Copy()
-	for _, s := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
-		for _, rr := range s {
-			h := rr.Header()
-			if h.Rrtype == dns.TypeOPT {
-				continue
-			}
-			if h.Ttl > age {
-				h.Ttl -= age
-			} else {
-				h.Ttl = 0
-			}
+	out := append([]byte(nil), e.packed...)
+	for _, off := range e.ttlOffs {
+		ttl := binary.BigEndian.Uint32(out[off:])
+		if ttl > age {
+			ttl -= age
+		} else {
+			ttl = 0
 		}
+		binary.BigEndian.PutUint32(out[off:], ttl)
 	}
-	return m
+	return out
 }
 
-// put stores a copy of m.
-func (c *cache) put(key string, m *dns.Msg) {
-	if c == nil || m.Truncated || (m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError) {
-		return
-	}
-	ttl, ok := cacheTTL(m)
-	if !ok || ttl == 0 {
+// put stores a copy of the answer packed for ttl seconds (at most maxTTL).
+func (c *cache) put(key string, packed []byte, ttl uint32, ttlOffs []int) {
+	if c == nil || ttl == 0 {
 		return
 	}
 	d := time.Duration(ttl) * time.Second
 	if d > c.maxTTL {
 		d = c.maxTTL
 	}
-	cp := m.Copy()
+	e := &cacheEntry{packed: append([]byte(nil), packed...), ttlOffs: ttlOffs}
 	now := c.now()
+	e.stored, e.expires = now, now.Add(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, exists := c.m[key]; !exists && len(c.m) >= c.max {
@@ -90,7 +84,7 @@ func (c *cache) put(key string, m *dns.Msg) {
 			break
 		}
 	}
-	c.m[key] = &cacheEntry{msg: cp, stored: now, expires: now.Add(d)}
+	c.m[key] = e
 }
 
 func (c *cache) len() int {
@@ -100,36 +94,4 @@ func (c *cache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.m)
-}
-
-// cacheTTL is the lifetime of an answer: the minimum TTL over answer and
-// authority records; for a negative answer (no answer records) the SOA's
-// min(TTL, MINIMUM). ok is false when nothing says how long to keep it.
-func cacheTTL(m *dns.Msg) (ttl uint32, ok bool) {
-	min := func(v uint32) {
-		if !ok || v < ttl {
-			ttl, ok = v, true
-		}
-	}
-	for _, rr := range m.Answer {
-		min(rr.Header().Ttl)
-	}
-	for _, rr := range m.Ns {
-		min(rr.Header().Ttl)
-		if soa, isSOA := rr.(*dns.SOA); isSOA && len(m.Answer) == 0 {
-			min(soa.Minttl)
-		}
-	}
-	if len(m.Answer) == 0 {
-		hasSOA := false
-		for _, rr := range m.Ns {
-			if _, isSOA := rr.(*dns.SOA); isSOA {
-				hasSOA = true
-			}
-		}
-		if !hasSOA {
-			return 0, false // negative answer without SOA: do not cache
-		}
-	}
-	return ttl, ok
 }

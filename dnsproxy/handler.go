@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
 
@@ -52,13 +53,20 @@ func (p *Proxy) Stats() Stats {
 	}
 }
 
-// job is a query to forward upstream.
+// job is one allowed query: what the answer path needs, parsed once.
 type job struct {
-	req      *dns.Msg
-	opt      *dns.OPT // the client's OPT record, nil without EDNS
+	id       uint16
+	flags    uint16 // client header flags
+	rawQ     []byte // the client's question (wire, its letter case, type, class); owned
+	question []byte // lowercase question, for matching upstream answers
+	qtype    uint16
+	hasOPT   bool
+	do       bool
+	size     int    // largest answer the client takes
+	key      string // cache key: lowercase question + keyFlags
 	tcp      bool
-	key      string // cache key
-	question []byte // lowercase wire question (name, type, class)
+
+	req *dns.Msg // general path only: the parsed request
 }
 
 // handle answers one raw client message: nil means no answer is sent.
@@ -72,7 +80,7 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, tcp bool) []byte {
 
 // prepare parses a client message and decides: an immediate answer (resp),
 // nothing (both nil: not a query, or too broken to answer) or a job to
-// forward. It never contacts an upstream.
+// forward. It never contacts an upstream. raw is not retained.
 func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 	if len(raw) < 12 || raw[2]&0x80 != 0 {
 		// Too short to carry an ID, or a response (never answer those:
@@ -80,6 +88,51 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 		p.stats.malformed.Add(1)
 		return nil, nil
 	}
+	fq, ok := parseQuery(raw)
+	if !ok || fq.qtype == dns.TypeAXFR || fq.qtype == dns.TypeIXFR {
+		return p.prepareMsg(raw, tcp)
+	}
+	p.stats.queries.Add(1)
+	if p.limiter != nil && !p.limiter.Allow() {
+		p.stats.rateLimited.Add(1)
+		return refusal(&fq, dns.RcodeRefused, dns.ExtendedErrorCodeOther, p.rateText), nil
+	}
+	var nb [256]byte
+	wire := nb[:fq.nameLen]
+	copy(wire, fq.question)
+	lowerWire(wire)
+	if !p.match.allowedWire(wire) {
+		p.stats.refused.Add(1)
+		p.alertDenied(wire, fq.qtype)
+		return refusal(&fq, p.denyRcode(), dns.ExtendedErrorCodeBlocked, blockedText), nil
+	}
+	p.stats.allowed.Add(1)
+	j = &job{
+		id: fq.id, flags: fq.flags, qtype: fq.qtype, hasOPT: fq.hasOPT, do: fq.do,
+		size: fq.clientSize(tcp), tcp: tcp,
+		rawQ: append([]byte(nil), fq.question...),
+	}
+	j.question = append(append([]byte(nil), wire...), fq.question[fq.nameLen:]...)
+	j.key = string(append(append(make([]byte, 0, len(j.question)+1), j.question...), fq.keyFlags()))
+	if out := p.fromCache(j); out != nil {
+		return out, nil
+	}
+	return nil, j
+}
+
+const blockedText = "name not in this experiment's dns allowlist"
+
+func (p *Proxy) denyRcode() int {
+	if p.cfg.DenyNXDomain {
+		return dns.RcodeNameError
+	}
+	return dns.RcodeRefused
+}
+
+// prepareMsg is the general path, through miekg/dns's parser, for messages
+// parseQuery does not take: malformed ones, other opcodes, several
+// questions, compressed or extra records, EDNS versions, zone transfers.
+func (p *Proxy) prepareMsg(raw []byte, tcp bool) (resp []byte, j *job) {
 	req := new(dns.Msg)
 	if err := req.Unpack(raw); err != nil {
 		p.stats.malformed.Add(1)
@@ -100,10 +153,7 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 	}
 	if p.limiter != nil && !p.limiter.Allow() {
 		p.stats.rateLimited.Add(1)
-		return p.reply(req, opt, dns.RcodeRefused, &dns.EDNS0_EDE{
-			InfoCode:  dns.ExtendedErrorCodeOther,
-			ExtraText: fmt.Sprintf("query rate limit of %d/s for this experiment exceeded", p.cfg.QPS),
-		}, tcp), nil
+		return p.reply(req, opt, dns.RcodeRefused, &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeOther, ExtraText: p.rateText}, tcp), nil
 	}
 	q := req.Question[0]
 	var nb [256]byte
@@ -112,18 +162,15 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 		p.stats.malformed.Add(1)
 		return p.reply(req, opt, dns.RcodeFormatError, nil, tcp), nil
 	}
+	rawQ := make([]byte, n+4)
+	copy(rawQ, nb[:n])
+	binary.BigEndian.PutUint16(rawQ[n:], q.Qtype)
+	binary.BigEndian.PutUint16(rawQ[n+2:], q.Qclass)
 	wire := lowerWire(nb[:n])
 	if !p.match.allowedWire(wire) {
 		p.stats.refused.Add(1)
-		p.alertDenied(dns.CanonicalName(q.Name), q.Qtype)
-		rcode := dns.RcodeRefused
-		if p.cfg.DenyNXDomain {
-			rcode = dns.RcodeNameError
-		}
-		return p.reply(req, opt, rcode, &dns.EDNS0_EDE{
-			InfoCode:  dns.ExtendedErrorCodeBlocked,
-			ExtraText: "name not in this experiment's dns allowlist",
-		}, tcp), nil
+		p.alertDenied(wire, q.Qtype)
+		return p.reply(req, opt, p.denyRcode(), &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeBlocked, ExtraText: blockedText}, tcp), nil
 	}
 	if q.Qtype == dns.TypeAXFR || q.Qtype == dns.TypeIXFR {
 		p.stats.notImpl.Add(1)
@@ -132,89 +179,173 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 		}, tcp), nil
 	}
 	p.stats.allowed.Add(1)
-
-	question := make([]byte, n+4)
-	copy(question, wire)
-	binary.BigEndian.PutUint16(question[n:], q.Qtype)
-	binary.BigEndian.PutUint16(question[n+2:], q.Qclass)
-	j = &job{req: req, opt: opt, tcp: tcp, question: question}
-	j.key = cacheKey(question, req, opt)
-	if m := p.cache.get(j.key); m != nil {
-		p.stats.cacheHits.Add(1)
-		return p.finish(j, m), nil
+	fq := fastQuery{flags: uint16(raw[2])<<8 | uint16(raw[3]), hasOPT: opt != nil}
+	if opt != nil {
+		fq.udpSize, fq.do = opt.UDPSize(), opt.Do()
+	}
+	j = &job{
+		id: req.Id, flags: fq.flags, qtype: q.Qtype, hasOPT: fq.hasOPT, do: fq.do,
+		size: fq.clientSize(tcp), tcp: tcp, rawQ: rawQ, req: req,
+	}
+	j.question = append(append([]byte(nil), wire...), rawQ[n:]...)
+	j.key = string(append(append(make([]byte, 0, len(j.question)+1), j.question...), fq.keyFlags()))
+	if out := p.fromCache(j); out != nil {
+		return out, nil
 	}
 	return nil, j
 }
 
-func cacheKey(question []byte, req *dns.Msg, opt *dns.OPT) string {
-	var flags byte
-	if req.RecursionDesired {
-		flags |= 1
+// fromCache answers j from the cache, or returns nil.
+func (p *Proxy) fromCache(j *job) []byte {
+	out := p.cache.get(j.key)
+	if out == nil {
+		return nil
 	}
-	if req.CheckingDisabled {
-		flags |= 2
+	p.stats.cacheHits.Add(1)
+	binary.BigEndian.PutUint16(out, j.id)
+	copy(out[hdrLen:], j.rawQ) // same length: the names differ at most in case
+	return p.fit(j, out)
+}
+
+// upstreamQuery is the query sent upstream (ID to be filled in): the
+// question, RD/CD/AD, and, if the client used EDNS, an OPT record with our
+// buffer size and the client's DO bit. The client's EDNS options (cookies,
+// client subnet) are not forwarded.
+func upstreamQuery(j *job) []byte {
+	n := hdrLen + len(j.rawQ)
+	if j.hasOPT {
+		n += 11
 	}
-	if opt != nil {
-		flags |= 4
-		if opt.Do() {
-			flags |= 8
+	b := make([]byte, hdrLen, n)
+	binary.BigEndian.PutUint16(b[2:], j.flags&(flagRD|flagCD|flagAD))
+	binary.BigEndian.PutUint16(b[4:], 1)
+	b = append(b, j.rawQ...)
+	if j.hasOPT {
+		binary.BigEndian.PutUint16(b[10:], 1)
+		var doBit byte
+		if j.do {
+			doBit = 0x80
 		}
+		b = append(b, 0, 0, typeOPT, byte(upstreamUDPSize>>8), byte(upstreamUDPSize&0xff), 0, 0, doBit, 0, 0, 0)
 	}
-	return string(append(question, flags))
+	return b
 }
 
 // forward asks the upstreams and builds the client's answer.
 func (p *Proxy) forward(ctx context.Context, j *job) []byte {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.QueryTimeout)
 	defer cancel()
-	q := new(dns.Msg)
-	q.Opcode = dns.OpcodeQuery
-	q.RecursionDesired = j.req.RecursionDesired
-	q.CheckingDisabled = j.req.CheckingDisabled
-	q.AuthenticatedData = j.req.AuthenticatedData
-	q.Question = j.req.Question
-	if j.opt != nil {
-		// EDNS passes through with the DO bit; the client's options (cookies,
-		// client subnet) are not forwarded.
-		q.SetEdns0(upstreamUDPSize, j.opt.Do())
-	}
-	packed, err := q.Pack()
-	if err != nil {
-		p.stats.malformed.Add(1)
-		return p.reply(j.req, j.opt, dns.RcodeFormatError, nil, j.tcp)
-	}
-	raw, err := p.ex.exchange(ctx, packed, j.question)
-	var m *dns.Msg
+	raw, err := p.ex.exchange(ctx, upstreamQuery(j), j.question)
 	if err == nil {
-		m = new(dns.Msg)
-		if uerr := m.Unpack(raw); uerr != nil {
+		if out, ok := patchAnswer(j, raw); ok {
+			return p.deliver(j, out)
+		}
+		m := new(dns.Msg)
+		if uerr := m.Unpack(raw); uerr == nil {
+			if full := p.finish(j, m); full != nil {
+				return p.deliver(j, full)
+			}
+			err = errors.New("repack upstream answer")
+		} else {
 			err = fmt.Errorf("unpack upstream answer: %w", uerr)
 		}
 	}
-	if err != nil {
-		p.stats.upstreamFailures.Add(1)
-		if ctx.Err() != nil && errorsIsCanceled(ctx) {
-			return nil // shutting down
-		}
-		p.log.Debug("upstream failure", "name", j.req.Question[0].Name, "error", err)
-		return p.reply(j.req, j.opt, dns.RcodeServerFailure, &dns.EDNS0_EDE{
-			InfoCode: dns.ExtendedErrorCodeNoReachableAuthority, ExtraText: "no upstream resolver answered",
-		}, j.tcp)
+	p.stats.upstreamFailures.Add(1)
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return nil // shutting down
 	}
-	p.cache.put(j.key, m)
-	return p.finish(j, m)
+	p.log.Debug("upstream failure", "question", fmt.Sprintf("%q", j.rawQ), "error", err)
+	return p.reply(j.msg(), j.opt(), dns.RcodeServerFailure, &dns.EDNS0_EDE{
+		InfoCode: dns.ExtendedErrorCodeNoReachableAuthority, ExtraText: "no upstream resolver answered",
+	}, j.tcp)
 }
 
-func errorsIsCanceled(ctx context.Context) bool { return ctx.Err() == context.Canceled }
+// msg returns the request as a dns.Msg (rebuilt for fast-path jobs).
+func (j *job) msg() *dns.Msg {
+	if j.req != nil {
+		return j.req
+	}
+	m := new(dns.Msg)
+	m.Id = j.id
+	m.RecursionDesired = j.flags&flagRD != 0
+	m.CheckingDisabled = j.flags&flagCD != 0
+	name, _, err := dns.UnpackDomainName(j.rawQ, 0)
+	if err == nil {
+		n := len(j.rawQ) - 4
+		m.Question = []dns.Question{{Name: name, Qtype: binary.BigEndian.Uint16(j.rawQ[n:]), Qclass: binary.BigEndian.Uint16(j.rawQ[n+2:])}}
+	}
+	return m
+}
 
-// finish turns an upstream (or cached) answer into the client's answer: the
-// client's ID and question (with its case), the proxy's EDNS record (or none
-// if the client sent none), compressed and truncated to the client's size.
-// m is modified.
+func (j *job) opt() *dns.OPT {
+	if !j.hasOPT {
+		return nil
+	}
+	o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+	o.SetUDPSize(serverUDPSize)
+	o.SetDo(j.do)
+	return o
+}
+
+// patchAnswer turns an upstream answer into the client's by patching bytes:
+// the client's ID and question (its letter case), our EDNS buffer size.
+// It declines (ok false) when the answer's EDNS does not line up with the
+// client's or carries options, or the framing is odd; finish handles those.
+func patchAnswer(j *job, raw []byte) ([]byte, bool) {
+	info, ok := walkAnswer(raw)
+	if !ok || (info.optOff != 0) != j.hasOPT || info.optRd != 0 || len(raw) < hdrLen+len(j.rawQ) {
+		return nil, false
+	}
+	binary.BigEndian.PutUint16(raw, j.id)
+	raw[2] = (raw[2] | 0x80) &^ 0x78 // QR, opcode QUERY (the mux checks QR; be exact)
+	copy(raw[hdrLen:], j.rawQ)
+	if info.optOff != 0 {
+		binary.BigEndian.PutUint16(raw[info.optOff:], serverUDPSize)
+	}
+	return raw, true
+}
+
+// deliver caches a complete client answer (when cacheable) and fits it to
+// the client's size.
+func (p *Proxy) deliver(j *job, full []byte) []byte {
+	if p.cache != nil {
+		if info, ok := walkAnswer(full); ok {
+			rcode := full[3] & 0x0f
+			cacheable := full[2]&0x02 == 0 && (rcode == dns.RcodeSuccess || rcode == dns.RcodeNameError) &&
+				info.hasTTL && info.minTTL > 0 && (binary.BigEndian.Uint16(full[6:]) > 0 || info.hasSOA)
+			if cacheable {
+				p.cache.put(j.key, full, info.minTTL, info.ttlOffs)
+			}
+		}
+	}
+	return p.fit(j, full)
+}
+
+// fit truncates an answer to the client's size (setting TC), compressed.
+func (p *Proxy) fit(j *job, full []byte) []byte {
+	if len(full) <= j.size {
+		return full
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(full); err != nil {
+		return nil
+	}
+	return p.pack(m, j.size)
+}
+
+// finish is the general path for upstream answers: the client's ID and
+// question (with its case), the proxy's EDNS record (or none if the client
+// sent none), compressed and not yet truncated. m is modified.
 func (p *Proxy) finish(j *job, m *dns.Msg) []byte {
-	m.Id = j.req.Id
-	m.Question = j.req.Question
+	m.Id = j.id
+	name, _, err := dns.UnpackDomainName(j.rawQ, 0)
+	if err != nil || len(m.Question) != 1 {
+		return nil
+	}
+	n := len(j.rawQ) - 4
+	m.Question[0] = dns.Question{Name: name, Qtype: binary.BigEndian.Uint16(j.rawQ[n:]), Qclass: binary.BigEndian.Uint16(j.rawQ[n+2:])}
 	m.Response = true
+	m.Opcode = dns.OpcodeQuery
 	var upOpt *dns.OPT
 	extra := m.Extra[:0]
 	for _, rr := range m.Extra {
@@ -225,7 +356,7 @@ func (p *Proxy) finish(j *job, m *dns.Msg) []byte {
 		extra = append(extra, rr)
 	}
 	m.Extra = extra
-	if j.opt != nil {
+	if j.hasOPT {
 		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
 		o.SetUDPSize(serverUDPSize)
 		if upOpt != nil {
@@ -240,17 +371,12 @@ func (p *Proxy) finish(j *job, m *dns.Msg) []byte {
 	} else if m.Rcode > 0xf {
 		m.Rcode = dns.RcodeServerFailure
 	}
-	size := dns.MaxMsgSize
-	if !j.tcp {
-		size = dns.MinMsgSize
-		if j.opt != nil && int(j.opt.UDPSize()) > size {
-			size = int(j.opt.UDPSize())
-		}
-		if size > serverUDPSize {
-			size = serverUDPSize
-		}
+	m.Compress = true
+	b, err := m.Pack()
+	if err != nil {
+		return nil
 	}
-	return p.pack(m, size)
+	return b
 }
 
 func (p *Proxy) pack(m *dns.Msg, size int) []byte {

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -121,6 +120,7 @@ type Proxy struct {
 	alerts   chan alert.Record
 	alertMu  sync.Mutex
 	alerted  map[string]time.Time
+	rateText string
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -178,6 +178,7 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if cfg.QPS > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(cfg.QPS), cfg.QPS)
+		p.rateText = fmt.Sprintf("query rate limit of %d/s for this experiment exceeded", cfg.QPS)
 	}
 	p.pool = newPool(cfg.NS, ups, cfg.Timeout, &p.stats)
 	p.ex = p.pool
@@ -367,13 +368,14 @@ func (p *Proxy) alertLoop(ctx context.Context) {
 	}
 }
 
-// alertDenied queues one alert for a denied name, unless the same name and
-// type was alerted within AlertInterval.
-func (p *Proxy) alertDenied(name string, qtype uint16) {
-	key := name + "/" + strconv.Itoa(int(qtype))
+// alertDenied queues one alert for a denied name (lowercase wire form),
+// unless the same name and type was alerted within AlertInterval.
+func (p *Proxy) alertDenied(wire []byte, qtype uint16) {
+	var kb [258]byte
+	key := append(append(kb[:0], wire...), byte(qtype>>8), byte(qtype))
 	now := time.Now()
 	p.alertMu.Lock()
-	if t, ok := p.alerted[key]; ok && now.Sub(t) < p.cfg.AlertInterval {
+	if t, ok := p.alerted[string(key)]; ok && now.Sub(t) < p.cfg.AlertInterval {
 		p.alertMu.Unlock()
 		p.stats.alertsSuppressed.Add(1)
 		return
@@ -381,8 +383,12 @@ func (p *Proxy) alertDenied(name string, qtype uint16) {
 	if len(p.alerted) >= 4096 {
 		clear(p.alerted)
 	}
-	p.alerted[key] = now
+	p.alerted[string(key)] = now
 	p.alertMu.Unlock()
+	name, _, err := dns.UnpackDomainName(wire, 0)
+	if err != nil {
+		name = fmt.Sprintf("%q", wire)
+	}
 	fix := "declare the name (or a parent domain) in the manifest's dns list"
 	r := alert.Record{
 		Time:       now.UTC(),
