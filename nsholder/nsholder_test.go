@@ -150,3 +150,16 @@ func TestPrivilegedSpawnCaptureStatus(t *testing.T) {
 		t.Fatalf("spawn after release: %v", err)
 	}
 }
+
+// Status files are read back by a restarted daemon: arbitrary content must
+// not panic.
+func FuzzReadStatus(f *testing.F) {
+	f.Add([]byte(`{"pid":3,"exited":true,"code":0,"stdout":{"bytes":1}}`))
+	f.Add([]byte(``))
+	f.Add([]byte(`{"result":[1,2`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := filepath.Join(t.TempDir(), "status")
+		os.WriteFile(p, b, 0o600)
+		ReadStatus(p)
+	})
+}

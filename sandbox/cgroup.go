@@ -146,6 +146,22 @@ func missingError(id, ctrl string) error {
 	return fmt.Errorf("sandbox %s: the kernel has no %s cgroup controller, which this experiment's limits need: %s, or accept running without it in the node policy", id, ctrl, fix)
 }
 
+// checkControllers decides, for the controllers the resources need, which
+// the kernel lacks, and refuses unless the policy accepts each missing one.
+func checkControllers(id string, needs []string, have func(string) bool, allow []string) ([]string, error) {
+	var missing []string
+	for _, n := range needs {
+		if have(n) {
+			continue
+		}
+		if !slices.Contains(allow, n) {
+			return nil, missingError(id, n)
+		}
+		missing = append(missing, n)
+	}
+	return missing, nil
+}
+
 // newCgroup creates the experiment's cgroup with its resources, refusing
 // when a needed controller is missing and not allowed to be.
 func newCgroup(id, rel string, r Resources, allowMissing []string) (cgroupCtl, error) {
@@ -165,18 +181,16 @@ type cgroupV1 struct {
 }
 
 func newCgroupV1(id, rel string, r Resources, allowMissing []string) (cgroupCtl, error) {
-	var subs []cgroup1.Subsystem
-	var missing, names []string
-	want := map[string]bool{}
-	for _, n := range r.Needs() {
-		want[n] = true
+	missing, err := checkControllers(id, r.Needs(), v1Available, allowMissing)
+	if err != nil {
+		return nil, err
 	}
+	var subs []cgroup1.Subsystem
+	var names []string
 	add := func(name string, s cgroup1.Subsystem) {
 		if v1Available(name) {
 			subs = append(subs, s)
 			names = append(names, name)
-		} else if want[name] {
-			missing = append(missing, name)
 		}
 	}
 	add("cpu", cgroup1.NewCpu(v1Root))
@@ -184,11 +198,6 @@ func newCgroupV1(id, rel string, r Resources, allowMissing []string) (cgroupCtl,
 	add("memory", cgroup1.NewMemory(v1Root, cgroup1.OptionalSwap()))
 	add("pids", cgroup1.NewPids(v1Root))
 	add("freezer", cgroup1.NewFreezer(v1Root))
-	for _, m := range missing {
-		if !slices.Contains(allowMissing, m) {
-			return nil, missingError(id, m)
-		}
-	}
 	withSwap := false
 	if _, err := os.Stat(filepath.Join(v1Root, "memory", "memory.memsw.limit_in_bytes")); err == nil {
 		withSwap = true
@@ -293,14 +302,9 @@ func newCgroupV2(id, rel string, r Resources, allowMissing []string) (cgroupCtl,
 		return nil, fmt.Errorf("sandbox %s: read cgroup v2 controllers: %w", id, err)
 	}
 	have := strings.Fields(string(b))
-	var missing []string
-	for _, n := range r.Needs() {
-		if !slices.Contains(have, n) {
-			if !slices.Contains(allowMissing, n) {
-				return nil, missingError(id, n)
-			}
-			missing = append(missing, n)
-		}
+	missing, err := checkControllers(id, r.Needs(), func(c string) bool { return slices.Contains(have, c) }, allowMissing)
+	if err != nil {
+		return nil, err
 	}
 	res := r.V2()
 	if slices.Contains(missing, "memory") {

@@ -55,6 +55,7 @@ const cloneflags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | un
 // init into the cgroup and writes "go" -> the init finishes the sandbox,
 // starts the command and reports "ok" (or the error) on a report pipe.
 func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
+	t0 := time.Now()
 	p, err := prepare(&spec)
 	if err != nil {
 		return nil, err
@@ -71,6 +72,7 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	if err != nil {
 		return nil, err
 	}
+	tCgroup := time.Since(t0)
 	if m := cg.Missing(); len(m) > 0 {
 		log.Warn("running without cgroup controllers (accepted by policy)", "missing", m)
 	}
@@ -178,6 +180,7 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 		return nil, fmt.Errorf("sandbox %s: write init config: %w", spec.ID, err)
 	}
 
+	tPrep := time.Since(t0)
 	proc, err = spec.Holder.Spawn(nsholder.SpawnRequest{
 		Path:       reexec.Self,
 		Args:       []string{initName},
@@ -201,9 +204,11 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	}
 	toClose = []*os.File{cfgW, repR}
 
+	tSpawn := time.Since(t0)
 	if err := cg.Add(proc.PID); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
+	tPlaced := time.Since(t0)
 	if _, err := cfgW.Write([]byte{'g'}); err != nil {
 		return nil, fmt.Errorf("sandbox %s: release init: %w", spec.ID, err)
 	}
@@ -236,7 +241,8 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go sb.monitor()
-	log.Debug("sandbox started", "pid", proc.PID, "root", p.root)
+	log.Debug("sandbox started", "pid", proc.PID, "root", p.root, "cgroup_created", tCgroup,
+		"prepared", tPrep, "spawned", tSpawn, "placed", tPlaced, "executed", time.Since(t0))
 	return sb, nil
 }
 

@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -97,7 +96,20 @@ type Result struct {
 	Err       string // something went wrong while monitoring or cleaning up
 }
 
-var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+// validVersion: 1-64 of [A-Za-z0-9._-], not starting with '.', '_' or '-'.
+// (No regexp: package-level regexps cost every re-executed init.)
+func validVersion(v string) bool {
+	if v == "" || len(v) > 64 {
+		return false
+	}
+	for i, c := range v {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '-')) {
+			return false
+		}
+	}
+	return true
+}
 
 // netCaps are the only capabilities an experiment holds (ambient, inside
 // its own user namespace; they count only in its own network namespace).
@@ -117,7 +129,7 @@ var mountPoints = []struct {
 // RootDir resolves the container root of a version, refusing unknown or
 // malformed versions.
 func RootDir(containersDir, version string) (string, error) {
-	if !versionRE.MatchString(version) || version == "." || version == ".." {
+	if !validVersion(version) {
 		return "", fmt.Errorf("container version %q is not a valid name (letters, digits, . _ -)", version)
 	}
 	dir := filepath.Join(containersDir, version)
