@@ -115,7 +115,7 @@ func TestPrepare(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "v1"), 0o755)
 	base := func() Spec {
 		return Spec{ID: "e1", Holder: &nsholder.Holder{}, ContainersDir: dir, Version: "v1", Command: []string{"sh"},
-			Limits: configs.Limits{CPUPercent: 50, MaxHours: 2, TmpfsMB: 8, MaxRAMMB: 64},
+			Limits:      configs.Limits{CPUPercent: 50, MaxHours: 2, TmpfsMB: 8, MaxRAMMB: 64},
 			Nameservers: []netip.Addr{netip.MustParseAddr("10.250.0.1"), netip.MustParseAddr("fd00:a4c::1")}}
 	}
 	s := base()
