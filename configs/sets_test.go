@@ -186,3 +186,88 @@ func TestReservedSet(t *testing.T) {
 		}
 	}
 }
+
+// Random boxes: uncovered agrees with a brute-force membership check.
+func TestUncoveredRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	randPrefix := func() netip.Prefix {
+		b := [4]byte{198, 51, byte(r.IntN(4)), byte(r.IntN(256))}
+		p, _ := netip.AddrFrom4(b).Prefix(16 + r.IntN(17))
+		return p
+	}
+	randPorts := func() []PortRange {
+		var rs []PortRange
+		for range 1 + r.IntN(3) {
+			lo := uint16(1 + r.IntN(40))
+			rs = append(rs, PortRange{lo, lo + uint16(r.IntN(10))})
+		}
+		return mergeRanges(rs)
+	}
+	in := func(ds []Dest, a netip.Addr, port uint16) bool { return destContains(ds, a, port) }
+	nBad, nOK := 0, 0
+	defer func() {
+		if nBad < 20 || nOK < 20 {
+			t.Errorf("weak test: %d uncovered, %d covered cases", nBad, nOK)
+		}
+	}()
+	for iter := range 2000 {
+		var allowed []Dest
+		for range r.IntN(8) {
+			allowed = append(allowed, Dest{Prefix: randPrefix(), Ports: randPorts()})
+		}
+		var anyPorts []PortRange
+		if r.IntN(3) == 0 {
+			anyPorts = randPorts()
+		}
+		req := Dest{Prefix: randPrefix(), Ports: randPorts()}
+		if r.IntN(4) == 0 {
+			// A request covered only by the union of two halves with
+			// different port sets.
+			req = Dest{Prefix: randPrefix(), Ports: []PortRange{pr(10, 20)}}
+			if req.Prefix.Bits() < 32 {
+				lo, _ := req.Prefix.Addr().Prefix(req.Prefix.Bits() + 1)
+				hiAddr := netipx.PrefixLastIP(req.Prefix)
+				hi, _ := hiAddr.Prefix(req.Prefix.Bits() + 1)
+				allowed = append(allowed, Dest{Prefix: lo, Ports: []PortRange{pr(5, 15), pr(16, 30)}}, Dest{Prefix: hi, Ports: []PortRange{pr(10, 12)}})
+				anyPorts = []PortRange{pr(13, 20)}
+			}
+		} else if r.IntN(2) == 0 && len(allowed) > 0 {
+			// Often ask for something inside the allowance.
+			d := allowed[r.IntN(len(allowed))]
+			p, _ := d.Prefix.Addr().Prefix(min(32, d.Prefix.Bits()+r.IntN(3)))
+			req = Dest{Prefix: p, Ports: d.Ports[:1]}
+		}
+		rest, iv, bad := uncovered(prefixSet(req.Prefix), req.Ports, allowed, anyPorts)
+		if bad {
+			nBad++
+			// The reported part is requested and not allowed.
+			for _, p := range rest.Prefixes() {
+				for _, port := range []uint16{iv.Lo, iv.Hi} {
+					if !req.Prefix.Contains(p.Addr()) || !portsContain(req.Ports, port) {
+						t.Fatalf("iteration %d: reported %v port %d is not requested", iter, p, port)
+					}
+					if in(allowed, p.Addr(), port) || portsContain(anyPorts, port) {
+						t.Fatalf("iteration %d: reported %v port %d is allowed", iter, p, port)
+					}
+				}
+			}
+			continue
+		}
+		// Covered: every requested (address, port) is allowed.
+		nOK++
+		for range 200 {
+			a := req.Prefix.Addr().As4()
+			host := r.Uint32() & (1<<(32-req.Prefix.Bits()) - 1)
+			if req.Prefix.Bits() == 32 {
+				host = 0
+			}
+			v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
+			addr := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+			rg := req.Ports[r.IntN(len(req.Ports))]
+			port := rg.Lo + uint16(r.IntN(int(rg.Hi-rg.Lo)+1))
+			if !in(allowed, addr, port) && !portsContain(anyPorts, port) {
+				t.Fatalf("iteration %d: %v port %d requested and not allowed, but reported covered\nreq %v\nallowed %v any %v", iter, addr, port, req, allowed, anyPorts)
+			}
+		}
+	}
+}
