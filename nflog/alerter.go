@@ -85,7 +85,6 @@ type Alerter struct {
 
 	seqMu   sync.Mutex
 	seqNext uint32
-	seqInit bool
 
 	wg       sync.WaitGroup
 	running  atomic.Bool
@@ -95,6 +94,12 @@ type Alerter struct {
 	enf      *Enforcer
 
 	testHookHandle func() // called by the reader for every message (tests slow it down)
+
+	// hookMu orders the reader's enqueue against shutdown: once closing is
+	// set (under the write lock) nothing more enters the queue, so the final
+	// drain sees everything; later messages count as queue drops.
+	hookMu  sync.RWMutex
+	closing bool
 }
 
 // New checks cfg and returns an Alerter; nothing touches the kernel before
@@ -138,7 +143,7 @@ func New(cfg Config) (*Alerter, error) {
 		log:   cfg.Logger.With("nflog_group", cfg.Group),
 		queue: make(chan Event, cfg.QueueLen),
 		ext:   make(chan alert.Record, 4096),
-		attr:  make(chan alert.Record, 256),
+		attr:  make(chan alert.Record, 64),
 		enf:   NewEnforcer(cfg.StopAfter, cfg.StopWindow),
 	}, nil
 }
@@ -188,6 +193,12 @@ func (a *Alerter) Run(ctx context.Context) error {
 		return errors.New("nflog alerter: already running")
 	}
 	defer a.running.Store(false)
+	a.seqMu.Lock()
+	a.seqNext = 0
+	a.seqMu.Unlock()
+	a.hookMu.Lock()
+	a.closing = false
+	a.hookMu.Unlock()
 	nsfd := 0
 	if a.cfg.NS > 0 {
 		nsfd = int(a.cfg.NS)
@@ -298,12 +309,14 @@ func (a *Alerter) handle(dec *Decoder, attr gonflog.Attribute) {
 	if attr.Seq != nil {
 		s := *attr.Seq
 		a.seqMu.Lock()
-		if a.seqInit && s != a.seqNext {
+		// The instance is created by our bind, so its sequence starts at
+		// 0: a first message with a higher number reveals early losses.
+		if s != a.seqNext {
 			if gap := s - a.seqNext; gap < 1<<31 {
 				a.seqLost.Add(uint64(gap))
 			}
 		}
-		a.seqNext, a.seqInit = s+1, true
+		a.seqNext = s + 1
 		a.seqMu.Unlock()
 	}
 	if attr.Prefix == nil {
@@ -323,11 +336,17 @@ func (a *Alerter) handle(dec *Decoder, attr gonflog.Attribute) {
 		}
 		ev.Packet = p
 	}
-	select {
-	case a.queue <- ev:
-	default:
+	a.hookMu.RLock()
+	if a.closing {
 		a.queueDrops.Add(1)
+	} else {
+		select {
+		case a.queue <- ev:
+		default:
+			a.queueDrops.Add(1)
+		}
 	}
+	a.hookMu.RUnlock()
 }
 
 func (a *Alerter) parsePrefix(p string) (id, rule string, ok bool) {
@@ -406,6 +425,9 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 		case <-ctx.Done():
 			// Stop the reader, then take what it queued.
 			closeReader()
+			a.hookMu.Lock()
+			a.closing = true
+			a.hookMu.Unlock()
 			for {
 				select {
 				case ev := <-a.queue:
@@ -478,7 +500,10 @@ func (a *Alerter) emit(r alert.Record, now time.Time) {
 func (a *Alerter) attributor(ctx context.Context) {
 	defer a.wg.Done()
 	do := func(r alert.Record) {
-		if path, ok := a.cfg.NetNSPath(r.Experiment); ok {
+		// Never hold an alert long: in a burst of new keys only the
+		// first ones are attributed, the rest go out as they are.
+		fresh := a.cfg.Now().Sub(r.Time) < 3*a.cfg.AttributeBudget
+		if path, ok := a.cfg.NetNSPath(r.Experiment); ok && fresh {
 			p := recordPacket(r)
 			if o, err := Attribute(path, p, time.Now().Add(a.cfg.AttributeBudget)); err == nil {
 				r.PID, r.Command = o.PID, o.Command

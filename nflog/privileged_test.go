@@ -26,15 +26,18 @@ import (
 )
 
 const (
-	expAddr  = "10.250.0.2"
-	nodeAddr = "10.250.0.1"
-	dstAddr  = "198.51.100.9"
-	spoofSrc = "192.0.2.66"
-	tcpPort  = 25    // forbidden TCP port
-	udpPort  = 9999  // forbidden UDP port
-	floodLo  = 20000 // forbidden UDP ports floodLo..floodHi
-	floodHi  = 20999
-	icmpType = 13 // timestamp request: forbidden
+	expAddr   = "10.250.0.2"
+	nodeAddr  = "10.250.0.1"
+	dstAddr   = "198.51.100.9"
+	expAddr6  = "fd00:a4c::2"
+	nodeAddr6 = "fd00:a4c::1"
+	dstAddr6  = "2001:db8:100::9"
+	spoofSrc  = "192.0.2.66"
+	tcpPort   = 25    // forbidden TCP port
+	udpPort   = 9999  // forbidden UDP port
+	floodLo   = 20000 // forbidden UDP ports floodLo..floodHi
+	floodHi   = 20999
+	icmpType  = 13 // timestamp request: forbidden
 )
 
 // capSink captures records for assertions.
@@ -90,9 +93,10 @@ func requireRoot(t *testing.T) {
 func newLab(t *testing.T) *testLab {
 	requireRoot(t)
 	topo := netlab.WorldTopology()
-	topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: "exp", Routes: []netlab.RouteSpec{{Dst: "default", Via: nodeAddr}}})
+	topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: "exp", Routes: []netlab.RouteSpec{
+		{Dst: "default", Via: nodeAddr}, {Dst: "default6", Via: nodeAddr6}}})
 	topo.Links = append(topo.Links, netlab.LinkSpec{A: "node", B: "exp", AIf: "ark-e1", BIf: "eth0",
-		AAddrs: []string{nodeAddr + "/30"}, BAddrs: []string{expAddr + "/30"}})
+		AAddrs: []string{nodeAddr + "/30", nodeAddr6 + "/64"}, BAddrs: []string{expAddr + "/30", expAddr6 + "/64"}})
 	l := netlab.Build(t, topo)
 	tl := &testLab{node: l.Host("node"), exp: l.Host("exp"), group: uint16(1000 + rand.IntN(60000))}
 	for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.ipv4.conf.ark-e1.rp_filter"} {
@@ -314,6 +318,21 @@ func TestPrivilegedAlerts(t *testing.T) {
 	}
 	if tcp.PID != os.Getpid() || tcp.Command == "" {
 		t.Errorf("tcp alert not attributed to this process (pid %d): pid=%d command=%q", os.Getpid(), tcp.PID, tcp.Command)
+	}
+
+	// The same over IPv6 (the rule matches both families).
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if c, err := tl.exp.Dial(ctx, "tcp6", net.JoinHostPort(dstAddr6, fmt.Sprint(tcpPort))); err == nil {
+			c.Close()
+		}
+	}()
+	t0 = time.Now()
+	tcp6 := r.cap.wait(t, "tcp6 syn", 2*time.Second, func(a alert.Record) bool { return a.Rule == "tcp-dst" && a.Dst == dstAddr6 })
+	t.Logf("tcp6 alert after %s: %s", time.Since(t0), alert.FormatLine(tcp6))
+	if tcp6.Src != expAddr6 || tcp6.Proto != "tcp" || tcp6.DstPort != tcpPort || tcp6.Bytes < 60 || tcp6.PID != os.Getpid() {
+		t.Fatalf("tcp6 alert %+v", tcp6)
 	}
 
 	// UDP datagram.
