@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/arkgw/arkgw/nsdo"
 	"github.com/vishvananda/netlink"
@@ -70,6 +71,8 @@ type Host struct {
 	path    string
 	adopted bool
 	handle  *netlink.Handle
+
+	vethNames []string // veth ends created by Build, waited for
 }
 
 // requireRoot skips t unless it runs as root.
@@ -113,6 +116,9 @@ func (l *Lab) build(topo Topology) error {
 			return fmt.Errorf("link %d (%s-%s): %w", i, ls.A, ls.B, err)
 		}
 	}
+	if err := l.waitLinksUp(10 * time.Second); err != nil {
+		return err
+	}
 	for _, hs := range topo.Hosts {
 		h := l.hosts[hs.Name]
 		for _, p := range hs.LocalPrefixes {
@@ -127,6 +133,98 @@ func (l *Lab) build(topo Topology) error {
 		}
 	}
 	return nil
+}
+
+// waitLinksUp waits until every veth made by this lab is ready (WaitIfReady).
+func (l *Lab) waitLinksUp(timeout time.Duration) error {
+	for _, h := range l.Hosts() {
+		for _, name := range h.vethNames {
+			if err := h.WaitIfReady(name, timeout); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// WaitIfReady waits until interface ifname of h is operationally up and
+// has joined the solicited-node multicast groups of all its IPv6 addresses.
+// The kernel activates a device's queue (until then a noop qdisc drops
+// every packet) from the linkwatch worker, and joins solicited-node groups
+// from a workqueue even for IFA_F_NODAD addresses; before that, the first
+// packets vanish or the first IPv6 neighbour resolution takes a second.
+// Build waits for its own links; call this after adding a link or IPv6
+// addresses yourself (for example a gateway's veth).
+func (h *Host) WaitIfReady(ifname string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		link, err := h.handle.LinkByName(ifname)
+		if err != nil {
+			return fmt.Errorf("host %q: find %s: %w", h.Name, ifname, err)
+		}
+		if link.Attrs().OperState == netlink.OperUp || link.Attrs().OperState == netlink.OperUnknown && link.Attrs().Flags&net.FlagUp != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("host %q: %s not up after %v (operstate %s)", h.Name, ifname, timeout, link.Attrs().OperState)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return h.waitSolicitedNode(ifname, deadline)
+}
+
+// waitSolicitedNode waits until ifname has joined the solicited-node
+// multicast group of each of its IPv6 addresses. The kernel joins them from
+// a workqueue after the address is added (even with IFA_F_NODAD); until
+// then neighbour solicitations for the address are dropped and the first
+// IPv6 packet to it waits a second for a retransmission.
+func (h *Host) waitSolicitedNode(ifname string, deadline time.Time) error {
+	link, err := h.handle.LinkByName(ifname)
+	if err != nil {
+		return fmt.Errorf("host %q: find %s: %w", h.Name, ifname, err)
+	}
+	for {
+		addrs, err := h.handle.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("host %q: list addresses of %s: %w", h.Name, ifname, err)
+		}
+		var groups []byte
+		err = h.Do(func() (err error) {
+			// thread-self: this thread's namespace, not the process's.
+			groups, err = os.ReadFile("/proc/thread-self/net/igmp6")
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("host %q: read igmp6: %w", h.Name, err)
+		}
+		missing := ""
+		for _, a := range addrs {
+			ip := a.IP.To16()
+			group := fmt.Sprintf("ff0200000000000000000001ff%02x%02x%02x", ip[13], ip[14], ip[15])
+			if !hasGroup(string(groups), ifname, group) {
+				missing = a.IP.String()
+				break
+			}
+		}
+		if missing == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("host %q: %s has not joined the solicited-node group of %s", h.Name, ifname, missing)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// hasGroup looks for "idx ifname group ..." in /proc/net/igmp6 text.
+func hasGroup(igmp6, ifname, group string) bool {
+	for _, line := range strings.Split(igmp6, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[1] == ifname && f[2] == group {
+			return true
+		}
+	}
+	return false
 }
 
 func validHostName(name string) bool {
@@ -227,6 +325,8 @@ func (l *Lab) addLink(ls LinkSpec) error {
 	if err := a.handle.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s@%s <-> %s@%s: %w", aif, ls.A, bif, ls.B, err)
 	}
+	a.vethNames = append(a.vethNames, aif)
+	b.vethNames = append(b.vethNames, bif)
 	if err := a.configureIf(aif, ls.AAddrs); err != nil {
 		return err
 	}
@@ -455,8 +555,8 @@ func (l *Lab) cleanup() {
 			h.ns.Close()
 			continue
 		}
-		if ino, err := nsInode(h.path); err == nil {
-			if pids := killIn(ino); len(pids) > 0 {
+		if id, err := nsOf(h.path); err == nil {
+			if pids := killIn(id); len(pids) > 0 {
 				l.t.Logf("netlab cleanup: killed processes %v left in host %q", pids, h.Name)
 			}
 		}

@@ -121,13 +121,13 @@ func TestPrivilegedTwoHop(t *testing.T) {
 
 	t.Run("ping", func(t *testing.T) {
 		for _, dst := range []string{"10.2.0.2", "fd02::2", "198.51.100.123", "2001:db8:100::1:2"} {
-			out := client.Run(t, "ping", "-c1", "-W2", dst)
+			out := client.Run(t, "ping", "-n", "-c1", "-W2", dst)
 			if !strings.Contains(out, "1 received") {
 				t.Errorf("ping %s: %s", dst, out)
 			}
 		}
 		// Through Command (the re-exec trampoline) as well.
-		out, err := client.Command(context.Background(), "ping", "-c1", "-W2", "fd02::2").CombinedOutput()
+		out, err := client.Command(context.Background(), "ping", "-n", "-c1", "-W2", "fd02::2").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "1 received") {
 			t.Errorf("Command ping: %v\n%s", err, out)
 		}
@@ -195,7 +195,7 @@ func TestPrivilegedWorld(t *testing.T) {
 
 	t.Run("ping", func(t *testing.T) {
 		for _, dst := range []string{DefaultRouter4, DefaultRouter6, WWW4, WWW6, "203.0.113.200", "2001:db8:100:ffff::1"} {
-			out := node.Run(t, "ping", "-c1", "-W2", dst)
+			out := node.Run(t, "ping", "-n", "-c1", "-W2", dst)
 			if !strings.Contains(out, "1 received") {
 				t.Errorf("ping %s: %s", dst, out)
 			}
@@ -280,7 +280,7 @@ func TestPrivilegedWorld(t *testing.T) {
 		if err := node.AddAddr("lo", "10.250.9.2/32"); err != nil {
 			t.Fatal(err)
 		}
-		out := node.Run(t, "ping", "-c1", "-W2", "-I", "10.250.9.2", WWW4)
+		out := node.Run(t, "ping", "-n", "-c1", "-W2", "-I", "10.250.9.2", WWW4)
 		if !strings.Contains(out, "1 received") {
 			t.Errorf("ping from pool address: %s", out)
 		}
@@ -290,7 +290,7 @@ func TestPrivilegedWorld(t *testing.T) {
 func TestPrivilegedCapture(t *testing.T) {
 	w := NewWorld(t)
 	c := w.Inet.Capture(t, InetIf)
-	w.Node.Run(t, "ping", "-c1", "-W2", "198.51.100.77")
+	w.Node.Run(t, "ping", "-n", "-c1", "-W2", "198.51.100.77")
 	isReq := func(p gopacket.Packet) bool {
 		ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
 		return ok && IsICMPEcho(p, false) && ip.SrcIP.String() == NodeUplink4 && ip.DstIP.String() == "198.51.100.77"
@@ -490,7 +490,7 @@ func TestPrivilegedAdopt(t *testing.T) {
 		if v, err := exp.Sysctl("net.ipv4.ip_forward"); err != nil || v != "0" {
 			t.Errorf("sysctl in adopted ns: %q %v", v, err)
 		}
-		out := l.Host("host").Run(t, "ping", "-c1", "-W2", "fd09::2")
+		out := l.Host("host").Run(t, "ping", "-n", "-c1", "-W2", "fd09::2")
 		if !strings.Contains(out, "1 received") {
 			t.Errorf("ping into adopted ns: %s", out)
 		}

@@ -127,19 +127,31 @@ func removeNamed(path string) error {
 	return errors.Join(errs...)
 }
 
-// nsInode returns the inode identifying the namespace behind a netns file.
-func nsInode(path string) (uint64, error) {
+// nsID identifies a namespace: device and inode of its nsfs file.
+type nsID struct{ dev, ino uint64 }
+
+// nsOf returns the identity of the namespace bind-mounted at path; it fails
+// when path is not a namespace (for example a file whose mount never
+// happened because its creator died in between).
+func nsOf(path string) (nsID, error) {
+	var fs unix.Statfs_t
+	if err := unix.Statfs(path, &fs); err != nil {
+		return nsID{}, err
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return nsID{}, fmt.Errorf("%s is not a namespace file", path)
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return 0, err
+		return nsID{}, err
 	}
-	return st.Ino, nil
+	return nsID{uint64(st.Dev), st.Ino}, nil
 }
 
-// killIn SIGKILLs every process whose network namespace has inode ino and
-// returns their pids. Only called for namespaces netlab created itself, so
-// every process in them was started by a netlab test.
-func killIn(ino uint64) []int {
+// killIn SIGKILLs every process whose network namespace is id and returns
+// their pids. Only called for namespaces netlab created itself, so every
+// process in them was started by a netlab test.
+func killIn(id nsID) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -152,7 +164,7 @@ func killIn(ino uint64) []int {
 			continue
 		}
 		var st unix.Stat_t
-		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil || st.Ino != ino {
+		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) != nil || st.Ino != id.ino || uint64(st.Dev) != id.dev {
 			continue
 		}
 		if unix.Kill(pid, unix.SIGKILL) == nil {
@@ -195,8 +207,8 @@ func Sweep() ([]string, error) {
 			continue
 		}
 		path := filepath.Join(RunDir, name)
-		if ino, err := nsInode(path); err == nil {
-			killIn(ino)
+		if id, err := nsOf(path); err == nil {
+			killIn(id)
 		}
 		if err := removeNamed(path); err != nil {
 			errs = append(errs, fmt.Errorf("netlab sweep: %w", err))
