@@ -112,6 +112,7 @@ type cgroupCtl interface {
 	Stats() cgStats
 	Delete() error
 	Missing() []string // controllers this kernel lacks (accepted by policy)
+	Empty() bool       // no process left
 }
 
 var (
@@ -171,6 +172,45 @@ func newCgroup(id, rel string, r Resources, allowMissing []string) (cgroupCtl, e
 	return newCgroupV1(id, rel, r, allowMissing)
 }
 
+// loadCgroup finds an existing experiment cgroup (after a daemon restart).
+// ok is false when it does not exist (any more).
+func loadCgroup(rel string) (cgroupCtl, bool) {
+	if cgroupMode() == cgroups.Unified {
+		path := filepath.Join(v2Root, rel)
+		if _, err := os.Stat(path); err != nil {
+			return nil, false
+		}
+		m, err := cgroup2.Load(rel, cgroup2.WithMountpoint(v2Root))
+		if err != nil {
+			return nil, false
+		}
+		return &cgroupV2{m: m, path: path}, true
+	}
+	var subs []cgroup1.Subsystem
+	var names []string
+	for _, c := range []struct {
+		name string
+		s    cgroup1.Subsystem
+	}{
+		{"cpu", cgroup1.NewCpu(v1Root)}, {"cpuacct", cgroup1.NewCpuacct(v1Root)},
+		{"memory", cgroup1.NewMemory(v1Root, cgroup1.OptionalSwap())}, {"pids", cgroup1.NewPids(v1Root)},
+		{"freezer", cgroup1.NewFreezer(v1Root)},
+	} {
+		if _, err := os.Stat(filepath.Join(v1Root, c.name, rel)); err == nil {
+			subs = append(subs, c.s)
+			names = append(names, c.name)
+		}
+	}
+	if len(subs) == 0 {
+		return nil, false
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(rel), cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) { return subs, nil }))
+	if err != nil {
+		return nil, false
+	}
+	return &cgroupV1{cg: cg, rel: rel, subs: names}, true
+}
+
 // ---- v1 (legacy and hybrid hosts) ----
 
 type cgroupV1 struct {
@@ -213,6 +253,8 @@ func newCgroupV1(id, rel string, r Resources, allowMissing []string) (cgroupCtl,
 }
 
 func (c *cgroupV1) Missing() []string { return c.missing }
+
+func (c *cgroupV1) Empty() bool { return len(c.procs()) == 0 }
 
 func (c *cgroupV1) Add(pid int) error {
 	if err := c.cg.Add(cgroup1.Process{Pid: pid}); err != nil {
@@ -324,6 +366,11 @@ func newCgroupV2(id, rel string, r Resources, allowMissing []string) (cgroupCtl,
 }
 
 func (c *cgroupV2) Missing() []string { return c.missing }
+
+func (c *cgroupV2) Empty() bool {
+	ps, err := readPids(filepath.Join(c.path, "cgroup.procs"))
+	return err != nil || len(ps) == 0
+}
 
 func (c *cgroupV2) Add(pid int) error {
 	if err := c.m.AddProc(uint64(pid)); err != nil {

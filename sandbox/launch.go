@@ -24,7 +24,7 @@ type Sandbox struct {
 	PID int // host pid of the sandbox init (pid 1 of the run's PID namespace)
 
 	log     hclog.Logger
-	proc    *nsholder.Process
+	proc    waiter
 	cg      cgroupCtl
 	timeout time.Duration
 
@@ -246,13 +246,20 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	return sb, nil
 }
 
+// waiter is the end of a run as seen by the daemon: the holder's report
+// (*nsholder.Process) or, after a restart, the status file it writes.
+type waiter interface {
+	Done() <-chan struct{}
+	Wait() (nsholder.ExitStatus, error)
+}
+
 // monitor owns the run: it enforces the wall-clock limit, and when the
 // init ended it reads the cgroup's accounting, removes the cgroup and
 // publishes the Result.
 func (sb *Sandbox) monitor() {
 	var timer <-chan time.Time
-	if sb.timeout > 0 {
-		t := time.NewTimer(sb.timeout)
+	if sb.timeout != 0 {
+		t := time.NewTimer(max(sb.timeout, time.Millisecond))
 		defer t.Stop()
 		timer = t.C
 	}

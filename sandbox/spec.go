@@ -198,11 +198,6 @@ func prepare(s *Spec) (*prepared, error) {
 	if nofile == 0 {
 		nofile = 1024
 	}
-	parent := s.CgroupParent
-	if parent == "" {
-		parent = "arkgw"
-	}
-	parent = strings.Trim(filepath.Clean("/"+parent), "/")
 	p := &prepared{
 		root: root,
 		cfg: initConfig{
@@ -226,7 +221,7 @@ func prepare(s *Spec) (*prepared, error) {
 		},
 		res:       ComputeResources(s.Limits, s.PidsMax),
 		timeout:   wallClock(s.Limits.MaxHours),
-		cgroupRel: "/" + parent + "/" + s.ID,
+		cgroupRel: cgroupRel(s.CgroupParent, s.ID),
 	}
 	return p, nil
 }
