@@ -18,7 +18,7 @@ import (
 // as the veth's root qdisc (towards the experiment) and ingress + u32
 // mirred redirect to an ifb with tbf (from the experiment). The burst is the
 // same as ours so that only the method differs.
-func cniShape(t *testing.T, h *netlink.Handle, veth string, bps uint64) func() {
+func cniShape(t *testing.T, h *netlink.Handle, veth string, bps uint64) string {
 	t.Helper()
 	link, err := h.LinkByName(veth)
 	if err != nil {
@@ -50,39 +50,91 @@ func cniShape(t *testing.T, h *netlink.Handle, veth string, bps uint64) func() {
 		Actions: []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)}}); err != nil {
 		t.Fatalf("cni redirect: %v", err)
 	}
-	return func() {
+	t.Cleanup(func() { cniUnshape(h, veth, ifbName) })
+	return ifbName
+}
+
+func cniUnshape(h *netlink.Handle, veth, ifbName string) {
+	if link, err := h.LinkByName(veth); err == nil {
 		h.QdiscDel(&netlink.Ingress{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_INGRESS, Handle: netlink.MakeHandle(0xffff, 0)}})
-		h.QdiscDel(tbf(link.Attrs().Index))
+		h.QdiscDel(&netlink.Tbf{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)}})
+	}
+	if ifb, err := h.LinkByName(ifbName); err == nil {
 		h.LinkDel(ifb)
 	}
 }
 
 type benchRun struct {
-	wireRatio   float64 // IP bytes on the veth in steady state / cap
-	deliveredIP float64 // IP bytes that reached the other end / cap
+	wireRatio   float64 // IP bytes the shaper sent in steady state / cap
+	deliveredIP float64 // IP bytes seen arriving on the far veth / cap (GSO packets count their headers once)
 	goodput     float64 // iperf3 receiver, bit/s
 }
 
-// measure runs iperf3 for 6 s (first second omitted) and samples the veth
-// counters between 1.5 s and 5.5 s.
-func measure(t *testing.T, lab *bwlab.Lab, port int, capBps uint64, download bool) benchRun {
-	t.Helper()
-	type sample struct{ veth, far uint64 }
-	read := func() sample {
-		rb, rp, tb, tp, err := bwlab.LinkStats(lab.Node, bwlab.HostIf)
+// wireFunc returns the bytes and packets a shaper has sent, as the kernel
+// counts them in the qdisc or class statistics: per segment, frames
+// including the 14-byte Ethernet header.
+type wireFunc func() (bytes, packets uint64)
+
+func classWire(t *testing.T, h *netlink.Handle, dev string, handle uint32) wireFunc {
+	return func() (uint64, uint64) {
+		link, err := h.LinkByName(dev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var s sample
-		if download {
-			s.veth = tb - 14*tp
-			frb, frp, _, _, _ := bwlab.LinkStats(lab.Exp, "eth0")
-			s.far = frb - 14*frp
-		} else {
-			s.veth = rb - 14*rp
-			frb, frp, _, _, _ := bwlab.LinkStats(lab.Inet, "eth0")
-			s.far = frb - 14*frp
+		cs, err := h.ClassList(link, 0)
+		if err != nil {
+			t.Fatal(err)
 		}
+		for _, c := range cs {
+			if c.Attrs().Handle == handle && c.Attrs().Statistics != nil && c.Attrs().Statistics.Basic != nil {
+				b := c.Attrs().Statistics.Basic
+				return b.Bytes, uint64(b.Packets)
+			}
+		}
+		t.Fatalf("class %x not found on %s", handle, dev)
+		return 0, 0
+	}
+}
+
+func rootQdiscWire(t *testing.T, h *netlink.Handle, dev string) wireFunc {
+	return func() (uint64, uint64) {
+		link, err := h.LinkByName(dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		qs, err := h.QdiscList(link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range qs {
+			if q.Attrs().Parent == netlink.HANDLE_ROOT && q.Attrs().Statistics != nil && q.Attrs().Statistics.Basic != nil {
+				b := q.Attrs().Statistics.Basic
+				return b.Bytes, uint64(b.Packets)
+			}
+		}
+		t.Fatalf("no root qdisc stats on %s", dev)
+		return 0, 0
+	}
+}
+
+// measure runs iperf3 for 6 s (first second omitted) and samples the
+// counters between 1.5 s and 5.5 s.
+func measure(t *testing.T, lab *bwlab.Lab, port int, capBps uint64, download bool, wire wireFunc) benchRun {
+	t.Helper()
+	type sample struct{ wire, far uint64 }
+	read := func() sample {
+		var s sample
+		wb, wp := wire()
+		s.wire = wb - 14*wp
+		far, ifn := lab.Inet, "eth0"
+		if download {
+			far = lab.Exp
+		}
+		frb, frp, _, _, err := bwlab.LinkStats(far, ifn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.far = frb - 14*frp
 		return s
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -107,7 +159,7 @@ func measure(t *testing.T, lab *bwlab.Lab, port int, capBps uint64, download boo
 	}
 	secs := t1.Sub(t0).Seconds()
 	return benchRun{
-		wireRatio:   float64(s1.veth-s0.veth) * 8 / secs / float64(capBps),
+		wireRatio:   float64(s1.wire-s0.wire) * 8 / secs / float64(capBps),
 		deliveredIP: float64(s1.far-s0.far) * 8 / secs / float64(capBps),
 		goodput:     r.r.GoodputBps,
 	}
@@ -144,7 +196,11 @@ func TestBenchBandwidth(t *testing.T) {
 			if err := sh.Apply(ctx, Spec{ID: "bench", HostIf: bwlab.HostIf, Slot: 0, RateBps: capBps}); err != nil {
 				t.Fatal(err)
 			}
-			ark := measure(t, lab, port, capBps, download)
+			wire := classWire(t, lab.Node.Handle(), UpIFB, netlink.MakeHandle(UpMajor, 2))
+			if download {
+				wire = classWire(t, lab.Node.Handle(), DownIFB, netlink.MakeHandle(DownMajor, 2))
+			}
+			ark := measure(t, lab, port, capBps, download, wire)
 			if err := sh.Remove(ctx, "bench"); err != nil {
 				t.Fatal(err)
 			}
@@ -153,9 +209,13 @@ func TestBenchBandwidth(t *testing.T) {
 				t.Fatal(err)
 			}
 			// CNI
-			undo := cniShape(t, lab.Node.Handle(), bwlab.HostIf, capBps)
-			cni := measure(t, lab, port, capBps, download)
-			undo()
+			ifbName := cniShape(t, lab.Node.Handle(), bwlab.HostIf, capBps)
+			wire = rootQdiscWire(t, lab.Node.Handle(), ifbName)
+			if download {
+				wire = rootQdiscWire(t, lab.Node.Handle(), bwlab.HostIf)
+			}
+			cni := measure(t, lab, port, capBps, download, wire)
+			cniUnshape(lab.Node.Handle(), bwlab.HostIf, ifbName)
 
 			g := ark.goodput / cni.goodput
 			fmt.Printf("cap %3d Mbit/s %-4s arkgw wire %.4f delivered %.4f goodput %.4f | cni wire %.4f delivered %.4f goodput %.4f | goodput ark/cni %.4f\n",
