@@ -195,10 +195,15 @@ func (a *admission) dests(proto string, req, owner []DestEntry, ownerPorts []Por
 			}
 			usable = true
 			all = append(all, d)
-			if rest, iv, bad := uncovered(set, d.Ports, allowed, anyPorts); bad && !exceeded {
+			if exceeded {
+				// One conflict per entry is enough.
+			} else if rest, iv, bad := uncovered(set, d.Ports, allowed, anyPorts); bad {
 				exceeded = true
-				a.conflict(f, e.Text, "exceeds the node's %s allowlist (%s ports %s are not allowed); ask the node owner or narrow it",
-					proto, a.describe(rest, d.Prefix), FormatPorts([]PortRange{iv}))
+				what := fmt.Sprintf("ports %d-%d to %s are", iv.Lo, iv.Hi, a.describe(rest, d.Prefix))
+				if iv.Lo == iv.Hi {
+					what = fmt.Sprintf("port %d to %s is", iv.Lo, a.describe(rest, d.Prefix))
+				}
+				a.conflict(f, e.Text, "exceeds the node's %s allowlist (%s not allowed); ask the node owner or narrow it", proto, what)
 			}
 			if a.allPackets != nil && !outside {
 				if rest := setMinus(set, a.allPackets); !isEmpty(rest) {
