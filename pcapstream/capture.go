@@ -20,7 +20,7 @@ import (
 const (
 	rateWindow = 100 * time.Millisecond
 	batchRate  = 2000 // packets per second above which the capture batches
-	batchPause = time.Millisecond
+	batchPause = 5 * time.Millisecond
 )
 
 // capture is one open AF_PACKET socket and the goroutine reading it.
@@ -96,13 +96,15 @@ func (s *Server) captureLoop(c *capture) {
 	var (
 		winStart time.Time // rate window
 		winCount int
-		busy     bool // the last window was above batchRate
+		busy     bool      // the last window was above batchRate
+		lastTS   time.Time // kernel timestamp of the last packet
 	)
 	for {
 		// Under load, wake once per batchPause instead of once per packet:
-		// when the socket is empty, sleep and let the (large) receive
-		// buffer collect a batch. Sparse traffic is read at once.
-		if busy && c.rc != nil && !pending(c.rc) {
+		// when the last packet read was fresh, the socket has (nearly)
+		// run dry; sleep and let the large receive buffer collect a batch.
+		// Sparse traffic is read at once.
+		if busy && c.rc != nil && time.Since(lastTS) < batchPause/4 {
 			time.Sleep(batchPause)
 		}
 		data, ci, err := c.h.ZeroCopyReadPacketData()
@@ -121,6 +123,7 @@ func (s *Server) captureLoop(c *capture) {
 			continue
 		}
 		s.captured.Add(1)
+		lastTS = ci.Timestamp
 		winCount++
 		if d := ci.Timestamp.Sub(winStart); d >= rateWindow || d < 0 {
 			busy = float64(winCount)/d.Seconds() > batchRate && d > 0
@@ -192,17 +195,4 @@ func setRcvBuf(rc syscall.RawConn, size int) error {
 		return fmt.Errorf("setsockopt SO_RCVBUF %d: %w", size, serr)
 	}
 	return nil
-}
-
-// pending reports whether a packet waits in the socket (SIOCINQ: the
-// length of the next packet on a packet socket).
-func pending(rc syscall.RawConn) bool {
-	n := 0
-	var ierr error
-	if err := rc.Control(func(fd uintptr) {
-		n, ierr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-	}); err != nil || ierr != nil {
-		return true // unknown: do not pause
-	}
-	return n > 0
 }

@@ -53,7 +53,7 @@ const (
 	finalWriteTimeout   = 2 * time.Second
 	statsInterval       = time.Second
 	maxBatch            = 256 << 10 // bytes of pcap records per P frame
-	flushDelay          = 2 * time.Millisecond
+	flushDelay          = 10 * time.Millisecond
 )
 
 // Config configures a Server for one experiment.
