@@ -211,12 +211,18 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := g.plumb(n); err != nil {
-		return nil, fmt.Errorf("gateway add %q: %w", id, err)
-	}
+	// Rules first: they name the interface, so they hold from the first
+	// packet the new veth carries (there is no unfiltered window).
 	g.exps[id] = &expState{eff: eff, net: n}
 	if err := g.reload(); err != nil {
 		delete(g.exps, id)
+		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+	}
+	if err := g.plumb(n); err != nil {
+		delete(g.exps, id)
+		if rerr := g.reload(); rerr != nil {
+			g.log.Error("restore ruleset after failed add", "experiment", id, "error", rerr)
+		}
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
 	log.Debug("experiment network up", "slot", slot, "addr4", addr4, "addr6", addr6, "if", n.HostIf)

@@ -567,6 +567,36 @@ func TestPrivilegedGateway(t *testing.T) {
 				t.Error("the query reached the Internet resolver")
 			}
 		}},
+		{"dns over ipv6 and tcp redirected too", func(t *testing.T) {
+			ln, err := l.w.Node.Listen("tcp", net.JoinHostPort(a.GW6.String(), "53"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			srv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+				m := new(dns.Msg)
+				m.SetReply(r)
+				rr, _ := dns.NewRR(r.Question[0].Name + " 60 IN AAAA 2001:db8::53")
+				m.Answer = append(m.Answer, rr)
+				w.WriteMsg(m)
+			})}
+			go srv.ActivateAndServe()
+			defer srv.Shutdown()
+			var resp *dns.Msg
+			err = nsdo.In(nsA, func() error {
+				m := new(dns.Msg)
+				m.SetQuestion("www.arkgw.test.", dns.TypeAAAA)
+				var err error
+				resp, _, err = (&dns.Client{Net: "tcp", Timeout: 3 * time.Second}).Exchange(m, "["+netlab.DNS6+"]:53")
+				return err
+			})
+			if err != nil {
+				t.Fatalf("query: %v", err)
+			}
+			if len(resp.Answer) != 1 || !strings.Contains(resp.Answer[0].String(), "2001:db8::53") {
+				t.Errorf("answer did not come from the gateway listener: %v", resp)
+			}
+		}},
 		{"dns any allowed to every resolver", func(t *testing.T) {
 			// b has DNSAny: its queries reach the real resolver.
 			err := nsdo.In(nsB, func() error {
@@ -729,6 +759,38 @@ func TestPrivilegedRevoke(t *testing.T) {
 	if _, err := dialIn(ns, "tcp", "198.51.100.7:7", 700*time.Millisecond); err == nil {
 		t.Error("new connection to a revoked destination succeeded")
 	}
+
+	// Remove deletes the experiment's remaining conntrack entries.
+	if flows := slotFlowCount(t, l, n.Slot); flows == 0 {
+		t.Fatal("no conntrack entries of the experiment before Remove")
+	}
+	if err := l.g.Remove(context.Background(), n.ID); err != nil {
+		t.Fatal(err)
+	}
+	if flows := slotFlowCount(t, l, n.Slot); flows != 0 {
+		t.Errorf("%d conntrack entries of the removed experiment left", flows)
+	}
+	if err := l.g.Remove(context.Background(), n.ID); err != nil {
+		t.Fatalf("second remove: %v", err)
+	}
+}
+
+func slotFlowCount(t *testing.T, l *lab, slot int) int {
+	t.Helper()
+	c, err := openConntrack(l.w.Node.NS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	flows, err := slotFlows(c, slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range flows {
+		n += len(f)
+	}
+	return n
 }
 
 // TestPrivilegedAddFailureLeavesNothing: a slot clash and a ruleset the
