@@ -202,9 +202,17 @@ func (in *Internet) Close() error {
 	in.closed = true
 	closers := in.closers
 	conns := in.conns
+	servers := in.dns
 	in.conns = map[net.Conn]struct{}{}
 	in.mu.Unlock()
 	in.cancel()
+	for _, s := range servers {
+		// Also ends idle DNS-over-TCP connections (which would otherwise
+		// linger for the server's idle timeout).
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s.ShutdownContext(ctx)
+		cancel()
+	}
 	for _, c := range closers {
 		c.Close()
 	}

@@ -411,6 +411,9 @@ func TestPrivilegedCleanup(t *testing.T) {
 			if n := len(labNames(t, id)); n != 3 {
 				t.Fatalf("%d namespaces of lab %s, want 3", n, id)
 			}
+			if out, _ := exec.Command("ip", "netns", "list").CombinedOutput(); strings.Count(string(out), "x"+id+"-") != 3 {
+				t.Errorf("ip netns list does not show the lab's 3 namespaces:\n%s", out)
+			}
 			// A process left running inside is killed by the cleanup.
 			cmd := l.Host("server").Command(context.Background(), "sleep", "600")
 			if err := cmd.Start(); err != nil {
@@ -421,6 +424,11 @@ func TestPrivilegedCleanup(t *testing.T) {
 		})
 		if left := labNames(t, id); len(left) != 0 {
 			t.Errorf("left after cleanup: %v", left)
+		}
+		// The same as iproute2 sees it.
+		out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+		if err != nil || strings.Contains(string(out), "x"+id+"-") {
+			t.Errorf("ip netns list after cleanup (%v):\n%s", err, out)
 		}
 		deadline := time.Now().Add(5 * time.Second)
 		for alive(procPID) && time.Now().Before(deadline) {
