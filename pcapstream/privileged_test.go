@@ -734,3 +734,55 @@ func TestPrivilegedPcapOptions(t *testing.T) {
 	}
 	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
 }
+
+// TestPrivilegedPcapInterfaceGone: when the experiment's veth disappears
+// under a reader, the reader is told why and gets its counts; the server
+// keeps running and refuses new readers with a message naming the
+// interface.
+func TestPrivilegedPcapInterfaceGone(t *testing.T) {
+	l := newLab(t)
+	srv, sock := startServer(t, l, "pc2", exp2If, nil)
+	c := dialRaw(t, sock, wire.Request{})
+	waitFor(t, "capturing", 10*time.Second, func() bool { return srv.Capturing() })
+	l.exp2.Run(t, "ping", "-n", "-c", "1", "198.51.100.1")
+	waitFor(t, "packets", 10*time.Second, func() bool { return srv.Stats().Captured >= 2 })
+
+	link, err := l.node.Handle().LinkByName(exp2If)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.node.Handle().LinkDel(link); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var (
+		buf    []byte
+		errMsg string
+		st     wire.Stats
+	)
+	for {
+		typ, p, nb, err := wire.ReadFrame(c, buf)
+		buf = nb
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reader was not ended after the interface went away: %v", err)
+		}
+		switch typ {
+		case wire.FrameError:
+			errMsg = string(p)
+		case wire.FrameStats:
+			st, _ = wire.ParseStats(p)
+		}
+	}
+	if !strings.Contains(errMsg, "capture on "+exp2If+" ended") || st.Packets < 2 {
+		t.Errorf("reader got error %q, stats %+v", errMsg, st)
+	}
+	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
+
+	c2 := dialRaw(t, sock, wire.Request{})
+	if _, _, msg := finish(t, c2); !strings.Contains(msg, "cannot capture on "+exp2If) {
+		t.Errorf("new reader after the interface went away: %q", msg)
+	}
+}
