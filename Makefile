@@ -63,7 +63,8 @@ lint: ## gofmt and go vet
 	$(GO) vet $(PKGS)
 
 rootfs: build ## a small container root for tests and the demo (ROOTFS=dir)
-	./scripts/rootfs.sh $${ROOTFS:-/var/lib/arkgw/containers/ark-2026.1}
+	root=$${ROOTFS:-/var/lib/arkgw/containers/ark-2026.1}; ./scripts/rootfs.sh $$root && \
+	  install -D -m 0755 $(BIN)/arkprobe $$root/usr/local/bin/arkprobe
 
 cleanup: build ## remove every kernel object arkgw or netlab left behind
 	./$(BIN)/arkgw cleanup || true

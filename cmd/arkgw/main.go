@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/reexec"
 )
 
@@ -15,21 +16,37 @@ func main() {
 	if reexec.Init() {
 		return
 	}
-	os.Exit(run(os.Args[1:]))
+	daemon.Version = version
+	os.Exit(dispatch(os.Args[1:]))
 }
 
-func run(args []string) int {
+var commands = map[string]func([]string) int{
+	"run":     runDaemon,
+	"check":   runCheck,
+	"submit":  runSubmit,
+	"list":    runList,
+	"stop":    runStop,
+	"logs":    runLogs,
+	"alerts":  runAlerts,
+	"flows":   runFlows,
+	"cleanup": runCleanup,
+}
+
+func dispatch(args []string) int {
 	if len(args) == 0 {
 		usage()
 		return 2
 	}
 	switch args[0] {
-	case "version":
+	case "version", "--version":
 		fmt.Println("arkgw", version)
 		return 0
 	case "help", "-h", "--help":
 		usage()
 		return 0
+	}
+	if cmd, ok := commands[args[0]]; ok {
+		return cmd(args[1:])
 	}
 	fmt.Fprintf(os.Stderr, "arkgw: unknown command %q; run 'arkgw help'\n", args[0])
 	return 2
@@ -45,7 +62,7 @@ func usage() {
   arkgw logs   ID [--stderr]                     collected stdout (or stderr)
   arkgw alerts [--follow] [--json] [--since T]   violation alerts
   arkgw flows  [--dst P] [--port N] [--at T]     which experiment sent this?
-  arkgw cleanup                                  remove kernel state no experiment owns
+  arkgw cleanup [--config node.toml]             remove kernel state no experiment owns
   arkgw version
 `)
 }

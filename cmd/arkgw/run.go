@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/mattn/go-isatty"
+
+	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/runner"
+	"github.com/arkgw/arkgw/store"
+)
+
+const defaultConfig = "/etc/arkgw/node.toml"
+
+// newLogger is the one root logger: JSON for log shippers unless stderr is
+// a terminal.
+func newLogger() hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "arkgw",
+		Level:      hclog.LevelFromString(envOr("ARKGW_LOG_LEVEL", "info")),
+		JSONFormat: !isatty.IsTerminal(os.Stderr.Fd()),
+	})
+}
+
+// loadPolicy reads node.toml; a missing file at the default path means the
+// built-in defaults (said in the log).
+func loadPolicy(path string, explicit bool, log hclog.Logger) (*daemon.Policy, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && !explicit {
+		log.Warn("no node policy file; using the built-in defaults", "path", path)
+		return &daemon.Policy{Node: configs.DefaultNode()}, nil
+	}
+	return daemon.LoadPolicy(path)
+}
+
+func runDaemon(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	cfgPath := fs.String("config", defaultConfig, "node policy file")
+	sock := socketFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	log := newLogger()
+	pol, err := loadPolicy(*cfgPath, explicit, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "arkgw:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	// SIGHUP: parse and validate the whole new policy first; an invalid one
+	// leaves the old one in force.
+	reload := make(chan *daemon.Policy, 1)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				p, err := loadPolicy(*cfgPath, explicit, log)
+				if err != nil {
+					log.Error("node policy reload refused; the previous policy stays in force", "error", err)
+					continue
+				}
+				log.Info("node policy reload requested", "path", *cfgPath)
+				reload <- p
+			}
+		}
+	}()
+
+	err = daemon.Run(ctx, daemon.Config{
+		Policy: pol, Socket: *sock, Logger: log,
+		NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
+			return runner.New(deps, runner.Options{})
+		},
+	}, reload)
+	if err != nil {
+		log.Error("arkgw failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// runCleanup removes kernel state (veths, namespaces, rules) of experiments
+// the store does not list as running. The daemon must be stopped.
+func runCleanup(args []string) int {
+	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
+	cfgPath := fs.String("config", defaultConfig, "node policy file")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log := newLogger()
+	pol, err := loadPolicy(*cfgPath, false, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "arkgw:", err)
+		return 2
+	}
+	st, err := store.Open(pol.StateDir())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "arkgw cleanup: %v; stop the daemon first (it sweeps at start by itself)\n", err)
+		return 1
+	}
+	defer st.Close()
+	keep := map[string]bool{}
+	list, err := st.List()
+	if err != nil {
+		return fail(err)
+	}
+	for _, x := range list {
+		if x.State == store.Running {
+			keep[x.ID] = true
+		}
+	}
+	r, err := runner.New(daemon.RunnerDeps{Policy: pol, Store: st, Logger: log}, runner.Options{})
+	if err != nil {
+		return fail(err)
+	}
+	defer r.Close()
+	if err := r.Sweep(context.Background(), keep); err != nil {
+		return fail(err)
+	}
+	fmt.Printf("arkgw cleanup: done (%d running experiments kept)\n", len(keep))
+	return 0
+}

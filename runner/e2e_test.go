@@ -1,0 +1,279 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/reexec"
+	"github.com/arkgw/arkgw/store"
+)
+
+func TestMain(m *testing.M) {
+	if reexec.Init() {
+		return
+	}
+	code := m.Run()
+	if rootDir != "" {
+		os.RemoveAll(filepath.Dir(rootDir))
+	}
+	os.Exit(code)
+}
+
+var (
+	rootOnce sync.Once
+	rootDir  string
+	rootErr  error
+)
+
+// containerRoot builds the sample container root (with arkprobe) once per
+// test binary.
+func containerRoot(t *testing.T) string {
+	t.Helper()
+	rootOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "arkgw-root-")
+		if err != nil {
+			rootErr = err
+			return
+		}
+		rootDir = filepath.Join(dir, "ark-2026.1")
+		_, file, _, _ := runtime.Caller(0)
+		top := filepath.Dir(filepath.Dir(file))
+		probe := filepath.Join(dir, "arkprobe")
+		build := exec.Command("go", "build", "-o", probe, "./cmd/arkprobe")
+		build.Dir, build.Env = top, append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			rootErr = fmt.Errorf("build arkprobe: %v\n%s", err, out)
+			return
+		}
+		if out, err := exec.Command(filepath.Join(top, "scripts", "rootfs.sh"), rootDir).CombinedOutput(); err != nil {
+			rootErr = fmt.Errorf("rootfs.sh: %v\n%s", err, out)
+			return
+		}
+		rootErr = installProbe(probe, rootDir)
+	})
+	if rootErr != nil {
+		t.Fatal(rootErr)
+	}
+	return rootDir
+}
+
+// installProbe puts arkprobe on the container's PATH, as `make rootfs` does.
+func installProbe(probe, root string) error {
+	data, err := os.ReadFile(probe)
+	if err != nil {
+		return err
+	}
+	dst := filepath.Join(root, "usr", "local", "bin", "arkprobe")
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o755)
+}
+
+// node is a daemon running against a netlab world's node namespace.
+type node struct {
+	w      *netlab.World
+	state  string
+	client *daemon.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startNode(t *testing.T, w *netlab.World, state string, group int) *node {
+	t.Helper()
+	return startNodeListen(t, w, state, group, "127.0.0.1:0")
+}
+
+func startNodeListen(t *testing.T, w *netlab.World, state string, group int, listen string) *node {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(state, "containers"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(state, "containers", "ark-2026.1")
+	if _, err := os.Lstat(link); err != nil {
+		if err := os.Symlink(containerRoot(t), link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy := fmt.Sprintf(`node = "netlab"
+state_dir = %q
+uplink = "eth0"
+[dns]
+upstreams = [%q]
+[alerts]
+nflog_group = %d
+`, state, netlab.DNS4, group)
+	n, err := configs.ParseNode("node.toml", []byte(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Web.Listen = listen // tests use port 0: they run side by side
+	sock := filepath.Join(state, "arkgw.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	nd := &node{w: w, state: state, client: daemon.NewClient(sock), cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		nd.done <- daemon.Run(ctx, daemon.Config{
+			Policy: &daemon.Policy{Node: n}, Socket: sock,
+			NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
+				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run")})
+			},
+		}, nil)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := nd.client.List(); err == nil {
+			break
+		}
+		select {
+		case err := <-nd.done:
+			t.Fatalf("daemon exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nd
+}
+
+func (nd *node) stop(t *testing.T) {
+	nd.cancel()
+	if err := <-nd.done; err != nil {
+		t.Errorf("daemon: %v", err)
+	}
+}
+
+func (nd *node) submit(t *testing.T, manifest string) string {
+	t.Helper()
+	dir := t.TempDir()
+	x, err := nd.client.Submit([]byte(manifest), "m.toml", dir)
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return x.ID
+}
+
+func (nd *node) waitState(t *testing.T, id, state string, timeout time.Duration) daemon.ExperimentView {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		x, err := nd.client.Get(id)
+		if err == nil && x.State == state {
+			return *x
+		}
+		if time.Now().After(deadline) {
+			out, _ := nd.client.Logs(id, true)
+			t.Fatalf("experiment %s: %+v (err %v), want %s; stderr:\n%s", id, x, err, state, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (nd *node) waitLog(t *testing.T, id, want string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out, _ := nd.client.Logs(id, false)
+		if strings.Contains(string(out), want) {
+			return string(out)
+		}
+		if time.Now().After(deadline) {
+			errOut, _ := nd.client.Logs(id, true)
+			t.Fatalf("experiment %s stdout lacks %q:\n%s\nstderr:\n%s", id, want, out, errOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+const probeManifest = `
+title = "probe"
+container = "ark-2026.1"
+command = ["/bin/sh", "-c", %q]
+max_hours = 1
+cpu = "minimal"
+max_ram_mb = 128
+max_mbps = 10
+ip = "ipv4"
+dns = ["arkgw.test"]
+icmp = ["echo-request"]
+tcp = ["198.51.100.80/32:80"]
+[[experimenters]]
+name = "A. Researcher"
+email = "researcher@example.edu"
+`
+
+// kernelLeftovers lists arkgw objects in the node namespace.
+func kernelLeftovers(t *testing.T, w *netlab.World) string {
+	t.Helper()
+	var left []string
+	links, _ := w.Node.Handle().LinkList()
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, "ark") {
+			left = append(left, "link "+l.Attrs().Name)
+		}
+	}
+	out, _ := w.Node.RunE(context.Background(), "nft", "list", "ruleset")
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "iifname \"ark") || strings.Contains(line, "chain exp_") {
+			left = append(left, "nft: "+strings.TrimSpace(line))
+		}
+	}
+	return strings.Join(left, "\n")
+}
+
+func TestPrivilegedEndToEnd(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds netlab namespaces and runs sandboxes")
+	}
+	w := netlab.NewWorld(t)
+	state := t.TempDir()
+	nd := startNode(t, w, state, 2000+os.Getpid()%1000)
+	defer nd.stop(t)
+
+	script := `arkprobe dns www.arkgw.test; arkprobe tcp 198.51.100.80:80; arkprobe http http://198.51.100.80/; arkprobe tcp 203.0.113.10:22; ping -c1 -W2 198.51.100.1 >/dev/null && echo ping ok; echo done; sleep 600`
+	id := nd.submit(t, fmt.Sprintf(probeManifest, script))
+	nd.waitState(t, id, store.Running, 30*time.Second)
+	out := nd.waitLog(t, id, "done", 60*time.Second)
+	for _, want := range []string{
+		"dns www.arkgw.test A: 198.51.100.80",
+		"tcp 198.51.100.80:80: ok",
+		"tcp 203.0.113.10:22: FAIL",
+		"ping ok",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("experiment output lacks %q:\n%s", want, out)
+		}
+	}
+	// The allowed connection reached the fake Internet NATed; the denied one did not.
+	if !w.Internet().Seen(func(r netlab.Record) bool {
+		return r.Service == "http" && r.Src.Addr().String() == netlab.NodeUplink4
+	}) {
+		t.Error("allowed TCP did not arrive at the fake Internet from the node's address")
+	}
+	if w.Internet().Seen(func(r netlab.Record) bool { return r.Dst.Port() == 22 }) {
+		t.Error("denied TCP to port 22 arrived")
+	}
+
+	if _, err := nd.client.Stop(id); err != nil {
+		t.Fatal(err)
+	}
+	x := nd.waitState(t, id, store.Completed, 10*time.Second)
+	if x.Reason != store.ReasonStoppedStaff {
+		t.Errorf("reason %q", x.Reason)
+	}
+	if left := kernelLeftovers(t, w); left != "" {
+		t.Errorf("left in the kernel after stop:\n%s", left)
+	}
+}

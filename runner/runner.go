@@ -1,0 +1,341 @@
+// Package runner is the kernel side of arkgw's experiments: for each one it
+// builds the network and rules (gateway), the DNS proxy, the pcap service and
+// the sandbox, and tears all of it down again; node-wide it runs the NFLOG
+// alerter and the conntrack flow recorder. The daemon decides; this package
+// does, behind daemon.Runner.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netns"
+
+	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/dnsproxy"
+	"github.com/arkgw/arkgw/flowlog"
+	"github.com/arkgw/arkgw/gateway"
+	"github.com/arkgw/arkgw/pcapstream"
+	"github.com/arkgw/arkgw/sandbox"
+)
+
+// Options are the node-level settings the daemon's policy does not carry.
+type Options struct {
+	// HostNS is the node's network namespace (netns.None() = the current
+	// one; netlab's node in tests and the demo).
+	HostNS netns.NsHandle
+	// RunDir holds runtime state that must not outlive a reboot
+	// (namespace bind mounts). Default /run/arkgw.
+	RunDir string
+	// PcapBinary is the host path of the sandbox's /usr/bin/pcap client;
+	// "" = "pcap" beside the running arkgw binary, if it exists.
+	PcapBinary string
+	// FlowRetentionDays bounds the flow log (default 30).
+	FlowRetentionDays int
+}
+
+// Runner implements daemon.Runner.
+type Runner struct {
+	deps daemon.RunnerDeps
+	opt  Options
+	log  hclog.Logger
+	gw   *gateway.Gateway
+
+	flowStore *flowlog.Store
+	flows     *flowlog.Recorder
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	// slots maps slot -> experiment id, also for recently stopped
+	// experiments whose conntrack DESTROY events are still arriving.
+	slots map[int]string
+}
+
+// New builds a Runner. Nothing in the kernel changes until Start, Adopt,
+// Sweep or Run.
+func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
+	if opt.RunDir == "" {
+		opt.RunDir = "/run/arkgw"
+	}
+	if opt.FlowRetentionDays == 0 {
+		opt.FlowRetentionDays = 30
+	}
+	if opt.PcapBinary == "" {
+		if exe, err := os.Executable(); err == nil {
+			p := filepath.Join(filepath.Dir(exe), "pcap")
+			if _, err := os.Stat(p); err == nil {
+				opt.PcapBinary = p
+			}
+		}
+	}
+	log := deps.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	node := deps.Policy.Node
+	gw, err := gateway.New(gateway.Config{
+		HostNS: opt.HostNS, RunDir: opt.RunDir, Uplink: node.Uplink,
+		NFLOGGroup: node.Alerts.NFLOGGroup, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	fs, err := flowlog.OpenStore(filepath.Join(node.StateDir, "flows"), opt.FlowRetentionDays)
+	if err != nil {
+		return nil, err
+	}
+	r := &Runner{deps: deps, opt: opt, log: log.Named("runner"), gw: gw, flowStore: fs,
+		instances: map[string]*instance{}, slots: map[int]string{}}
+	r.flows = flowlog.NewRecorder(flowlog.Config{
+		NS: opt.HostNS, Store: fs, Attribute: r.attribute, Alerts: deps.Alerts,
+		Logger: log, Node: deps.Policy.NodeName(),
+	})
+	return r, nil
+}
+
+// attribute maps a conntrack mark to the experiment that owns its slot.
+func (r *Runner) attribute(mark uint32, _ netip.Addr) (string, bool) {
+	slot, ok := gateway.SlotFromMark(mark)
+	if !ok {
+		return "", false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	id, ok := r.slots[slot]
+	return id, ok
+}
+
+// FlowsHandler serves the flow log to the API.
+func (r *Runner) FlowsHandler() http.Handler { return flowlog.Handler(r.flowStore, r.flows) }
+
+// DefaultRouters are the node's default routers.
+func (r *Runner) DefaultRouters() []netip.Addr { return nil } // FIXME: gateway accessor
+
+// Run runs the node-wide loops (flow recorder) until ctx ends.
+func (r *Runner) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := r.flows.Run(ctx); err != nil {
+			// The flow log is not worth stopping the node for: say so.
+			r.log.Error("flow log unavailable", "error", err)
+		}
+	}()
+	wg.Wait()
+	close(errc)
+	return <-errc
+}
+
+// Close releases node-wide resources (the experiments keep running).
+func (r *Runner) Close() error { return r.flowStore.Close() }
+
+// Update replaces all rules in one transaction (policy reload).
+func (r *Runner) Update(ctx context.Context, effs []*configs.Effective) error {
+	return r.gw.Update(ctx, effs)
+}
+
+// Sweep removes kernel state of experiments not in keep.
+func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
+	return r.gw.Sweep(ctx, keep)
+}
+
+// Start brings up an experiment: network and rules, DNS proxy, pcap
+// service, sandbox. On error everything done so far is undone.
+func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, dir string) (daemon.Instance, error) {
+	log := r.log.With("experiment", eff.ID)
+	net, err := r.gw.Add(ctx, eff, slot)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.slots[slot] = eff.ID
+	r.mu.Unlock()
+	in := newInstance(r, eff, net, dir)
+	ok := false
+	defer func() {
+		if !ok {
+			in.teardown(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := in.startServices(); err != nil {
+		return nil, err
+	}
+	node := r.deps.Policy.Node
+	spec := sandbox.Spec{
+		ID: eff.ID, Holder: net.Holder,
+		ContainersDir: filepath.Join(node.StateDir, "containers"), Version: eff.Container,
+		FilesDir: eff.FilesDir, Command: eff.Command, Limits: eff.Limits,
+		AllowMissing: node.Limits.AllowMissingControllers,
+		Stdout:       filepath.Join(dir, "stdout"), Stderr: filepath.Join(dir, "stderr"),
+		StatusFile: filepath.Join(dir, "status.json"),
+		PcapBinary: r.opt.PcapBinary, PcapSocket: in.pcapSocket(),
+		Logger: r.log,
+	}
+	for _, a := range []netip.Addr{net.GW4, net.GW6} {
+		if a.IsValid() {
+			spec.Nameservers = append(spec.Nameservers, a)
+		}
+	}
+	sb, err := sandbox.Launch(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	in.sb = sb
+	ok = true
+	r.mu.Lock()
+	r.instances[eff.ID] = in
+	r.mu.Unlock()
+	go in.watch()
+	log.Info("experiment is up", "addr4", net.Addr4, "addr6", net.Addr6, "if", net.HostIf)
+	return in, nil
+}
+
+// Adopt re-attaches to an experiment that survived a daemon restart.
+func (r *Runner) Adopt(ctx context.Context, eff *configs.Effective, slot int, dir string) (daemon.Instance, error) {
+	return nil, errors.New("re-adoption after a restart is not supported yet")
+}
+
+// instance is one experiment's kernel side.
+type instance struct {
+	r   *Runner
+	eff *configs.Effective
+	net *gateway.Net
+	dir string
+	log hclog.Logger
+
+	cancel context.CancelFunc // ends the proxy and pcap server
+	wg     sync.WaitGroup
+	sb     *sandbox.Sandbox
+	proxy  *dnsproxy.Proxy
+
+	stopOnce sync.Once
+	stopErr  error
+	done     chan struct{}
+	result   daemon.Result
+}
+
+func newInstance(r *Runner, eff *configs.Effective, net *gateway.Net, dir string) *instance {
+	return &instance{r: r, eff: eff, net: net, dir: dir, done: make(chan struct{}),
+		log: r.log.With("experiment", eff.ID)}
+}
+
+func (in *instance) pcapSocket() string { return filepath.Join(in.dir, "pcap.sock") }
+
+// startServices starts the per-experiment DNS proxy and pcap server.
+func (in *instance) startServices() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	in.cancel = cancel
+	node := in.r.deps.Policy.Node
+	pc := dnsproxy.ConfigFromEffective(in.eff)
+	pc.NS = in.r.opt.HostNS
+	pc.Alerts = in.r.deps.Alerts
+	pc.Logger = in.r.log
+	for _, u := range node.DNS.Upstreams {
+		pc.Upstreams = append(pc.Upstreams, u.String())
+	}
+	if len(pc.Upstreams) == 0 {
+		ups, err := dnsproxy.UpstreamsFromResolvConf("/etc/resolv.conf")
+		if err != nil {
+			return fmt.Errorf("experiment %s: dns upstreams: %w (set [dns].upstreams in node.toml)", in.eff.ID, err)
+		}
+		pc.Upstreams = ups
+	}
+	for _, gwp := range []struct{ gw, addr netip.Addr }{{in.net.GW4, in.net.Addr4}, {in.net.GW6, in.net.Addr6}} {
+		if gwp.gw.IsValid() {
+			pc.Listen = append(pc.Listen, netip.AddrPortFrom(gwp.gw, 53).String())
+			pc.Clients = append(pc.Clients, netip.PrefixFrom(gwp.addr, gwp.addr.BitLen()))
+		}
+	}
+	proxy, err := dnsproxy.New(pc)
+	if err != nil {
+		return fmt.Errorf("experiment %s: dns proxy: %w", in.eff.ID, err)
+	}
+	in.proxy = proxy
+	ps, err := pcapstream.New(pcapstream.Config{
+		Experiment: in.eff.ID, NS: in.r.opt.HostNS, Iface: in.net.HostIf,
+		SocketPath: in.pcapSocket(), SocketUID: int(in.net.HostUID) + 1000, SocketGID: int(in.net.HostGID) + 1000,
+		Logger: in.r.log,
+	})
+	if err != nil {
+		return fmt.Errorf("experiment %s: pcap service: %w", in.eff.ID, err)
+	}
+	for _, run := range []func(context.Context) error{proxy.Run, ps.Run} {
+		run := run
+		in.wg.Add(1)
+		go func() {
+			defer in.wg.Done()
+			if err := run(ctx); err != nil {
+				in.log.Error("experiment service stopped", "error", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// watch waits for the sandbox to end and records the result.
+func (in *instance) watch() {
+	res, _ := in.sb.Wait(context.Background())
+	in.result = daemon.Result{
+		ExitCode: res.Code, OOM: res.OOMKilled, TimedOut: res.TimedOut,
+		CPUSecs: res.CPUTime.Seconds(), Err: res.Err,
+	}
+	if res.Signal != 0 {
+		in.result.Signal = fmt.Sprint(res.Signal)
+	}
+	close(in.done)
+}
+
+func (in *instance) Done() <-chan struct{} { return in.done }
+func (in *instance) Result() daemon.Result  { return in.result }
+
+func (in *instance) Status() daemon.Status {
+	st := daemon.Status{Addr4: addrText(in.net.Addr4), Addr6: addrText(in.net.Addr6), RateMbps: in.eff.Limits.MaxMbps}
+	if in.proxy != nil {
+		ps := in.proxy.Stats()
+		st.DNSAllowed, st.DNSRefused = ps.Allowed, ps.Refused
+	}
+	return st
+}
+
+func addrText(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// Stop kills the sandbox and removes everything. Idempotent.
+func (in *instance) Stop(ctx context.Context) error {
+	in.stopOnce.Do(func() {
+		if in.sb != nil {
+			if _, err := in.sb.Stop(ctx); err != nil {
+				in.stopErr = err
+			}
+		}
+		in.stopErr = errors.Join(in.stopErr, in.teardown(ctx))
+		in.r.mu.Lock()
+		delete(in.r.instances, in.eff.ID)
+		in.r.mu.Unlock()
+	})
+	return in.stopErr
+}
+
+// teardown removes the services and the network.
+func (in *instance) teardown(ctx context.Context) error {
+	if in.cancel != nil {
+		in.cancel()
+	}
+	in.wg.Wait()
+	os.Remove(in.pcapSocket())
+	return in.r.gw.Remove(ctx, in.eff.ID)
+}
