@@ -296,7 +296,7 @@ func (in *instance) watch() {
 }
 
 func (in *instance) Done() <-chan struct{} { return in.done }
-func (in *instance) Result() daemon.Result  { return in.result }
+func (in *instance) Result() daemon.Result { return in.result }
 
 func (in *instance) Status() daemon.Status {
 	st := daemon.Status{Addr4: addrText(in.net.Addr4), Addr6: addrText(in.net.Addr6), RateMbps: in.eff.Limits.MaxMbps}
