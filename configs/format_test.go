@@ -118,7 +118,7 @@ email = "researcher@example.edu"
 
 [spoof]
 sources = ["192.0.2.1", "2001:db8:ffff::1"]
-destinations = ["198.51.100.5"]
+destinations = ["198.51.100.5", "2001:db8:100::5"]
 `), "/srv/manifests")
 	if err != nil {
 		t.Fatal(err)

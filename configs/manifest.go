@@ -340,6 +340,13 @@ func ParseManifest(name string, data []byte, dir string) (*Manifest, error) {
 		}
 		m.SpoofDestinations = append(m.SpoofDestinations, a)
 	}
+	if len(m.SpoofDestinations) > 0 {
+		for i, src := range m.SpoofSources {
+			if !slices.ContainsFunc(m.SpoofDestinations, func(d netip.Addr) bool { return d.Is4() == src.Is4() }) {
+				e.add(idx("spoof.sources", i), src.String(), "no spoof destination of the same address family; add one or drop this source")
+			}
+		}
+	}
 	if len(r.Spoof.Sources) > 0 && len(r.Spoof.Destinations) == 0 {
 		e.add("spoof.destinations", "", "empty, but spoof.sources is set: spoofed packets may only go to listed destinations; add them")
 	}

@@ -124,6 +124,10 @@ destinations = ["198.51.100.1", "198.51.100.2", "198.51.100.3", "198.51.100.4", 
 sources = ["192.0.2.0/24"]
 destinations = ["198.51.100.5"]`),
 			[]string{`manifest.toml: spoof.sources[0] "192.0.2.0/24": a single address is needed here`}},
+		{"spoof source family without destination", manifest("", `[spoof]
+sources = ["192.0.2.1", "2001:db8::1"]
+destinations = ["198.51.100.5"]`),
+			[]string{`manifest.toml: spoof.sources[1] "2001:db8::1": no spoof destination of the same address family; add one or drop this source`}},
 		{"spoof sources without destinations", manifest("", `[spoof]
 sources = ["192.0.2.1"]`),
 			[]string{`manifest.toml: spoof.destinations: empty, but spoof.sources is set`}},
