@@ -1,6 +1,9 @@
 package sandbox
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,5 +28,36 @@ func TestPrivilegedShellIDAndRoot(t *testing.T) {
 	t.Logf("stdout:\n%s", out)
 	if res.Stdout.Bytes != int64(len(out)) || res.Stdout.Dropped != 0 {
 		t.Errorf("stdout stream %+v, file %d bytes", res.Stdout, len(out))
+	}
+}
+
+// A command that cannot start is reported by Launch, with nothing left.
+func TestPrivilegedLaunchRefusals(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cmd  []string
+		mod  func(*Spec)
+		want string
+	}{
+		{"missing binary", []string{"/nonexistent"}, nil, "no such file"},
+		{"not in PATH", []string{"nosuchtool"}, nil, `"nosuchtool" not found in PATH`},
+		{"unknown version", []string{"/bin/true"}, func(s *Spec) { s.Version = "ark-1999.1" }, `unknown container version "ark-1999.1"`},
+		{"missing files dir", []string{"/bin/true"}, func(s *Spec) { s.FilesDir = "/nonexistent/files" }, "experiment files"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tr := newSpec(t, c.cmd...)
+			if c.mod != nil {
+				c.mod(&tr.spec)
+			}
+			_, err := Launch(context.Background(), tr.spec)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v, want %q", err, c.want)
+			}
+			for _, ctrl := range []string{"cpu", "memory", "pids"} {
+				if _, err := os.Stat(filepath.Join(v1Root, ctrl, tr.parent, tr.spec.ID)); err == nil {
+					t.Errorf("cgroup %s left after a failed launch", ctrl)
+				}
+			}
+		})
 	}
 }
