@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -65,7 +66,7 @@ func TestBenchPcap(t *testing.T) {
 	reader := startClient(t, sock)
 	waitFor(t, "reader", 10*time.Second, func() bool { return srv.Capturing() })
 
-	var tdErr strings.Builder
+	var tdErr lockedBuffer
 	td := l.node.Command(ctx, "tcpdump", "-n", "-i", exp1If, "-s", "0", "-w", "/dev/null")
 	td.Stderr = &tdErr
 	if err := td.Start(); err != nil {
@@ -220,4 +221,22 @@ func countUDP(t *testing.T, path, src, dst string, port int) int64 {
 		}
 	}
 	return n
+}
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
