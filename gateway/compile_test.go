@@ -2,11 +2,14 @@ package gateway
 
 import (
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/nftables"
 
 	"github.com/arkgw/arkgw/configs"
 )
@@ -203,5 +206,60 @@ func TestMarks(t *testing.T) {
 	}
 	if _, ok := SlotFromMark(MarkAdmitted); ok {
 		t.Error("mark without slot attributed")
+	}
+}
+
+func TestIntervalElements(t *testing.T) {
+	tb := &nftables.Table{Family: nftables.TableFamilyINet, Name: "x"}
+	set := &Set{Name: "r", Fields: []Field{FIPDaddr}, Interval: true,
+		Elems: prefixElems([]netip.Prefix{pfx("10.0.0.0/8"), pfx("224.0.0.0/3")})}
+	_, elems, err := nftSet(tb, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range elems {
+		got = append(got, fmt.Sprintf("%v/%v", netip.AddrFrom4([4]byte(e.Key)), e.IntervalEnd))
+	}
+	// nft's encoding: a leading interval end at 0, start, end+1 (flagged),
+	// and no end element for a range that reaches the top.
+	want := "0.0.0.0/true 10.0.0.0/false 11.0.0.0/true 224.0.0.0/false"
+	if strings.Join(got, " ") != want {
+		t.Errorf("elements %s, want %s", strings.Join(got, " "), want)
+	}
+	// Concatenated interval elements: each field padded to 4 bytes.
+	cset := &Set{Name: "c", Fields: []Field{FIPDaddr, FTHDport}, Interval: true,
+		Elems: []Elem{{Key: []Value{{Addr: addr("198.51.100.0")}, {Num: 80}}, End: []Value{{Addr: addr("198.51.100.255")}, {Num: 81}}}}}
+	_, celems, err := nftSet(tb, cset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, e := fmt.Sprintf("%x", celems[0].Key), fmt.Sprintf("%x", celems[0].KeyEnd); k != "c633640000500000" || e != "c63364ff00510000" {
+		t.Errorf("concat key %s end %s", k, e)
+	}
+}
+
+// Compiling is deterministic: the order experiments arrive in (adds and
+// removes in any order) does not change the ruleset.
+func TestCompileOrderIndependent(t *testing.T) {
+	var exps []CompileExp
+	for i, id := range []string{"c", "a", "d", "b"} {
+		exps = append(exps, CompileExp{Eff: fullEff(id), Net: testNet(t, id, i)})
+	}
+	first := ""
+	for _, perm := range [][]int{{0, 1, 2, 3}, {3, 2, 1, 0}, {1, 3, 0, 2}} {
+		in := CompileInput{Uplink: "eth0", NFLOGGroup: 1}
+		for _, i := range perm {
+			in.Exps = append(in.Exps, exps[i])
+		}
+		rs, err := Compile(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == "" {
+			first = rs.Render()
+		} else if rs.Render() != first {
+			t.Fatalf("order %v renders differently", perm)
+		}
 	}
 }

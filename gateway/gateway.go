@@ -229,6 +229,51 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 	return n, nil
 }
 
+// Adopt takes over the network of an experiment that a previous run of the
+// daemon built (after a restart): the persisted namespaces under
+// RunDir/ns/<id> and the veth "ark<id>" must exist. The returned Net has no
+// Holder. The ruleset is reloaded with eff; nothing is changed on error.
+func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (*Net, error) {
+	if eff == nil {
+		return nil, errors.New("gateway adopt: nil policy")
+	}
+	id := eff.ID
+	if err := configs.ValidID(id); err != nil {
+		return nil, fmt.Errorf("gateway adopt: %w", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.exps[id]; ok {
+		return nil, fmt.Errorf("gateway adopt %q: already known", id)
+	}
+	addr4, gw4, addr6, gw6, err := g.Addresses(slot)
+	if err != nil {
+		return nil, fmt.Errorf("gateway adopt %q: %w", id, err)
+	}
+	userNS, netNS := nsholder.Paths(g.nsDir(id))
+	h, err := netns.GetFromPath(netNS)
+	if err != nil {
+		return nil, fmt.Errorf("gateway adopt %q: persisted netns %s: %w (start the experiment anew)", id, netNS, err)
+	}
+	h.Close()
+	links, err := arkLinks(g.cfg.HostNS)
+	if err != nil {
+		return nil, fmt.Errorf("gateway adopt %q: %w", id, err)
+	}
+	if !slices.Contains(links, id) {
+		return nil, fmt.Errorf("gateway adopt %q: veth %s is gone (start the experiment anew)", id, HostIfName(id))
+	}
+	uid := g.cfg.UIDBase + uint32(slot)*65536
+	n := &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6,
+		NetNSPath: netNS, UserNSPath: userNS, HostUID: uid, HostGID: uid}
+	g.exps[id] = &expState{eff: eff, net: n}
+	if err := g.reload(); err != nil {
+		delete(g.exps, id)
+		return nil, fmt.Errorf("gateway adopt %q: %w", id, err)
+	}
+	return n, nil
+}
+
 // reload compiles every known experiment and replaces the table (or deletes
 // it when there is none).
 func (g *Gateway) reload() error {

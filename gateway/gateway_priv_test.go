@@ -287,8 +287,8 @@ func policyA() *configs.Effective {
 		ICMP:              []configs.ICMPType{{Type: 8}, {V6: true, Type: 128}},
 		SynOnlyPorts:      []configs.PortRange{pr(2222, 2223)},
 		Protocols:         []uint8{47},
-		SpoofSources:      []netip.Addr{addr("192.0.2.9")},
-		SpoofDestinations: []netip.Addr{addr("198.51.100.9")},
+		SpoofSources:      []netip.Addr{addr("192.0.2.9"), addr("2001:db8:feed::9")},
+		SpoofDestinations: []netip.Addr{addr("198.51.100.9"), addr("2001:db8:100::9")},
 	}
 }
 
@@ -488,6 +488,12 @@ func TestPrivilegedGateway(t *testing.T) {
 			denied(t, RuleSpoof, func() error {
 				return sendRaw(nsA, rawICMP6(t, "2001:db8:999::1", "2001:db8:100::3", 128), addr("2001:db8:100::3"))
 			}, to("2001:db8:100::3", 58, 0))
+			if err := sendRaw(nsA, rawICMP6(t, "2001:db8:feed::9", "2001:db8:100::9", 128), addr("2001:db8:100::9")); err != nil {
+				t.Fatal(err)
+			}
+			if !l.arrived(from("2001:db8:feed::9", to("2001:db8:100::9", 58, 0)), 3*time.Second) {
+				t.Error("declared spoofed v6 packet did not arrive with its source unchanged")
+			}
 		}},
 		{"ipv6 syn-only", func(t *testing.T) {
 			src := a.Addr6.String()
@@ -829,6 +835,23 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 	if strings.Contains(out, id) || !strings.Contains(out, "fwd_"+ok.ID) || strings.Contains(out, "arkgw_probe") {
 		t.Errorf("ruleset after the failed add:\n%s", out)
 	}
+	// An Update the kernel refuses keeps the old ruleset.
+	l.g.mutate = func(rs *Ruleset) {
+		if c := rs.ChainByName("fwd_" + ok.ID); c != nil {
+			c.Rules = append([]Rule{{Name: RuleUDPDst, Exprs: []Expr{Verdict{Kind: "jump", Chain: "missing_chain"}}}}, c.Rules...)
+		}
+	}
+	ok2 := *ok
+	ok2.ICMPAny = true
+	err = l.g.Update(context.Background(), []*configs.Effective{&ok2})
+	l.g.mutate = nil
+	if err == nil || !strings.Contains(err.Error(), "rule udp-dst in chain fwd_"+ok.ID) {
+		t.Errorf("update error = %v", err)
+	}
+	if after := l.w.Node.Run(t, "nft", "list", "table", "inet", TableName); !strings.Contains(after, "fwd_"+ok.ID) || strings.Contains(after, "missing_chain") {
+		t.Errorf("ruleset after a refused update:\n%s", after)
+	}
+
 	// Leftovers of an id (a stale link) do not stop a new Add.
 	id2 := "old" + randSuffix()[:4]
 	l.w.Node.Run(t, "ip", "link", "add", HostIfName(id2), "type", "veth", "peer", "name", "oldpeer"+randSuffix()[:4])
@@ -872,4 +895,38 @@ func TestPrivilegedSweep(t *testing.T) {
 	if err := l.g.Sweep(context.Background(), map[string]bool{keep.ID: true}); err != nil {
 		t.Fatalf("second sweep: %v", err)
 	}
+}
+
+// TestPrivilegedAdopt: a new Gateway (a restarted daemon) takes over a
+// running experiment's network; its traffic is filtered again.
+func TestPrivilegedAdopt(t *testing.T) {
+	l := newLab(t)
+	eff := &configs.Effective{ID: "ad" + randSuffix()[:4], IPv4: true, IPv6: true, ICMP: []configs.ICMPType{{Type: 8}}}
+	n, ns := l.add(t, eff, 3)
+	// The old daemon dies: its holder process ends, the namespaces stay.
+	n.Holder.Release()
+	g2, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g2.Adopt(context.Background(), &configs.Effective{ID: "zz" + randSuffix()[:4]}, 4); err == nil {
+		t.Error("adopting an experiment without a network succeeded")
+	}
+	n2, err := g2.Adopt(context.Background(), eff, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n2.Addr4 != n.Addr4 || n2.NetNSPath != n.NetNSPath || n2.Holder != nil {
+		t.Errorf("adopted net %+v differs from %+v", n2, n)
+	}
+	l.g = g2 // the lab's cleanup removes through the new gateway
+	if err := sendRaw(ns, rawICMP4(t, n.Addr4.String(), "198.51.100.1", 8), addr("198.51.100.1")); err != nil {
+		t.Fatal(err)
+	}
+	if !l.arrived(to("198.51.100.1", 1, 0), 3*time.Second) {
+		t.Error("adopted experiment lost connectivity")
+	}
+	before := l.counter(t, eff.ID, RuleICMP)
+	sendRaw(ns, rawICMP4(t, n.Addr4.String(), "198.51.100.1", 13), addr("198.51.100.1"))
+	l.waitCounter(t, eff.ID, RuleICMP, before)
 }

@@ -2,6 +2,7 @@ package quota
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -49,7 +50,9 @@ func push(t *testing.T, lab *bwlab.Lab, addr string, n int, d time.Duration) int
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
-	defer c.Close()
+	// Linger 0: closing discards unsent data (a stalled connection would
+	// otherwise go on sending once the quota lets it).
+	defer func() { c.(*net.TCPConn).SetLinger(0); c.Close() }()
 	c.SetWriteDeadline(time.Now().Add(d))
 	buf := make([]byte, 32<<10)
 	sent := 0
