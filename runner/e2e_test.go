@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/netlab"
@@ -214,6 +216,26 @@ name = "A. Researcher"
 email = "researcher@example.edu"
 `
 
+// waitAlert polls the alert API for a record of experiment id.
+func (nd *node) waitAlert(t *testing.T, id string, match func(alert.Record) bool) alert.Record {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	var recs []alert.Record
+	for time.Now().Before(deadline) {
+		body, err := nd.client.Raw("/api/v1/alerts?experiment=" + id)
+		if err == nil && json.Unmarshal(body, &recs) == nil {
+			for _, r := range recs {
+				if match(r) {
+					return r
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no matching alert for %s; have %+v", id, recs)
+	return alert.Record{}
+}
+
 // kernelLeftovers lists arkgw objects in the node namespace.
 func kernelLeftovers(t *testing.T, w *netlab.World) string {
 	t.Helper()
@@ -242,7 +264,7 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 	nd := startNode(t, w, state, 2000+os.Getpid()%1000)
 	defer nd.stop(t)
 
-	script := `arkprobe dns www.arkgw.test; arkprobe tcp 198.51.100.80:80; arkprobe http http://198.51.100.80/; arkprobe tcp 203.0.113.10:22; ping -c1 -W2 198.51.100.1 >/dev/null && echo ping ok; echo done; sleep 600`
+	script := `arkprobe dns www.arkgw.test; arkprobe tcp 198.51.100.80:80; arkprobe http http://198.51.100.80/; arkprobe tcp 203.0.113.10:22; arkprobe dns www.denied.test; ping -c1 -W2 198.51.100.1 >/dev/null && echo ping ok; echo done; sleep 600`
 	id := nd.submit(t, fmt.Sprintf(probeManifest, script))
 	nd.waitState(t, id, store.Running, 30*time.Second)
 	out := nd.waitLog(t, id, "done", 60*time.Second)
@@ -264,6 +286,18 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 	}
 	if w.Internet().Seen(func(r netlab.Record) bool { return r.Dst.Port() == 22 }) {
 		t.Error("denied TCP to port 22 arrived")
+	}
+
+	// Staff see both violations, attributed and explained.
+	nd.waitAlert(t, id, func(r alert.Record) bool {
+		return r.Kind == alert.KindPacket && r.Rule == "tcp-dst" && r.Dst == "203.0.113.10" && r.DstPort == 22 && r.Title == "probe"
+	})
+	nd.waitAlert(t, id, func(r alert.Record) bool {
+		return r.Kind == alert.KindDNS && r.Name == "www.denied.test." && len(r.Contacts) == 1
+	})
+	metrics, err := nd.client.Raw("/metrics")
+	if err != nil || !strings.Contains(string(metrics), `arkgw_experiments{state="running"} 1`) {
+		t.Errorf("metrics: %v\n%.2000s", err, metrics)
 	}
 
 	if _, err := nd.client.Stop(id); err != nil {

@@ -16,15 +16,20 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netns"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/dnsproxy"
 	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/gateway"
+	"github.com/arkgw/arkgw/nflog"
+	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/pcapstream"
 	"github.com/arkgw/arkgw/sandbox"
+	"github.com/arkgw/arkgw/store"
 )
 
 // Options are the node-level settings the daemon's policy does not carry.
@@ -51,6 +56,11 @@ type Runner struct {
 
 	flowStore *flowlog.Store
 	flows     *flowlog.Recorder
+	alerter   *nflog.Alerter
+	// alerts is where per-experiment producers (the DNS proxy) send
+	// records: through the alerter, which enriches them and counts them for
+	// enforcement.
+	alerts alert.Sink
 
 	mu        sync.Mutex
 	instances map[string]*instance
@@ -98,6 +108,32 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 		NS: opt.HostNS, Store: fs, Attribute: r.attribute, Alerts: deps.Alerts,
 		Logger: log, Node: deps.Policy.NodeName(),
 	})
+	sink := deps.Alerts
+	if sink == nil {
+		sink = alert.Discard
+	}
+	r.alerter, err = nflog.New(nflog.Config{
+		Group: node.Alerts.NFLOGGroup, NS: opt.HostNS, Node: deps.Policy.NodeName(),
+		Sink: sink, Logger: log, Lookup: deps.Lookup,
+		NetNSPath: func(id string) (string, bool) {
+			_, p := nsholder.Paths(filepath.Join(opt.RunDir, "ns", id))
+			return p, true
+		},
+		StopAfter: node.Alerts.StopAfter, StopWindow: node.Alerts.Window,
+		Stop: func(id, reason string) {
+			if deps.Stop != nil {
+				deps.Stop(id, store.ReasonViolations+": "+reason)
+			}
+		},
+	})
+	if err != nil {
+		fs.Close()
+		return nil, err
+	}
+	r.alerts = r.alerter.Sink()
+	if deps.Registry != nil {
+		deps.Registry.MustRegister(r.alerter.Collector())
+	}
 	return r, nil
 }
 
@@ -119,10 +155,12 @@ func (r *Runner) FlowsHandler() http.Handler { return flowlog.Handler(r.flowStor
 // DefaultRouters are the node's default routers.
 func (r *Runner) DefaultRouters() []netip.Addr { return nil } // FIXME: gateway accessor
 
-// Run runs the node-wide loops (flow recorder) until ctx ends.
+// Run runs the node-wide loops (alerter, flow recorder) until ctx ends. An
+// alerter that cannot bind its NFLOG group stops the daemon: running
+// experiments without violation alerts would break the platform's promise
+// to staff.
 func (r *Runner) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -131,9 +169,12 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.log.Error("flow log unavailable", "error", err)
 		}
 	}()
+	err := r.alerter.Run(ctx)
 	wg.Wait()
-	close(errc)
-	return <-errc
+	if err != nil {
+		return fmt.Errorf("violation alerter: %w", err)
+	}
+	return nil
 }
 
 // Close releases node-wide resources (the experiments keep running).
@@ -218,6 +259,8 @@ type instance struct {
 	sb     *sandbox.Sandbox
 	proxy  *dnsproxy.Proxy
 
+	collectors []prometheus.Collector
+
 	stopOnce sync.Once
 	stopErr  error
 	done     chan struct{}
@@ -238,7 +281,7 @@ func (in *instance) startServices() error {
 	node := in.r.deps.Policy.Node
 	pc := dnsproxy.ConfigFromEffective(in.eff)
 	pc.NS = in.r.opt.HostNS
-	pc.Alerts = in.r.deps.Alerts
+	pc.Alerts = in.r.alerts
 	pc.Logger = in.r.log
 	for _, u := range node.DNS.Upstreams {
 		pc.Upstreams = append(pc.Upstreams, u.String())
@@ -261,6 +304,7 @@ func (in *instance) startServices() error {
 		return fmt.Errorf("experiment %s: dns proxy: %w", in.eff.ID, err)
 	}
 	in.proxy = proxy
+	in.register(proxy.Collector())
 	ps, err := pcapstream.New(pcapstream.Config{
 		Experiment: in.eff.ID, NS: in.r.opt.HostNS, Iface: in.net.HostIf,
 		SocketPath: in.pcapSocket(), SocketUID: int(in.net.HostUID) + 1000, SocketGID: int(in.net.HostGID) + 1000,
@@ -269,6 +313,7 @@ func (in *instance) startServices() error {
 	if err != nil {
 		return fmt.Errorf("experiment %s: pcap service: %w", in.eff.ID, err)
 	}
+	in.register(ps)
 	for _, run := range []func(context.Context) error{proxy.Run, ps.Run} {
 		run := run
 		in.wg.Add(1)
@@ -280,6 +325,20 @@ func (in *instance) startServices() error {
 		}()
 	}
 	return nil
+}
+
+// register adds a per-experiment collector to the daemon's registry until
+// teardown.
+func (in *instance) register(c prometheus.Collector) {
+	reg := in.r.deps.Registry
+	if reg == nil {
+		return
+	}
+	if err := reg.Register(c); err != nil {
+		in.log.Warn("metrics not registered", "error", err)
+		return
+	}
+	in.collectors = append(in.collectors, c)
 }
 
 // watch waits for the sandbox to end and records the result.
@@ -336,6 +395,10 @@ func (in *instance) teardown(ctx context.Context) error {
 		in.cancel()
 	}
 	in.wg.Wait()
+	for _, c := range in.collectors {
+		in.r.deps.Registry.Unregister(c)
+	}
+	in.r.alerter.Forget(in.eff.ID)
 	os.Remove(in.pcapSocket())
 	return in.r.gw.Remove(ctx, in.eff.ID)
 }
