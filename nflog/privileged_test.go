@@ -321,7 +321,10 @@ func TestPrivilegedAlerts(t *testing.T) {
 	}
 
 	// The same over IPv6 (the rule matches both families).
+	dial6Done := make(chan struct{})
+	defer func() { <-dial6Done }()
 	go func() {
+		defer close(dial6Done)
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		if c, err := tl.exp.Dial(ctx, "tcp6", net.JoinHostPort(dstAddr6, fmt.Sprint(tcpPort))); err == nil {
