@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/arkgw/arkgw/configs"
 )
@@ -59,7 +60,7 @@ func (p *Policy) Admit(manifest []byte, name, dir, id string, routers []netip.Ad
 	if err != nil {
 		return nil, nil, err
 	}
-	eff, conflicts := configs.Admit(p.Node, m, configs.Env{DefaultRouters: routers, ID: id})
+	eff, conflicts := configs.Admit(p.Node, m, configs.Env{DefaultRouters: routers, ID: id, Arch: configs.MachineArch(runtime.GOARCH)})
 	var lines []string
 	for _, c := range conflicts {
 		lines = append(lines, c.String())
