@@ -10,6 +10,10 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // clientOK reports whether src may use the proxy (Config.Clients).
@@ -27,45 +31,95 @@ func (p *Proxy) clientOK(src netip.Addr) bool {
 	return false
 }
 
-// serveUDP reads queries from uc. Refusals, errors and cache hits are
-// answered inline; forwarded queries get a goroutine each (bounded by
+// batchConn reads and writes several datagrams per system call
+// (recvmmsg/sendmmsg): x/net's ipv4 and ipv6 PacketConn both have these
+// methods (their Message types are the same type).
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newBatchConn(c net.PacketConn, v6 bool) batchConn {
+	if v6 {
+		return ipv6.NewPacketConn(c)
+	}
+	return ipv4.NewPacketConn(c)
+}
+
+const (
+	udpBatch    = 16   // datagrams per recvmmsg
+	udpQueryBuf = 4096 // bytes per query buffer: larger queries are dropped
+)
+
+// serveUDP reads queries from uc, a batch per system call when several are
+// waiting. Refusals, errors and cache hits are answered inline, together in
+// one sendmmsg; forwarded queries get a goroutine each (bounded by
 // MaxInflight: beyond that queries are dropped and counted, as a loaded
 // resolver would).
 func (p *Proxy) serveUDP(ctx context.Context, uc *net.UDPConn) {
-	buf := make([]byte, 65535)
+	bc := newBatchConn(uc, uc.LocalAddr().(*net.UDPAddr).IP.To4() == nil)
+	in := make([]ipv4.Message, udpBatch)
+	out := make([]ipv4.Message, udpBatch)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, udpQueryBuf)}
+		out[i].Buffers = [][]byte{nil}
+	}
 	for {
-		n, src, err := uc.ReadFromUDPAddrPort(buf)
+		n, err := bc.ReadBatch(in, 0)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
 			continue
 		}
-		if !p.clientOK(src.Addr()) {
-			continue
-		}
-		resp, j := p.prepare(buf[:n], false)
-		if resp != nil {
-			_, _ = uc.WriteToUDPAddrPort(resp, src)
-			continue
-		}
-		if j == nil {
-			continue
-		}
-		select {
-		case p.inflight <- struct{}{}:
-		default:
-			p.stats.overload.Add(1)
-			continue
-		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			defer func() { <-p.inflight }()
-			if resp := p.forward(ctx, j); resp != nil {
-				_, _ = uc.WriteToUDPAddrPort(resp, src)
+		nout := 0
+		for i := 0; i < n; i++ {
+			m := &in[i]
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok || m.Flags&unix.MSG_TRUNC != 0 {
+				p.stats.malformed.Add(1)
+				continue
 			}
-		}()
+			src := ua.AddrPort()
+			if !p.clientOK(src.Addr()) {
+				continue
+			}
+			resp, j := p.prepare(m.Buffers[0][:m.N], false)
+			if resp != nil {
+				out[nout].Buffers[0] = resp
+				out[nout].Addr = m.Addr
+				nout++
+				continue
+			}
+			if j == nil {
+				continue
+			}
+			select {
+			case p.inflight <- struct{}{}:
+			default:
+				p.stats.overload.Add(1)
+				continue
+			}
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				defer func() { <-p.inflight }()
+				if resp := p.forward(ctx, j); resp != nil {
+					_, _ = uc.WriteToUDPAddrPort(resp, src)
+				}
+			}()
+		}
+		for sent := 0; sent < nout; {
+			k, err := bc.WriteBatch(out[sent:nout], 0)
+			if err != nil {
+				sent++ // skip the datagram that failed (e.g. EPERM from a firewall)
+				continue
+			}
+			sent += k
+		}
+		for i := 0; i < nout; i++ {
+			out[i].Buffers[0], out[i].Addr = nil, nil
+		}
 	}
 }
 

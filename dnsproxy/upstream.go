@@ -14,8 +14,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/arkgw/arkgw/nsdo"
 	"github.com/vishvananda/netns"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Upstream transport. Queries are multiplexed over a few long-lived sockets
@@ -36,6 +39,11 @@ const (
 	upstreamUDPSize = 1232
 	// downTime is how long an upstream that timed out is tried last.
 	downTime = 5 * time.Second
+	// upstreamBatch answers are read per recvmmsg into upstreamBuf-byte
+	// buffers (we ask for at most upstreamUDPSize; a larger datagram is
+	// dropped and the query retried).
+	upstreamBatch = 8
+	upstreamBuf   = 4096
 )
 
 var (
@@ -376,17 +384,27 @@ func (m *muxConn) read() {
 			m.deliver(msg, false)
 		}
 	} else {
-		buf := make([]byte, 65535)
+		bc := newBatchConn(m.c.(net.PacketConn), m.c.RemoteAddr().(*net.UDPAddr).IP.To4() == nil)
+		ms := make([]ipv4.Message, upstreamBatch)
+		for i := range ms {
+			ms[i].Buffers = [][]byte{make([]byte, upstreamBuf)}
+		}
 		for {
 			var n int
-			n, err = m.c.Read(buf)
+			n, err = bc.ReadBatch(ms, 0)
 			if err != nil {
 				if errors.Is(err, syscall.ECONNREFUSED) {
 					continue // ICMP port unreachable: the query times out and retries elsewhere
 				}
 				break
 			}
-			m.deliver(buf[:n], true)
+			for i := 0; i < n; i++ {
+				if ms[i].Flags&unix.MSG_TRUNC != 0 {
+					m.stats.mismatched.Add(1)
+					continue
+				}
+				m.deliver(ms[i].Buffers[0][:ms[i].N], true)
+			}
 		}
 	}
 	m.fail(err)
