@@ -274,15 +274,23 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 	return n, nil
 }
 
-// reload compiles every known experiment and replaces the table (or deletes
-// it when there is none).
+// reload compiles every known experiment and replaces the table. With no
+// experiment left the table is deleted, unless "ark<id>" links remain (for
+// example kept by Sweep until Adopt takes them over): then the empty
+// ruleset stays, which drops everything from and to them (fail closed).
 func (g *Gateway) reload() error {
 	if len(g.exps) == 0 {
-		if err := deleteTable(g.cfg.HostNS, TableName); err != nil {
+		links, err := arkLinks(g.cfg.HostNS)
+		if err != nil {
 			return err
 		}
-		g.applied = nil
-		return nil
+		if len(links) == 0 {
+			if err := deleteTable(g.cfg.HostNS, TableName); err != nil {
+				return err
+			}
+			g.applied = nil
+			return nil
+		}
 	}
 	rs, err := Compile(g.compileInput(g.exps))
 	if err != nil {
@@ -386,6 +394,12 @@ func (g *Gateway) removeLocked(id string) error {
 	if err := g.removeNetwork(id, h); err != nil {
 		errs = append(errs, fmt.Errorf("gateway remove %q: %w", id, err))
 	}
+	if len(g.exps) == 0 {
+		// The last link is gone: the table can go too.
+		if err := g.reload(); err != nil {
+			errs = append(errs, fmt.Errorf("gateway remove %q: rules: %w", id, err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -408,7 +422,8 @@ func (g *Gateway) removeNetwork(id string, h *nsholder.Holder) error {
 // Sweep removes arkgw kernel objects of ids not in keep: networks this
 // Gateway knows, "ark<id>" veths in HostNS, namespace directories under
 // RunDir/ns, and their rules (the table is reloaded from what remains).
-// Idempotent.
+// Kept experiments this Gateway does not know (after a restart) stay, and
+// their traffic is dropped until Adopt. Idempotent.
 func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -419,9 +434,6 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 				errs = append(errs, err)
 			}
 		}
-	}
-	if err := g.reload(); err != nil {
-		errs = append(errs, fmt.Errorf("gateway sweep: rules: %w", err))
 	}
 	links, err := arkLinks(g.cfg.HostNS)
 	if err != nil {
@@ -446,6 +458,11 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 		if err := nsholder.RemoveDir(g.nsDir(id)); err != nil {
 			errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 		}
+	}
+	// Rules of ids not known go with the reload; kept links that are not
+	// adopted yet are dropped until they are.
+	if err := g.reload(); err != nil {
+		errs = append(errs, fmt.Errorf("gateway sweep: rules: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -909,6 +909,20 @@ func TestPrivilegedAdopt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The new daemon sweeps first, keeping the running experiment: until
+	// it is adopted its traffic is dropped, not let through unfiltered.
+	if err := g2.Sweep(context.Background(), map[string]bool{eff.ID: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(n.NetNSPath); err != nil {
+		t.Fatalf("sweep removed a kept namespace: %v", err)
+	}
+	if err := sendRaw(ns, rawICMP4(t, n.Addr4.String(), "198.51.100.44", 8), addr("198.51.100.44")); err != nil {
+		t.Fatal(err)
+	}
+	if l.arrived(to("198.51.100.44", 1, 0), 500*time.Millisecond) {
+		t.Error("traffic of a kept, not yet adopted experiment went through")
+	}
 	if _, err := g2.Adopt(context.Background(), &configs.Effective{ID: "zz" + randSuffix()[:4]}, 4); err == nil {
 		t.Error("adopting an experiment without a network succeeded")
 	}
