@@ -276,6 +276,16 @@ func (l *Lab) addHost(hs HostSpec) error {
 	if err := hd.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("host %q: set lo up: %w", hs.Name, err)
 	}
+	if !h.adopted {
+		// ICMP errors (time exceeded, unreachable) are rate-limited per
+		// destination by default: traceroute-style tests would see random
+		// gaps. Labs are small and closed, so turn the limit off.
+		for _, k := range []string{"net/ipv4/icmp_ratelimit", "net/ipv6/icmp/ratelimit"} {
+			if err := h.SetSysctl(k, "0"); err != nil {
+				return err
+			}
+		}
+	}
 	if hs.Forward {
 		if err := h.SetSysctl("net/ipv4/ip_forward", "1"); err != nil {
 			return err

@@ -20,6 +20,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/miekg/dns"
 	"github.com/vishvananda/netns"
+	"golang.org/x/net/ipv4"
 
 	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/reexec"
@@ -165,6 +166,42 @@ func TestPrivilegedTwoHop(t *testing.T) {
 					t.Errorf("%s %s: %v", proto, srv, r)
 				}
 			}
+		}
+	})
+	t.Run("icmp-errors-not-rate-limited", func(t *testing.T) {
+		// 30 probes with TTL 1: the router must answer every one with Time
+		// Exceeded (the kernel default would answer ~6, then 1/s).
+		c := client.Capture(t, "v-router")
+		const n = 30
+		err := client.Do(func() error {
+			conn, err := net.Dial("udp4", "10.2.0.2:33434")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			if err := ipv4.NewConn(conn).SetTTL(1); err != nil {
+				return err
+			}
+			for i := 0; i < n; i++ {
+				if _, err := conn.Write([]byte("probe")); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		isTE := func(p gopacket.Packet) bool {
+			ic, ok := p.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+			return ok && ic.TypeCode.Type() == layers.ICMPv4TypeTimeExceeded
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for c.Count(isTE) < n && time.Now().Before(deadline) {
+			c.Wait(func(gopacket.Packet) bool { return false }, 50*time.Millisecond)
+		}
+		if got := c.Count(isTE); got != n {
+			t.Errorf("%d time-exceeded replies to %d probes", got, n)
 		}
 	})
 	t.Run("command-netns", func(t *testing.T) {

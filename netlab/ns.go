@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netns"
@@ -58,14 +59,42 @@ func parseName(name string) (pid int, ok bool) {
 	return pid, true
 }
 
+var (
+	runDirOnce sync.Once
+	runDirErr  error
+)
+
+// prepareRunDir makes RunDir a shared mount point the way `ip netns add`
+// does. If it were a plain directory, the next `ip netns add` (from any
+// program) would bind-mount RunDir over itself, and the namespace mounts
+// made before would end up hidden underneath: invisible, unremovable by
+// path, and keeping their namespaces alive.
+func prepareRunDir() error {
+	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", RunDir, err)
+	}
+	err := unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if errors.Is(err, unix.EINVAL) { // not a mount point yet
+		if err := unix.Mount(RunDir, RunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind-mount %s on itself: %w", RunDir, err)
+		}
+		err = unix.Mount("", RunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	}
+	if err != nil {
+		return fmt.Errorf("make %s a shared mount: %w", RunDir, err)
+	}
+	return nil
+}
+
 // createNamed creates a new network namespace and bind-mounts it at
 // RunDir/name. The unshare happens on a goroutine locked to its OS thread;
 // the thread switches back to its original namespace afterwards, and if that
 // fails it exits still locked, so the Go runtime destroys it rather than
 // reusing a thread that sits in the wrong namespace.
 func createNamed(name string) (netns.NsHandle, string, error) {
-	if err := os.MkdirAll(RunDir, 0o755); err != nil {
-		return netns.None(), "", fmt.Errorf("create %s: %w", RunDir, err)
+	runDirOnce.Do(func() { runDirErr = prepareRunDir() })
+	if runDirErr != nil {
+		return netns.None(), "", runDirErr
 	}
 	path := filepath.Join(RunDir, name)
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
