@@ -33,6 +33,13 @@
 //     deleted (which deletes their interfaces), and their absence verified.
 //     Adopted namespaces (HostSpec.NetNSPath) are configured but never
 //     deleted.
+//   - Readiness: Build returns when every link is operationally up and has
+//     joined its IPv6 solicited-node groups (Host.WaitIfReady), so the first
+//     packets of a test are not lost. IPv6 addresses are added with nodad,
+//     and ICMP error rate limits are off in created namespaces, so
+//     traceroute-like tests see every Time Exceeded.
+//   - RunDir is made a shared mount point, as `ip netns add` does, so a
+//     later `ip netns add` does not hide netlab's mounts under a new one.
 //   - Sweep: a test binary killed before its cleanup leaves namespaces
 //     behind; Sweep (called by Build) removes those whose creating pid is
 //     dead and never touches namespaces of live processes.
