@@ -180,30 +180,58 @@ const tcpPipeline = 128
 
 func (p *Proxy) serveTCPConn(ctx context.Context, c net.Conn) {
 	var (
-		wmu      sync.Mutex
-		inflight sync.WaitGroup
-		sem      = make(chan struct{}, tcpPipeline)
-		werr     error
+		inflight   sync.WaitGroup
+		sem        = make(chan struct{}, tcpPipeline)
+		out        = make(chan []byte, tcpPipeline+16)
+		writerDone = make(chan struct{})
 	)
-	write := func(resp []byte) {
-		if resp == nil {
-			return
+	// One writer per connection: answers are framed into a buffer and
+	// whatever is queued is flushed with one write, so a pipelining client
+	// costs about one system call per batch of answers, not per answer.
+	go func() {
+		defer close(writerDone)
+		bw := bufio.NewWriterSize(c, 16<<10)
+		var lb [2]byte
+		put := func(r []byte) {
+			binary.BigEndian.PutUint16(lb[:], uint16(len(r)))
+			_, _ = bw.Write(lb[:])
+			_, _ = bw.Write(r)
 		}
-		b := make([]byte, 2+len(resp))
-		binary.BigEndian.PutUint16(b, uint16(len(resp)))
-		copy(b[2:], resp)
-		wmu.Lock()
-		defer wmu.Unlock()
-		if werr != nil {
-			return
+		failed := false
+		for r := range out {
+			if failed {
+				continue // drain: the senders must never block on a dead client
+			}
+			put(r)
+			open := true
+		drain:
+			for {
+				select {
+				case r2, ok := <-out:
+					if !ok {
+						open = false
+						break drain
+					}
+					put(r2)
+				default:
+					break drain
+				}
+			}
+			_ = c.SetWriteDeadline(time.Now().Add(p.cfg.TCPIdle))
+			if err := bw.Flush(); err != nil {
+				failed = true
+				c.Close() // unblocks the reader
+			}
+			if !open {
+				return
+			}
 		}
-		_ = c.SetWriteDeadline(time.Now().Add(p.cfg.TCPIdle))
-		if _, err := c.Write(b); err != nil {
-			werr = err
-			c.Close() // unblocks the reader
-		}
-	}
-	defer inflight.Wait()
+	}()
+	defer func() {
+		inflight.Wait()
+		close(out)
+		<-writerDone
+	}()
 	br := bufio.NewReaderSize(c, 8192)
 	var lb [2]byte
 	for i := 0; i < p.cfg.MaxTCPQueries; i++ {
@@ -217,7 +245,9 @@ func (p *Proxy) serveTCPConn(ctx context.Context, c net.Conn) {
 		}
 		resp, j := p.prepare(msg, true)
 		if j == nil {
-			write(resp)
+			if resp != nil {
+				out <- resp
+			}
 			continue
 		}
 		select {
@@ -236,7 +266,9 @@ func (p *Proxy) serveTCPConn(ctx context.Context, c net.Conn) {
 		go func() {
 			defer inflight.Done()
 			defer func() { <-p.inflight; <-sem }()
-			write(p.forward(ctx, j))
+			if resp := p.forward(ctx, j); resp != nil {
+				out <- resp
+			}
 		}()
 	}
 }
