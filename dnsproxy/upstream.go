@@ -192,21 +192,22 @@ func (p *pool) try(ctx context.Context, u *upstream, query, question []byte) ([]
 }
 
 // conn returns a live multiplexed socket to u, dialing a new one if needed.
+// The dial happens outside u.mu so a slow TCP connect does not hold up the
+// UDP sockets of the same upstream.
 func (p *pool) conn(ctx context.Context, u *upstream, tcp bool) (*muxConn, error) {
 	i := int(u.rr.Add(1))
+	slot := func() **muxConn {
+		if tcp {
+			return &u.tcp[i%tcpConns]
+		}
+		return &u.udp[i%udpSockets]
+	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	var slot **muxConn
-	if tcp {
-		slot = &u.tcp[i%tcpConns]
-	} else {
-		slot = &u.udp[i%udpSockets]
-	}
-	if c := *slot; c != nil && c.usable(tcp) {
+	if c := *slot(); c != nil && c.usable(tcp) {
+		u.mu.Unlock()
 		return c, nil
-	} else if c != nil {
-		c.retire(p.timeout)
 	}
+	u.mu.Unlock()
 	if p.ctx.Err() != nil {
 		return nil, errConnClosed
 	}
@@ -222,7 +223,19 @@ func (p *pool) conn(ctx context.Context, u *upstream, tcp bool) (*muxConn, error
 		return nil, fmt.Errorf("dial %s %s: %w", network, u.addr, err)
 	}
 	c := &muxConn{c: nc, tcp: tcp, born: time.Now(), pending: map[uint16]*pending{}, stats: p.stats}
-	*slot = c
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if old := *slot(); old != nil && old.usable(tcp) { // another query dialed meanwhile
+		nc.Close()
+		return old, nil
+	} else if old != nil {
+		old.retire(p.timeout)
+	}
+	if p.ctx.Err() != nil { // closing: pool.close has already swept the slots
+		nc.Close()
+		return nil, errConnClosed
+	}
+	*slot() = c
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
