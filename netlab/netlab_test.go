@@ -549,3 +549,28 @@ func TestPrivilegedAdopt(t *testing.T) {
 	}
 	defer ns.Close()
 }
+
+// Worlds built concurrently in one process stay separate: same addresses,
+// own namespaces, own logs.
+func TestPrivilegedParallelWorlds(t *testing.T) {
+	requireRoot(t)
+	for i := 0; i < 4; i++ {
+		t.Run(fmt.Sprint(i), func(t *testing.T) {
+			t.Parallel()
+			w := NewWorld(t)
+			if err := w.Node.Ping(DefaultRouter6, 2*time.Second); err != nil {
+				t.Error(err)
+			}
+			r := dnsQuery(t, w.Node, "udp", DNS4, fmt.Sprintf("w%d.wild.arkgw.test.", i), dns.TypeA, 0)
+			if len(r.Answer) != 1 {
+				t.Errorf("wildcard answer: %v", r)
+			}
+			echoTCP(t, w.Node, fmt.Sprintf("198.51.100.%d:7", 100+i))
+			for _, rec := range w.Log() {
+				if rec.Service == "echo" && rec.Dst.Addr().String() != fmt.Sprintf("198.51.100.%d", 100+i) {
+					t.Errorf("record of another world: %v", rec)
+				}
+			}
+		})
+	}
+}
