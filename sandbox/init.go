@@ -26,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/moby/sys/capability"
 	"golang.org/x/sys/unix"
@@ -63,6 +64,7 @@ type initConfig struct {
 	CPUSeconds uint64   `json:"cpu_seconds"`
 	Nice       int      `json:"nice"`
 	Caps       []string `json:"caps"`
+	Seccomp    []uint64 `json:"seccomp"` // packed BPF program (nativeFilter)
 }
 
 // stage is where the new root is assembled, in the init's private mount
@@ -71,6 +73,7 @@ type initConfig struct {
 const stage = "/tmp"
 
 func initMain() {
+	t0 := time.Now()
 	runtime.LockOSThread()
 	report := os.NewFile(4, "report")
 	fail := func(step string, err error) {
@@ -92,14 +95,17 @@ func initMain() {
 	if cfg.ReportFD != 4 {
 		fail("config", fmt.Errorf("report fd %d", cfg.ReportFD))
 	}
+	tCfg := time.Since(t0)
 	if err := buildRoot(&cfg); err != nil {
 		fail("build root", err)
 	}
+	tBuilt := time.Since(t0)
 	// Wait until the daemon placed us in the cgroup.
 	if b, err := rd.ReadByte(); err != nil || b != 'g' {
 		os.Exit(125)
 	}
 	cfgPipe.Close()
+	tGo := time.Since(t0)
 	// A cgroup namespace rooted at the experiment's cgroup.
 	if err := unix.Unshare(unix.CLONE_NEWCGROUP); err != nil {
 		fail("unshare cgroup namespace", err)
@@ -108,15 +114,19 @@ func initMain() {
 	if err != nil {
 		fail("prepare command", err)
 	}
+	tPrepared := time.Since(t0)
 	if err := restrict(&cfg); err != nil {
 		fail("restrict", err)
 	}
+	tRestricted := time.Since(t0)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	if err := cmd.Start(); err != nil {
 		fail("start "+cfg.Args[0], err)
 	}
-	report.WriteString("ok\n")
+	// "ok" and where the init's time went (logged at debug level)
+	fmt.Fprintf(report, "ok config=%v built=%v released=%v prepared=%v restricted=%v executed=%v\n",
+		tCfg, tBuilt, tGo, tPrepared, tRestricted, time.Since(t0))
 	report.Close()
 	go func() {
 		for s := range sigs {
@@ -447,5 +457,5 @@ func restrict(c *initConfig) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
-	return loadSeccomp()
+	return loadSeccomp(c.Seccomp)
 }

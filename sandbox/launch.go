@@ -230,7 +230,8 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 		return nil, fmt.Errorf("sandbox %s: launch: %w", spec.ID, ctx.Err())
 	}
 	line := strings.TrimSpace(r.line)
-	if line != "ok" {
+	initTimes, isOK := strings.CutPrefix(line, "ok")
+	if !isOK {
 		if line == "" {
 			line = fmt.Sprintf("init ended without report (%v)", r.err)
 		}
@@ -242,7 +243,7 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	}
 	go sb.monitor()
 	log.Debug("sandbox started", "pid", proc.PID, "root", p.root, "cgroup_created", tCgroup,
-		"prepared", tPrep, "spawned", tSpawn, "placed", tPlaced, "executed", time.Since(t0))
+		"prepared", tPrep, "spawned", tSpawn, "placed", tPlaced, "executed", time.Since(t0), "init", strings.TrimSpace(initTimes))
 	return sb, nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"sync"
 	"unsafe"
 
 	seccomp "github.com/elastic/go-seccomp-bpf"
@@ -265,20 +266,44 @@ func leaf(v verdict) []bpf.Instruction {
 	return out
 }
 
-// loadSeccomp installs the filter for the running architecture on every
-// thread of the process (TSYNC), with no_new_privs.
-func loadSeccomp() error {
-	prog, err := Filter(runtime.GOARCH)
-	if err != nil {
-		return err
+var (
+	nativeOnce sync.Once
+	nativeProg []uint64
+	nativeErr  error
+)
+
+// nativeFilter is the assembled program for the running architecture,
+// packed one instruction per uint64 (code<<48 | jt<<40 | jf<<32 | k). The
+// daemon builds it once and sends it in the init's config, so the init
+// (on the launch's critical path) only loads it.
+func nativeFilter() ([]uint64, error) {
+	nativeOnce.Do(func() {
+		prog, err := Filter(runtime.GOARCH)
+		if err != nil {
+			nativeErr = err
+			return
+		}
+		raw, err := bpf.Assemble(prog)
+		if err != nil {
+			nativeErr = fmt.Errorf("seccomp: assemble: %w", err)
+			return
+		}
+		for _, r := range raw {
+			nativeProg = append(nativeProg, uint64(r.Op)<<48|uint64(r.Jt)<<40|uint64(r.Jf)<<32|uint64(r.K))
+		}
+	})
+	return nativeProg, nativeErr
+}
+
+// loadSeccomp installs a packed program on every thread of the process
+// (TSYNC), with no_new_privs.
+func loadSeccomp(packed []uint64) error {
+	if len(packed) == 0 || len(packed) > 4096 {
+		return fmt.Errorf("seccomp: program of %d instructions", len(packed))
 	}
-	raw, err := bpf.Assemble(prog)
-	if err != nil {
-		return fmt.Errorf("seccomp: assemble: %w", err)
-	}
-	filter := make([]unix.SockFilter, len(raw))
-	for i, r := range raw {
-		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	filter := make([]unix.SockFilter, len(packed))
+	for i, x := range packed {
+		filter[i] = unix.SockFilter{Code: uint16(x >> 48), Jt: uint8(x >> 40), Jf: uint8(x >> 32), K: uint32(x)}
 	}
 	if err := seccomp.SetNoNewPrivs(); err != nil {
 		return fmt.Errorf("seccomp: no_new_privs: %w", err)

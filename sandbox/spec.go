@@ -198,6 +198,10 @@ func prepare(s *Spec) (*prepared, error) {
 	if nofile == 0 {
 		nofile = 1024
 	}
+	filter, err := nativeFilter()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", s.ID, err)
+	}
 	p := &prepared{
 		root: root,
 		cfg: initConfig{
@@ -218,6 +222,7 @@ func prepare(s *Spec) (*prepared, error) {
 			CPUSeconds: cpuSeconds(s),
 			Nice:       10,
 			Caps:       netCaps,
+			Seccomp:    filter,
 		},
 		res:       ComputeResources(s.Limits, s.PidsMax),
 		timeout:   wallClock(s.Limits.MaxHours),
