@@ -6,7 +6,7 @@ TESTFLAGS ?= -count=1 -timeout 25m
 export CGO_ENABLED ?= 0
 
 .PHONY: deps help build test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
-	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows
+	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows bench-netlab
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
@@ -49,6 +49,8 @@ bench-pcap: ## capture ratio and CPU per packet vs tcpdump
 	@./scripts/bench.sh pcap ./pcapstream TestBenchPcap
 bench-flows: ## flow records per second, lookup time over 1M flows
 	@./scripts/bench.sh flows ./flowlog TestBenchFlows
+bench-netlab: ## netlab world build/teardown and program start costs
+	@./scripts/bench.sh netlab ./netlab TestBenchNetlab
 
 demo: build ## a netlab node with a fake Internet, the daemon, two experiments, the page, alerts
 	./scripts/demo.sh
