@@ -6,12 +6,15 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
 	"github.com/arkgw/arkgw/nsdo"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/afpacket"
 	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 )
@@ -23,9 +26,14 @@ const (
 	batchPause = 5 * time.Millisecond
 )
 
-// capture is one open AF_PACKET socket and the goroutine reading it.
+// capture is one open AF_PACKET socket and the goroutine reading it:
+// either pcapgo's recvmsg socket (h) or, with Config.Ring, a TPACKET_V3
+// ring (tp).
 type capture struct {
 	h       *pcapgo.EthernetHandle
+	tp      *afpacket.TPacket
+	tpMu    sync.Mutex // guards tp's fd between close and stats
+	tpDrops uint64     // drops already reported (SocketStats is cumulative)
 	ifindex int
 	rc      syscall.RawConn // nil if unreachable: no batching
 	closing atomic.Bool
@@ -41,15 +49,28 @@ func (s *Server) openCapture() (*capture, error) {
 		if err != nil {
 			return fmt.Errorf("find interface %q: %w (is the experiment's network up?)", s.cfg.Iface, err)
 		}
+		c.ifindex = ifi.Index
+		if s.cfg.Ring {
+			tp, err := newRing(s.cfg.Iface, s.cfg.CaptureBuffer)
+			if err != nil {
+				return fmt.Errorf("open packet ring on %q: %w", s.cfg.Iface, err)
+			}
+			c.tp = tp
+			return nil
+		}
 		h, err := pcapgo.NewEthernetHandle(s.cfg.Iface)
 		if err != nil {
 			return fmt.Errorf("open packet socket on %q: %w", s.cfg.Iface, err)
 		}
-		c.h, c.ifindex = h, ifi.Index
+		c.h = h
 		return nil
 	})
 	if err != nil {
 		return nil, err
+	}
+	if c.tp != nil {
+		s.log.Debug("capture opened", "iface", s.cfg.Iface, "ifindex", c.ifindex, "ring_bytes", s.cfg.CaptureBuffer)
+		return c, nil
 	}
 	// The receive buffer is the snap length: frames are cut there.
 	if err := c.h.SetCaptureLength(s.cfg.Snaplen); err != nil {
@@ -73,18 +94,78 @@ func (s *Server) openCapture() (*capture, error) {
 	return c, nil
 }
 
+// close stops the capture. A pcapgo socket is closed at once (a blocked
+// read returns). A ring is unmapped by the capture goroutine itself, after
+// its current poll (at most ringPoll): unmapping it under a reader would
+// crash the daemon.
 func (c *capture) close() {
 	c.closing.Store(true)
-	c.h.Close()
+	if c.h != nil {
+		c.h.Close()
+	}
+}
+
+// closeRing releases the ring; capture goroutine only.
+func (c *capture) closeRing() {
+	c.tpMu.Lock()
+	defer c.tpMu.Unlock()
+	c.tp.Close()
+	c.tp = nil
 }
 
 // kernelDrops returns the packets the socket dropped since the last call.
 func (c *capture) kernelDrops() (uint64, error) {
-	st, err := c.h.Stats()
+	if c.h != nil {
+		st, err := c.h.Stats()
+		if err != nil {
+			return 0, err
+		}
+		return uint64(st.Drops), nil
+	}
+	c.tpMu.Lock()
+	defer c.tpMu.Unlock()
+	if c.tp == nil {
+		return 0, nil
+	}
+	_, v3, err := c.tp.SocketStats()
 	if err != nil {
 		return 0, err
 	}
-	return uint64(st.Drops), nil
+	d := uint64(v3.Drops()) - c.tpDrops
+	c.tpDrops = uint64(v3.Drops())
+	return d, nil
+}
+
+// read returns the next frame (valid until the next call).
+func (c *capture) read() ([]byte, gopacket.CaptureInfo, error) {
+	if c.h != nil {
+		return c.h.ZeroCopyReadPacketData()
+	}
+	return c.tp.ZeroCopyReadPacketData()
+}
+
+// Ring geometry (Config.Ring). A TPACKET_V3 block is handed over when full
+// or after ringBlockTimeout, whichever comes first, so sparse traffic waits
+// at most that long but a block may go out nearly empty: many small blocks
+// (CaptureBuffer / ringBlockSize of them) keep the ring from running out
+// while the capture goroutine is late. A block must hold a whole 64 KiB GSO
+// frame (V3 cuts frames at the block size). The poll timeout bounds how
+// long closing waits.
+const (
+	ringBlockSize    = 128 << 10
+	ringBlockTimeout = 10 * time.Millisecond
+	ringPoll         = 100 * time.Millisecond
+)
+
+func newRing(iface string, bytes int) (*afpacket.TPacket, error) {
+	return afpacket.NewTPacket(
+		afpacket.OptInterface(iface),
+		afpacket.TPacketVersion3,
+		afpacket.OptBlockSize(ringBlockSize),
+		afpacket.OptNumBlocks(max(2, bytes/ringBlockSize)),
+		afpacket.OptBlockTimeout(ringBlockTimeout),
+		afpacket.OptPollTimeout(ringPoll),
+	)
 }
 
 // captureLoop reads packets and offers each to every reader. It never
@@ -107,13 +188,22 @@ func (s *Server) captureLoop(c *capture) {
 		if busy && c.rc != nil && time.Since(lastTS) < batchPause/4 {
 			time.Sleep(batchPause)
 		}
-		data, ci, err := c.h.ZeroCopyReadPacketData()
+		data, ci, err := c.read()
+		if c.tp != nil && (c.closing.Load() || (err != nil && !errors.Is(err, afpacket.ErrTimeout))) {
+			c.closeRing()
+		}
 		if err != nil {
 			if c.closing.Load() {
 				return
 			}
+			if errors.Is(err, afpacket.ErrTimeout) {
+				continue
+			}
 			c.close()
 			s.captureEnded(c, err)
+			return
+		}
+		if c.closing.Load() {
 			return
 		}
 		// pcapgo creates the socket for ETH_P_ALL before binding it to the

@@ -363,8 +363,14 @@ func packetSockets(t *testing.T, h *netlab.Host, iface string) int {
 // nothing of a second experiment; the capture exists only while a reader
 // is connected.
 func TestPrivilegedPcapStream(t *testing.T) {
+	requireRoot(t)
+	t.Run("pcapgo", func(t *testing.T) { testStream(t, false) })
+	t.Run("ring", func(t *testing.T) { testStream(t, true) })
+}
+
+func testStream(t *testing.T, ring bool) {
 	l := newLab(t)
-	srv, sock := startServer(t, l, "pc1", exp1If, nil)
+	srv, sock := startServer(t, l, "pc1", exp1If, func(c *Config) { c.Ring = ring })
 
 	if srv.Capturing() || packetSockets(t, l.node, exp1If) != 0 {
 		t.Fatalf("capturing with no reader: %v, sockets %d", srv.Capturing(), packetSockets(t, l.node, exp1If))
@@ -740,8 +746,14 @@ func TestPrivilegedPcapOptions(t *testing.T) {
 // keeps running and refuses new readers with a message naming the
 // interface.
 func TestPrivilegedPcapInterfaceGone(t *testing.T) {
+	requireRoot(t)
+	t.Run("pcapgo", func(t *testing.T) { testInterfaceGone(t, false) })
+	t.Run("ring", func(t *testing.T) { testInterfaceGone(t, true) })
+}
+
+func testInterfaceGone(t *testing.T, ring bool) {
 	l := newLab(t)
-	srv, sock := startServer(t, l, "pc2", exp2If, nil)
+	srv, sock := startServer(t, l, "pc2", exp2If, func(c *Config) { c.Ring = ring })
 	c := dialRaw(t, sock, wire.Request{})
 	waitFor(t, "capturing", 10*time.Second, func() bool { return srv.Capturing() })
 	l.exp2.Run(t, "ping", "-n", "-c", "1", "198.51.100.1")
