@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func rec(i int) Record {
@@ -282,5 +284,30 @@ func TestTee(t *testing.T) {
 	s.Emit(rec(1))
 	if len(a) != 1 || len(b) != 1 {
 		t.Fatalf("tee delivered %d and %d", len(a), len(b))
+	}
+}
+
+func TestFileSinkCollector(t *testing.T) {
+	s, err := NewFileSink(filepath.Join(t.TempDir(), "a.jsonl"), FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Emit(rec(1))
+	s.Close()
+	s.Emit(rec(2))
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(s.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
+	}
+	if got["arkgw_alerts_file_written_total"] != 1 || got["arkgw_alerts_file_dropped_total"] != 1 || got["arkgw_alerts_file_fsyncs_total"] < 1 {
+		t.Fatalf("metrics %v", got)
 	}
 }
