@@ -35,15 +35,15 @@ func newCache(size int, maxTTL time.Duration) *cache {
 }
 
 // get returns a copy of the cached answer with TTLs reduced by its age.
-func (c *cache) get(key string) []byte {
+func (c *cache) get(key []byte) []byte {
 	if c == nil {
 		return nil
 	}
 	c.mu.Lock()
-	e := c.m[key]
+	e := c.m[string(key)]
 	now := c.now()
 	if e != nil && !now.Before(e.expires) {
-		delete(c.m, key)
+		delete(c.m, string(key))
 		e = nil
 	}
 	c.mu.Unlock()

@@ -107,16 +107,23 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 		return refusal(&fq, p.denyRcode(), dns.ExtendedErrorCodeBlocked, blockedText), nil
 	}
 	p.stats.allowed.Add(1)
+	// Cache key on the stack: a hit allocates only the answer.
+	var kb [256 + 5]byte
+	key := append(append(append(kb[:0], wire...), fq.question[fq.nameLen:]...), fq.keyFlags())
+	size := fq.clientSize(tcp)
+	if out := p.cache.get(key); out != nil {
+		p.stats.cacheHits.Add(1)
+		binary.BigEndian.PutUint16(out, fq.id)
+		copy(out[hdrLen:], fq.question) // same length: the names differ at most in case
+		return p.fit(out, size), nil
+	}
 	j = &job{
 		id: fq.id, flags: fq.flags, qtype: fq.qtype, hasOPT: fq.hasOPT, do: fq.do,
-		size: fq.clientSize(tcp), tcp: tcp,
+		size: size, tcp: tcp,
 		rawQ: append([]byte(nil), fq.question...),
+		key:  string(key),
 	}
-	j.question = append(append([]byte(nil), wire...), fq.question[fq.nameLen:]...)
-	j.key = string(append(append(make([]byte, 0, len(j.question)+1), j.question...), fq.keyFlags()))
-	if out := p.fromCache(j); out != nil {
-		return out, nil
-	}
+	j.question = []byte(j.key[:len(key)-1])
 	return nil, j
 }
 
@@ -197,14 +204,14 @@ func (p *Proxy) prepareMsg(raw []byte, tcp bool) (resp []byte, j *job) {
 
 // fromCache answers j from the cache, or returns nil.
 func (p *Proxy) fromCache(j *job) []byte {
-	out := p.cache.get(j.key)
+	out := p.cache.get([]byte(j.key))
 	if out == nil {
 		return nil
 	}
 	p.stats.cacheHits.Add(1)
 	binary.BigEndian.PutUint16(out, j.id)
 	copy(out[hdrLen:], j.rawQ) // same length: the names differ at most in case
-	return p.fit(j, out)
+	return p.fit(out, j.size)
 }
 
 // upstreamQuery is the query sent upstream (ID to be filled in): the
@@ -318,19 +325,19 @@ func (p *Proxy) deliver(j *job, full []byte) []byte {
 			}
 		}
 	}
-	return p.fit(j, full)
+	return p.fit(full, j.size)
 }
 
-// fit truncates an answer to the client's size (setting TC), compressed.
-func (p *Proxy) fit(j *job, full []byte) []byte {
-	if len(full) <= j.size {
+// fit truncates an answer to size (setting TC), compressed.
+func (p *Proxy) fit(full []byte, size int) []byte {
+	if len(full) <= size {
 		return full
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(full); err != nil {
 		return nil
 	}
-	return p.pack(m, j.size)
+	return p.pack(m, size)
 }
 
 // finish is the general path for upstream answers: the client's ID and

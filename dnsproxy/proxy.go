@@ -57,9 +57,11 @@ type Config struct {
 	// experiment's GW4 and GW6 on port 53). Port 0 picks a free port, the
 	// same for UDP and TCP; see Addrs.
 	Listen []string
-	// Upstreams are "ip" or "ip:port" resolvers (node policy; see
-	// UpstreamsFromResolvConf for the host's).
+	// Upstreams are "ip" or "ip:port" resolvers (node policy). When empty,
+	// the nameservers of ResolvConf are used.
 	Upstreams []string
+	// ResolvConf is read when Upstreams is empty (DefaultResolvConf).
+	ResolvConf string
 
 	// Any allows every name; otherwise Names (domains allowing themselves and
 	// every subdomain) are the allowlist.
@@ -139,6 +141,16 @@ func New(cfg Config) (*Proxy, error) {
 	m, err := CompileMatcher(cfg.Any, cfg.Names)
 	if err != nil {
 		return nil, fmt.Errorf("dns proxy for experiment %q: %w", cfg.Experiment, err)
+	}
+	if len(cfg.Upstreams) == 0 {
+		if cfg.ResolvConf == "" {
+			cfg.ResolvConf = DefaultResolvConf
+		}
+		u, err := UpstreamsFromResolvConf(cfg.ResolvConf)
+		if err != nil {
+			return nil, fmt.Errorf("dns proxy for experiment %q: no upstreams in the node policy: %w", cfg.Experiment, err)
+		}
+		cfg.Upstreams = u
 	}
 	ups, err := normalizeUpstreams(cfg.Upstreams)
 	if err != nil {

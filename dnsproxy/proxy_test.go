@@ -431,7 +431,11 @@ func TestTruncatedToClientSize(t *testing.T) {
 
 func TestTCPFallback(t *testing.T) {
 	up := startUpstream(t, func(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
-		m := bigAnswer(r, 200, 0) // > 1232 bytes
+		ttl := uint32(0)
+		if strings.HasPrefix(r.Question[0].Name, "bigc.") {
+			ttl = 60
+		}
+		m := bigAnswer(r, 200, ttl) // > 1232 bytes
 		if w.RemoteAddr().Network() == "udp" {
 			m.Truncate(512)
 		}
@@ -452,6 +456,17 @@ func TestTCPFallback(t *testing.T) {
 	r = query(t, p, "udp", "big2.example.org.", dns.TypeA, 1232)
 	if !r.Truncated {
 		t.Errorf("udp client: want TC")
+	}
+	// A cached large answer is truncated for a UDP client, whole over TCP.
+	query(t, p, "tcp", "bigc.example.org.", dns.TypeA, 0)
+	n := up.queries.Load()
+	r = query(t, p, "udp", "bigc.example.org.", dns.TypeA, 0)
+	if !r.Truncated || len(r.Answer) == 0 || up.queries.Load() != n || p.Stats().CacheHits != 1 {
+		t.Errorf("cached large answer over UDP: tc=%v answers=%d hits=%d", r.Truncated, len(r.Answer), p.Stats().CacheHits)
+	}
+	r = query(t, p, "tcp", "bigc.example.org.", dns.TypeA, 0)
+	if r.Truncated || len(r.Answer) != 200 || up.queries.Load() != n {
+		t.Errorf("cached large answer over TCP: tc=%v answers=%d", r.Truncated, len(r.Answer))
 	}
 }
 
@@ -668,7 +683,7 @@ func TestUpstreamsFromResolvConf(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	for _, cfg := range []Config{
-		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}},                                          // no upstreams
+		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, ResolvConf: "/nonexistent/resolv.conf"},  // no upstreams
 		{Experiment: "e1", Upstreams: []string{"192.0.2.1"}},                                         // no listen
 		{Experiment: "e1", Listen: []string{"nonsense"}, Upstreams: []string{"192.0.2.1"}},           // bad listen
 		{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"resolver.example"}}, // bad upstream
@@ -706,5 +721,18 @@ func TestCollector(t *testing.T) {
 	}
 	if got["arkgw_dns_allowed_total"] != 1 || got["arkgw_dns_refused_total"] != 1 || got["arkgw_dns_queries_total"] != 2 {
 		t.Errorf("metrics %v", got)
+	}
+}
+
+func TestUpstreamsDefaultFromResolvConf(t *testing.T) {
+	f := t.TempDir() + "/resolv.conf"
+	writeFile(t, f, "nameserver 192.0.2.53\n")
+	p, err := New(Config{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Any: true, ResolvConf: f})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if ups := p.pool.upstreamAddrs(); len(ups) != 1 || ups[0] != "192.0.2.53:53" {
+		t.Errorf("upstreams %v", ups)
 	}
 }
