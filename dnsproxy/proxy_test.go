@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -734,5 +735,54 @@ func TestUpstreamsDefaultFromResolvConf(t *testing.T) {
 	defer p.Close()
 	if ups := p.pool.upstreamAddrs(); len(ups) != 1 || ups[0] != "192.0.2.53:53" {
 		t.Errorf("upstreams %v", ups)
+	}
+}
+
+// Run returns only after every goroutine it started has ended, even with a
+// client TCP connection still open and queries in flight.
+func TestRunStopsEverything(t *testing.T) {
+	up := startUpstream(t, func(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
+		if strings.HasPrefix(r.Question[0].Name, "hang.") {
+			return nil // never answers
+		}
+		return defaultAnswer(r)
+	})
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	p, err := New(Config{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Any: true, Upstreams: []string{up.addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	query(t, p, "udp", "a.example.org.", dns.TypeA, 0)
+	query(t, p, "tcp", "a.example.org.", dns.TypeA, 0)
+	conn, err := net.Dial("tcp", p.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	dc := &dns.Conn{Conn: conn}
+	m := new(dns.Msg)
+	m.SetQuestion("hang.example.org.", dns.TypeA)
+	dc.WriteMsg(m)
+	u, _ := net.Dial("udp", p.Addrs()[0].String())
+	defer u.Close()
+	(&dns.Conn{Conn: u}).WriteMsg(m)
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines after Run, %d before:\n%s", n, base, buf[:runtime.Stack(buf, true)])
 	}
 }
