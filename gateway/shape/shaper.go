@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
@@ -163,6 +164,9 @@ func (s *Shaper) Remove(ctx context.Context, id string) error {
 	if err := s.detach(spec.HostIf); err != nil {
 		errs = append(errs, err)
 	}
+	if err := s.deleteLink(spec.OwnIFB()); err != nil {
+		errs = append(errs, err)
+	}
 	for _, t := range s.trees() {
 		if ifb, err := s.h.LinkByName(t.ifb); err == nil {
 			c := &netlink.HtbClass{ClassAttrs: netlink.ClassAttrs{LinkIndex: ifb.Attrs().Index,
@@ -181,16 +185,27 @@ func (s *Shaper) Remove(ctx context.Context, id string) error {
 	return errors.Join(errs...)
 }
 
-// Sweep removes the shared IFBs, arkgw's redirect from the uplinks and the
-// clsact qdisc of every interface named in hostIfs (what a crashed daemon
-// may have left behind), in ns.
-func Sweep(ns netns.NsHandle, uplinks, hostIfs []string) error {
+// Sweep removes what a crashed daemon may have left behind in ns: the
+// shared IFBs, arkgw's redirect from the uplinks, the clsact qdisc of every
+// interface named in hostIfs and every "arku*" IFB whose experiment id is
+// not in keep.
+func Sweep(ns netns.NsHandle, uplinks, hostIfs []string, keep map[string]bool) error {
 	s, err := NewShaper(ShaperConfig{NS: ns, Uplinks: uplinks})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 	var errs []error
+	links, err := s.h.LinkList()
+	if err != nil {
+		return fmt.Errorf("shape: list links: %w", err)
+	}
+	for _, l := range links {
+		n := l.Attrs().Name
+		if l.Type() == "ifb" && strings.HasPrefix(n, OwnIFBPrefix) && !keep[strings.TrimPrefix(n, OwnIFBPrefix)] {
+			errs = append(errs, s.deleteLink(n))
+		}
+	}
 	for _, n := range hostIfs {
 		errs = append(errs, s.detach(n))
 	}
@@ -288,13 +303,59 @@ func (s *Shaper) syncClasses(p Plan) error {
 			return fmt.Errorf("shape: set root class on %s: %w", t.ifb, err)
 		}
 		for _, l := range p.Leaves {
-			if err := s.h.ClassReplace(htbClass(idx, t.major, l.Class)); err != nil {
-				return fmt.Errorf("shape: set class %x:%x on %s for experiment %q: %w", t.major, l.Class.Minor, t.ifb, l.ID, err)
+			c := l.Class
+			if t.major == UpMajor {
+				c = l.UpClass
 			}
-			if err := s.h.QdiscReplace(leafQueue(idx, t.major, l.Class, s.cfg.MTU)); err != nil {
-				return fmt.Errorf("shape: set queue of class %x:%x on %s for experiment %q: %w", t.major, l.Class.Minor, t.ifb, l.ID, err)
+			if err := s.h.ClassReplace(htbClass(idx, t.major, c)); err != nil {
+				return fmt.Errorf("shape: set class %x:%x on %s for experiment %q: %w", t.major, c.Minor, t.ifb, l.ID, err)
+			}
+			if err := s.h.QdiscReplace(leafQueue(idx, t.major, c, s.cfg.MTU)); err != nil {
+				return fmt.Errorf("shape: set queue of class %x:%x on %s for experiment %q: %w", t.major, c.Minor, t.ifb, l.ID, err)
 			}
 		}
+	}
+	for _, l := range p.Leaves {
+		if err := s.syncOwn(l); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownMajor is the HTB handle major on an experiment's own upload IFB.
+const ownMajor uint16 = 1
+
+// syncOwn creates (if needed) the experiment's upload IFB with its HTB and
+// sets its class to the cap.
+func (s *Shaper) syncOwn(l Leaf) error {
+	name := l.OwnIFB()
+	link, err := s.h.LinkByName(name)
+	if err != nil {
+		if !notFound(err) {
+			return fmt.Errorf("shape: look up %s: %w", name, err)
+		}
+		if err := s.h.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name, TxQLen: 1000}}); err != nil {
+			return fmt.Errorf("shape: add ifb %s for experiment %q: %w", name, l.ID, err)
+		}
+		if link, err = s.h.LinkByName(name); err != nil {
+			return fmt.Errorf("shape: look up new %s: %w", name, err)
+		}
+		if err := s.h.LinkSetUp(link); err != nil {
+			return fmt.Errorf("shape: set %s up: %w", name, err)
+		}
+		q := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(ownMajor, 0)})
+		q.Defcls = uint32(l.Own.Minor)
+		if err := s.h.QdiscReplace(q); err != nil {
+			return fmt.Errorf("shape: add htb root to %s: %w", name, err)
+		}
+	}
+	idx := link.Attrs().Index
+	if err := s.h.ClassReplace(htbClass(idx, ownMajor, l.Own)); err != nil {
+		return fmt.Errorf("shape: set class on %s for experiment %q: %w", name, l.ID, err)
+	}
+	if err := s.h.QdiscReplace(leafQueue(idx, ownMajor, l.Own, s.cfg.MTU)); err != nil {
+		return fmt.Errorf("shape: set queue on %s for experiment %q: %w", name, l.ID, err)
 	}
 	return nil
 }
@@ -316,39 +377,64 @@ func htbClass(idx int, major uint16, c Class) *netlink.HtbClass {
 // Its bucket (6 frames) is below a GSO packet, so tbf splits GSO packets
 // into segments and the limit counts real packets.
 func leafQueue(idx int, major uint16, c Class, mtu int) *netlink.Tbf {
+	qmajor := c.Minor // unique per tree: slot+2 < UpMajor
+	if major == ownMajor {
+		qmajor = ownMajor + 1
+	}
 	const rate = unlimitedBps / 8
 	burst := uint32(6 * (DefaultMTU + EthOverhead))
 	if mtu > 0 {
 		burst = uint32(6 * (mtu + EthOverhead))
 	}
 	return &netlink.Tbf{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(major, c.Minor), Handle: netlink.MakeHandle(c.Minor, 0)},
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.MakeHandle(major, c.Minor), Handle: netlink.MakeHandle(qmajor, 0)},
 		Rate:       rate, Buffer: netlink.Xmittime(rate, burst), Limit: QueueLimit(c.Ceil, mtu),
 	}
 }
 
-// attach puts clsact + the download redirect filter on the experiment's veth.
+// attach puts clsact + the redirect filters on the experiment's veth:
+// egress to the download tree, ingress to its own upload IFB.
 func (s *Shaper) attach(spec Spec) error {
 	if err := s.redirect(spec.HostIf, DownIFB); err != nil {
+		return fmt.Errorf("shape: experiment %q: %w", spec.ID, err)
+	}
+	if err := s.redirectDir(spec.HostIf, spec.OwnIFB(), netlink.HANDLE_MIN_INGRESS); err != nil {
 		return fmt.Errorf("shape: experiment %q: %w", spec.ID, err)
 	}
 	return nil
 }
 
 // filterPrio is the tc filter priority of arkgw's redirect filters (an
-// uplink may carry the owner's own filters at other priorities).
+// uplink may carry the owner's own filters at other priorities). The two
+// sides of a clsact get different priorities: u32 keeps its hash tables
+// per qdisc, so a listing of one side can show the other side's filter.
 const filterPrio = 0xa4c
+
+func sidePrio(side uint32) uint16 {
+	if side == netlink.HANDLE_MIN_INGRESS {
+		return filterPrio + 1
+	}
+	return filterPrio
+}
 
 // redirect adds clsact to dev (kept if present) and an egress u32
 // match-all filter that redirects every packet to ifb.
 func (s *Shaper) redirect(dev, ifbName string) error {
+	return s.redirectDir(dev, ifbName, netlink.HANDLE_MIN_EGRESS)
+}
+
+// redirectDir is redirect on the given clsact side (HANDLE_MIN_EGRESS or
+// HANDLE_MIN_INGRESS).
+func (s *Shaper) redirectDir(dev, ifbName string, side uint32) error {
 	link, err := s.h.LinkByName(dev)
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", dev, err)
 	}
 	idx := link.Attrs().Index
+	// Add, never replace: replacing clsact drops the filters on it (ours
+	// on the other side, the owner's on an uplink).
 	q := &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Parent: netlink.HANDLE_CLSACT, Handle: netlink.MakeHandle(0xffff, 0)}}
-	if err := s.h.QdiscReplace(q); err != nil {
+	if err := s.h.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add clsact to %s: %w", dev, err)
 	}
 	ifb, err := s.h.LinkByName(ifbName)
@@ -356,11 +442,11 @@ func (s *Shaper) redirect(dev, ifbName string) error {
 		return fmt.Errorf("look up %s: %w", ifbName, err)
 	}
 	// Replace = remove ours, add again (u32 handles are the kernel's).
-	if err := s.unredirect(dev); err != nil {
+	if err := s.unredirectDir(dev, side); err != nil {
 		return err
 	}
 	f := &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: netlink.HANDLE_MIN_EGRESS, Priority: filterPrio, Protocol: unix.ETH_P_ALL},
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: idx, Parent: side, Priority: sidePrio(side), Protocol: unix.ETH_P_ALL},
 		Actions:     []netlink.Action{netlink.NewMirredAction(ifb.Attrs().Index)},
 	}
 	if err := s.h.FilterAdd(f); err != nil {
@@ -371,6 +457,10 @@ func (s *Shaper) redirect(dev, ifbName string) error {
 
 // unredirect removes arkgw's filter from an uplink, keeping its clsact.
 func (s *Shaper) unredirect(dev string) error {
+	return s.unredirectDir(dev, netlink.HANDLE_MIN_EGRESS)
+}
+
+func (s *Shaper) unredirectDir(dev string, side uint32) error {
 	link, err := s.h.LinkByName(dev)
 	if err != nil {
 		if notFound(err) {
@@ -378,7 +468,7 @@ func (s *Shaper) unredirect(dev string) error {
 		}
 		return fmt.Errorf("shape: look up %s: %w", dev, err)
 	}
-	fs, err := s.h.FilterList(link, netlink.HANDLE_MIN_EGRESS)
+	fs, err := s.h.FilterList(link, side)
 	if err != nil {
 		if notFound(err) || errors.Is(err, unix.EINVAL) {
 			return nil
@@ -386,7 +476,7 @@ func (s *Shaper) unredirect(dev string) error {
 		return fmt.Errorf("shape: list filters of %s: %w", dev, err)
 	}
 	for _, f := range fs {
-		if f.Attrs().Priority == filterPrio {
+		if f.Attrs().Priority == sidePrio(side) {
 			if err := s.h.FilterDel(f); err != nil && !notFound(err) {
 				return fmt.Errorf("shape: remove redirect from %s: %w", dev, err)
 			}
@@ -407,6 +497,20 @@ func (s *Shaper) detach(hostIf string) error {
 	q := &netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: link.Attrs().Index, Parent: netlink.HANDLE_CLSACT, Handle: netlink.MakeHandle(0xffff, 0)}}
 	if err := s.h.QdiscDel(q); err != nil && !notFound(err) && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("shape: remove clsact from %s: %w", hostIf, err)
+	}
+	return nil
+}
+
+func (s *Shaper) deleteLink(name string) error {
+	link, err := s.h.LinkByName(name)
+	if err != nil {
+		if notFound(err) {
+			return nil
+		}
+		return fmt.Errorf("shape: look up %s: %w", name, err)
+	}
+	if err := s.h.LinkDel(link); err != nil && !notFound(err) {
+		return fmt.Errorf("shape: delete %s: %w", name, err)
 	}
 	return nil
 }

@@ -63,13 +63,28 @@ func TestPrivilegedShapeBothDirections(t *testing.T) {
 	}
 	check("download after Update", true, 2_000_000)
 
+	// The node-wide cap below the experiment's: both directions follow it
+	// (upload through the uplink's shared tree, classified by the nft
+	// priority mark).
+	if err := s.Update(ctx, "bw1", 20_000_000); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetNodeCap(ctx, 3_000_000); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Rate("bw1"); r != 3_000_000 {
+		t.Errorf("Rate under node cap = %d, want 3e6", r)
+	}
+	check("upload under node cap", false, 3_000_000)
+	check("download under node cap", true, 3_000_000)
+
 	if err := s.Remove(ctx, "bw1"); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Remove(ctx, "bw1"); err != nil {
 		t.Fatalf("second Remove: %v", err)
 	}
-	for _, n := range []string{UpIFB, DownIFB} {
+	for _, n := range []string{UpIFB, DownIFB, spec.OwnIFB()} {
 		if _, err := lab.Node.Handle().LinkByName(n); err == nil {
 			t.Errorf("%s still exists after Remove", n)
 		}

@@ -3,46 +3,49 @@
 //
 // # Design
 //
-// Two shared IFB devices carry one HTB tree each:
+// Upload (what an experiment sends) is capped first, on its own IFB
+// "arku<id>": the host veth's clsact ingress redirects every packet there
+// (u32 match-all + mirred), an HTB class at the cap paces it, and the IFB
+// hands it back to the veth's ingress. This happens before netfilter, so
+// the gateway's filter and the byte counters of package quota see only
+// what the shaper let through: a packet dropped because the shaper's queue
+// overflowed never reached the owner's link and is not charged to the
+// budget.
 //
-//	arkgw-up (upload: what experiments send)   HTB a4c1:  node class a4c1:1
-//	arkgw-dn (download: what they receive)     HTB a4c2:  node class a4c2:1
+// Download (what it receives) and the node-wide cap use two shared IFBs
+// with one HTB tree each:
+//
+//	arkgw-up (upload, on the uplink's egress)      HTB a4c1:  node class a4c1:1
+//	arkgw-dn (download, on each veth's egress)     HTB a4c2:  node class a4c2:1
 //
 // Every experiment gets one leaf class under the node class of each tree
 // (minor = slot+2). A packet is filed into its leaf by skb->priority: HTB
 // uses the priority directly when it names one of its leaf classes. The
-// priority is set by nftables (package quota's table inet arkgw_acct, in the
-// forward hook after the gateway's filter: "iifname ark<id> meta priority
-// set a4c1:<minor>", "oifname ark<id> meta priority set a4c2:<minor>"), so
-// the experiment cannot choose its class: whatever SO_PRIORITY it used is
-// overwritten. Packets without an arkgw priority (the node's own traffic,
-// the DNS proxy's replies) go to the top-level class ffff, which is not
-// limited.
+// priority is set by nftables in the forward hook (package quota's table
+// inet arkgw_acct: "iifname ark<id> meta priority set a4c1:<minor>",
+// "oifname ark<id> meta priority set a4c2:<minor>"), so the experiment
+// cannot choose its class: whatever SO_PRIORITY it used is overwritten.
+// Packets without an arkgw priority (the node's own traffic, the DNS
+// proxy's replies) go to the top-level class ffff, which is not limited.
+// In the download tree a leaf's ceil is the experiment's cap; in the upload
+// tree (the cap was applied at the veth already) it is the node cap.
 //
-// The packets get to the IFBs by u32 match-all + mirred redirect filters
-// on clsact egress: of the uplink(s) for upload (forwarded, NATed experiment
-// traffic leaves there) and of each experiment's host veth for download.
-// After its HTB releases a packet, the IFB transmits it on the device it
-// came from with classification skipped.
+// Why not one tree at the veth's ingress for upload: tc ingress runs before
+// netfilter, so only the packet itself could say which experiment sent it
+// (its source address can be spoofed), and this kernel has no skbedit or
+// matchall. Why not ingress policing: this kernel has no act_police either,
+// and a policer drops what exceeds its bucket instead of queueing it, so a
+// TCP sender saws between loss and recovery, below the cap at 1 Mbit/s
+// with the small burst the owner's promise needs and above it with a large
+// one. Queueing in HTB paces TCP at the configured rate at 1 and at 100
+// Mbit/s alike (TestBenchBandwidth measures it against the CNI plugin's
+// tbf/ifb approach: every wire ratio 0.996..1.002 here).
 //
-// Why not at the veth's ingress: tc ingress runs before netfilter, so only
-// the packet itself could say which experiment sent it, and its source
-// address can be spoofed (declared spoofing is allowed). Why not ingress
-// policing: this kernel has no act_police (nor matchall or skbedit), and a
-// policer drops what exceeds its bucket instead of queueing it, so a TCP
-// sender saws between loss and recovery, below the cap at 1 Mbit/s with the
-// small burst the owner's promise needs and above it with a large one.
-// Queueing in HTB paces TCP at the configured rate at 1 and at 100 Mbit/s
-// alike (TestBenchBandwidth measures it against the CNI plugin's tbf/ifb
-// approach). Counting happens in the forward hook, before the upload
-// shaper: a packet the shaper drops because its queue overflowed still
-// counts against the daily budget (TCP keeps such drops small).
-//
-// Why shared trees and not one qdisc per veth: the owner's node-wide cap
-// (node_mbps) must be shared by all experiments; only a common parent class
-// can do that, and a common parent needs a common device. The node class is
-// the node cap; leaves have ceil = the experiment's cap and a guaranteed rate
-// of min(cap, node cap / number of experiments), so the sum of the
+// Why shared trees and not one qdisc per veth for the node cap: the
+// owner's node-wide cap (node_mbps) must be shared by all experiments;
+// only a common parent class can do that, and a common parent needs a
+// common device. The node class is the node cap; leaves have a guaranteed
+// rate of min(cap, node cap / number of experiments), so the sum of the
 // guarantees never exceeds the parent (HTB lets a leaf below its own rate
 // send regardless of the parent).
 //
@@ -67,8 +70,10 @@ import (
 
 // Names and handles the shaper owns in the node's network namespace.
 const (
-	UpIFB   = "arkgw-up" // shared IFB for upload (experiment -> world)
-	DownIFB = "arkgw-dn" // shared IFB for download (world -> experiment)
+	UpIFB = "arkgw-up" // shared IFB for upload (experiment -> world), node cap
+	// OwnIFBPrefix + id names an experiment's own upload IFB (<= 14 bytes).
+	OwnIFBPrefix = "arku"
+	DownIFB      = "arkgw-dn" // shared IFB for download (world -> experiment)
 
 	UpMajor   uint16 = 0xa4c1 // HTB handle major on UpIFB; also the skb->priority major
 	DownMajor uint16 = 0xa4c2 // HTB handle major on DownIFB
@@ -104,8 +109,8 @@ type Spec struct {
 
 // Validate checks a spec.
 func (s Spec) Validate() error {
-	if s.ID == "" {
-		return fmt.Errorf("shape spec: empty experiment id")
+	if s.ID == "" || len(s.OwnIFB()) > 15 {
+		return fmt.Errorf("shape spec: experiment id %q: want 1-%d characters", s.ID, 15-len(OwnIFBPrefix))
 	}
 	if s.HostIf == "" || len(s.HostIf) > 15 {
 		return fmt.Errorf("shape spec for %q: host interface %q: want 1-15 bytes", s.ID, s.HostIf)
@@ -115,6 +120,9 @@ func (s Spec) Validate() error {
 	}
 	return nil
 }
+
+// OwnIFB names the experiment's upload IFB.
+func (s Spec) OwnIFB() string { return OwnIFBPrefix + s.ID }
 
 // Minor is the HTB class minor of the experiment in both trees.
 func (s Spec) Minor() uint16 { return uint16(s.Slot + 2) }
@@ -131,10 +139,13 @@ type Class struct {
 	Quantum uint32 // bytes per DRR round among siblings
 }
 
-// Leaf ties an experiment to its class.
+// Leaf ties an experiment to its classes.
 type Leaf struct {
 	Spec
-	Class Class
+	Class   Class // download tree (ceil = cap)
+	UpClass Class // upload tree on the uplink (ceil = node cap)
+	// Own is the class 1:1 on the experiment's own upload IFB (rate = ceil = cap).
+	Own Class
 	// CapBps is the effective cap in bit/s of IP bytes (min of the
 	// experiment's and the node's; 0 = unlimited).
 	CapBps uint64
@@ -274,7 +285,9 @@ func Compile(cfg Config, specs []Spec) (Plan, error) {
 			capBps = 0
 		}
 		p.Leaves = append(p.Leaves, Leaf{Spec: s, CapBps: capBps,
-			Class: class(s.Minor(), RootMinor, rate, ceil, mtu)})
+			Class:   class(s.Minor(), RootMinor, rate, ceil, mtu),
+			UpClass: class(s.Minor(), RootMinor, rate, node, mtu),
+			Own:     class(1, 0, ceil, ceil, mtu)})
 	}
 	sort.Slice(p.Leaves, func(i, j int) bool { return p.Leaves[i].ID < p.Leaves[j].ID })
 	return p, nil
@@ -299,7 +312,9 @@ func (p Plan) String() string {
 	}
 	s := line("root", p.Root) + line("default", p.Default)
 	for _, l := range p.Leaves {
-		s += line(fmt.Sprintf("leaf %s if=%s cap=%dbit/s", l.ID, l.HostIf, l.CapBps), l.Class)
+		s += line(fmt.Sprintf("leaf %s if=%s cap=%dbit/s down", l.ID, l.HostIf, l.CapBps), l.Class)
+		s += line(fmt.Sprintf("leaf %s if=%s cap=%dbit/s up", l.ID, l.HostIf, l.CapBps), l.UpClass)
+		s += line(fmt.Sprintf("leaf %s if=%s own=%s", l.ID, l.HostIf, l.OwnIFB()), l.Own)
 	}
 	return s
 }
