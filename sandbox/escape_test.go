@@ -67,12 +67,17 @@ func TestPrivilegedEscapeProcesses(t *testing.T) {
 	}
 	defer osb.Stop(ctx)
 
-	tr := newSpec(t, "/bin/sh", "-c", "ls -d /proc/[0-9]* | sed 's#/proc/##' | sort -n; echo; ps -e -o pid=,comm=")
+	tr := newSpec(t, "/bin/sh", "-c", "ls -d /proc/[0-9]* | sed 's#/proc/##' | sort -n; echo; ps -e -o pid=,comm=; echo; for i in $(seq 100); do grep -q 'CapEff:.*0000000000000020' /proc/1/status && break; sleep 0.05; done; grep -E '^Cap(Prm|Eff)' /proc/1/status")
 	res, out, _ := tr.run(t)
 	if !res.Exited || res.Code != 0 {
 		t.Fatalf("%+v %s", res, out)
 	}
 	pids, ps, _ := strings.Cut(out, "\n\n")
+	ps, initCaps, _ := strings.Cut(ps, "\n\n")
+	// the init (pid 1, uid 0 of the userns) kept only CAP_KILL
+	if strings.TrimSpace(initCaps) != "CapPrm:\t0000000000000020\nCapEff:\t0000000000000020" {
+		t.Errorf("init capabilities: %q", initCaps)
+	}
 	// pid 1 is the init; the rest are this command's shell pipeline.
 	for _, p := range lines(pids) {
 		n, err := strconv.Atoi(p)

@@ -27,6 +27,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/moby/sys/capability"
 	"golang.org/x/sys/unix"
@@ -119,10 +120,23 @@ func initMain() {
 		fail("restrict", err)
 	}
 	tRestricted := time.Since(t0)
+	// Before the fork keep only what the child needs to become the
+	// experiment uid with its ambient set; after it, CAP_KILL only.
+	keep := uint64(1<<unix.CAP_KILL | 1<<unix.CAP_SETUID | 1<<unix.CAP_SETGID)
+	for _, c := range cmd.SysProcAttr.AmbientCaps {
+		keep |= 1 << c
+	}
+	if err := dropInitCaps(keep); err != nil {
+		fail("reduce the init's capabilities", err)
+	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	if err := cmd.Start(); err != nil {
 		fail("start "+cfg.Args[0], err)
+	}
+	if err := dropInitCaps(1 << unix.CAP_KILL); err != nil {
+		cmd.Process.Kill()
+		fail("drop the init's capabilities", err)
 	}
 	// "ok" and where the init's time went (logged at debug level)
 	fmt.Fprintf(report, "ok config=%v built=%v released=%v prepared=%v restricted=%v executed=%v\n",
@@ -410,6 +424,30 @@ func capNumbers(names []string) ([]capability.Cap, error) {
 		}
 	}
 	return out, nil
+}
+
+// dropInitCaps reduces the init's (uid 0 of the user namespace, pid 1 of
+// the run) effective and permitted sets to keep (caps 0..31), on every
+// thread; once the command runs it keeps CAP_KILL only (it reaps and
+// forwards signals). Capabilities are
+// per thread; AllThreadsSyscall reaches them all but is unavailable in cgo
+// binaries (test binaries), where only this thread — the one /proc/1/status
+// shows — drops them.
+func dropInitCaps(keep uint64) error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	data[0].Effective = uint32(keep)
+	data[0].Permitted = uint32(keep)
+	data[1].Effective = uint32(keep >> 32)
+	data[1].Permitted = uint32(keep >> 32)
+	_, _, e := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	if e == syscall.ENOTSUP {
+		return unix.Capset(&hdr, &data[0])
+	}
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // restrict applies everything inherited by the command: rlimits, nice, the
