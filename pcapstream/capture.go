@@ -95,9 +95,9 @@ func (s *Server) openCapture() (*capture, error) {
 }
 
 // close stops the capture. A pcapgo socket is closed at once (a blocked
-// read returns). A ring is unmapped by the capture goroutine itself, after
-// its current poll (at most ringPoll): unmapping it under a reader would
-// crash the daemon.
+// read returns). A ring is unmapped by the capture goroutine itself when it
+// next wakes (at most ringIdleMax): unmapping it under a reader would crash
+// the daemon.
 func (c *capture) close() {
 	c.closing.Store(true)
 	if c.h != nil {
@@ -149,12 +149,12 @@ func (c *capture) read() ([]byte, gopacket.CaptureInfo, error) {
 // at most that long but a block may go out nearly empty: many small blocks
 // (CaptureBuffer / ringBlockSize of them) keep the ring from running out
 // while the capture goroutine is late. A block must hold a whole 64 KiB GSO
-// frame (V3 cuts frames at the block size). The poll timeout bounds how
-// long closing waits.
+// frame (V3 cuts frames at the block size). With no block ready the
+// capture goroutine sleeps from batchPause up to ringIdleMax.
 const (
 	ringBlockSize    = 128 << 10
 	ringBlockTimeout = 10 * time.Millisecond
-	ringPoll         = 100 * time.Millisecond
+	ringIdleMax      = 40 * time.Millisecond
 )
 
 func newRing(iface string, bytes int) (*afpacket.TPacket, error) {
@@ -164,7 +164,7 @@ func newRing(iface string, bytes int) (*afpacket.TPacket, error) {
 		afpacket.OptBlockSize(ringBlockSize),
 		afpacket.OptNumBlocks(max(2, bytes/ringBlockSize)),
 		afpacket.OptBlockTimeout(ringBlockTimeout),
-		afpacket.OptPollTimeout(ringPoll),
+		afpacket.OptPollTimeout(0), // never block in poll(2): see captureLoop
 	)
 }
 
@@ -177,8 +177,9 @@ func (s *Server) captureLoop(c *capture) {
 	var (
 		winStart time.Time // rate window
 		winCount int
-		busy     bool      // the last window was above batchRate
-		lastTS   time.Time // kernel timestamp of the last packet
+		busy     bool         // the last window was above batchRate
+		lastTS   time.Time    // kernel timestamp of the last packet
+		idle     = batchPause // ring: pause after finding no block ready
 	)
 	for {
 		// Under load, wake once per batchPause instead of once per packet:
@@ -197,6 +198,11 @@ func (s *Server) captureLoop(c *capture) {
 				return
 			}
 			if errors.Is(err, afpacket.ErrTimeout) {
+				// The ring is polled without blocking (a goroutine parked
+				// in a long poll(2) keeps the Go scheduler's sysmon busy):
+				// sleep, longer while nothing comes.
+				time.Sleep(idle)
+				idle = min(2*idle, ringIdleMax)
 				continue
 			}
 			c.close()
@@ -213,6 +219,7 @@ func (s *Server) captureLoop(c *capture) {
 			continue
 		}
 		s.captured.Add(1)
+		idle = batchPause
 		lastTS = ci.Timestamp
 		winCount++
 		if d := ci.Timestamp.Sub(winStart); d >= rateWindow || d < 0 {

@@ -79,7 +79,7 @@ type Config struct {
 	// (gopacket/afpacket, pure Go) instead of pcapgo's one-recvmsg-per-packet
 	// socket: far less CPU per packet, CaptureBuffer bytes of locked-in
 	// kernel memory per capturing experiment, sparse packets delayed up to
-	// 10 ms, and a closing capture lingers up to 100 ms.
+	// 50 ms, and a closing capture lingers up to 40 ms.
 	Ring bool
 
 	Logger hclog.Logger // nil = no logging
