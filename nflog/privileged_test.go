@@ -291,6 +291,8 @@ func TestPrivilegedAlerts(t *testing.T) {
 	r := tl.start(t, Config{
 		Window:    time.Minute,
 		NetNSPath: func(id string) (string, bool) { return tl.exp.Path(), id == "e1" },
+		// Generous on a loaded CI box: the /proc scan usually takes ~10 ms.
+		AttributeBudget: time.Second,
 	}, fs)
 
 	// TCP SYN to a forbidden port, from a socket the test process holds
