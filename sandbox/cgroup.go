@@ -339,7 +339,13 @@ type cgroupV2 struct {
 const v2Root = "/sys/fs/cgroup"
 
 func newCgroupV2(id, rel string, r Resources, allowMissing []string) (cgroupCtl, error) {
-	b, err := os.ReadFile(filepath.Join(v2Root, "cgroup.controllers"))
+	return newCgroupV2At(v2Root, id, rel, r, allowMissing)
+}
+
+// newCgroupV2At: v2 at a given mount point (tests use the hybrid host's
+// /sys/fs/cgroup/unified).
+func newCgroupV2At(mount, id, rel string, r Resources, allowMissing []string) (cgroupCtl, error) {
+	b, err := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: read cgroup v2 controllers: %w", id, err)
 	}
@@ -358,11 +364,11 @@ func newCgroupV2(id, rel string, r Resources, allowMissing []string) (cgroupCtl,
 	if slices.Contains(missing, "pids") {
 		res.Pids = nil
 	}
-	m, err := cgroup2.NewManager(v2Root, rel, res)
+	m, err := cgroup2.NewManager(mount, rel, res)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: create cgroup %s (is %s delegated to arkgw?): %w", id, rel, filepath.Dir(rel), err)
 	}
-	return &cgroupV2{m: m, path: filepath.Join(v2Root, rel), missing: missing}, nil
+	return &cgroupV2{m: m, path: filepath.Join(mount, rel), missing: missing}, nil
 }
 
 func (c *cgroupV2) Missing() []string { return c.missing }

@@ -6,6 +6,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/arkgw/arkgw/configs"
 )
 
 // The basic run: the command runs as uid 1000 of the experiment's user
@@ -59,5 +62,74 @@ func TestPrivilegedLaunchRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The v2 path for real, as far as this hybrid host allows: its cgroup2
+// hierarchy has no controllers (they are bound to v1), so only cgroup.kill,
+// process accounting and removal can be exercised — and the refusal of
+// experiments that need a missing controller.
+func TestPrivilegedCgroupV2KillOnHybrid(t *testing.T) {
+	needRoot(t)
+	mount := "/sys/fs/cgroup/unified" // hybrid
+	if _, err := os.Stat(filepath.Join(mount, "cgroup.controllers")); err != nil {
+		mount = "/sys/fs/cgroup" // pure v2
+	}
+	ctrls, err := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
+	if err != nil {
+		t.Fatalf("no cgroup2 hierarchy: %v", err)
+	}
+	id := randID(t)
+	parent := "/arkgw-test-" + id
+	t.Cleanup(func() { os.Remove(filepath.Join(mount, parent, id)); os.Remove(filepath.Join(mount, parent)) })
+	r := ComputeResources(configs.Limits{CPUPercent: 50, MaxRAMMB: 64}, 32)
+	if !strings.Contains(string(ctrls), "memory") {
+		if _, err := newCgroupV2At(mount, id, parent+"/"+id, r, []string{"pids", "cpu"}); err == nil || !strings.Contains(err.Error(), "cgroup_enable=memory") {
+			t.Fatalf("missing memory controller not refused: %v", err)
+		}
+	}
+	cg, err := newCgroupV2At(mount, id, parent+"/"+id, r, []string{"cpu", "memory", "pids"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("v2 at %s, controllers %q, running without %v", mount, strings.TrimSpace(string(ctrls)), cg.Missing())
+	var procs []*os.Process
+	for i := 0; i < 3; i++ {
+		p, err := os.StartProcess("/bin/sleep", []string{"sleep", "60"}, &os.ProcAttr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, p)
+		if err := cg.Add(p.Pid); err != nil {
+			p.Kill()
+			t.Fatal(err)
+		}
+	}
+	if cg.Empty() {
+		t.Fatal("cgroup empty after adding processes")
+	}
+	done := make(chan struct{})
+	go func() {
+		for _, p := range procs {
+			p.Wait() // reap, as the holder would
+		}
+		close(done)
+	}()
+	if err := cg.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("processes survived cgroup.kill")
+	}
+	if !cg.Empty() {
+		t.Fatal("cgroup not empty after kill")
+	}
+	if err := cg.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(mount, parent, id)); err == nil {
+		t.Fatal("cgroup still there")
 	}
 }
