@@ -319,9 +319,11 @@ func (c *expCompiler) accept(mark uint32, match ...Expr) Rule {
 
 func (c *expCompiler) compile() error {
 	eff, n, id := c.eff, c.net, c.id()
-	if !n.Addr4.Is4() || !n.GW4.Is4() || !n.Addr6.Is6() || !n.GW6.Is6() {
-		return fmt.Errorf("network of %q lacks IPv4 or IPv6 addresses", id)
+	if !n.Addr4.Is4() || !n.GW4.Is4() {
+		return fmt.Errorf("network of %q lacks IPv4 addresses", id)
 	}
+	// A node without IPv6 gives experiments no IPv6 addresses.
+	has6 := n.Addr6.Is6() && n.GW6.Is6()
 	if n.Slot < 0 || n.Slot >= int(MarkSlotMask) {
 		return fmt.Errorf("slot %d out of range 0..%d", n.Slot, MarkSlotMask-1)
 	}
@@ -366,10 +368,15 @@ func (c *expCompiler) compile() error {
 		add(c.accept(base|MarkSpoofed, nfproto(4), not4, Lookup{Fields: sp4.Fields, Set: c.addSet(sp4)}))
 	}
 	add(c.drop(RuleSpoof, nfproto(4), not4))
-	if len(sp6.Elems) > 0 {
+	switch {
+	case !has6:
+		add(c.drop(RuleAllPackets, nfproto(6)))
+	case len(sp6.Elems) > 0:
 		add(c.accept(base|MarkSpoofed, nfproto(6), not6, Lookup{Fields: sp6.Fields, Set: c.addSet(sp6)}))
+		fallthrough
+	default:
+		add(c.drop(RuleSpoof, nfproto(6), not6))
 	}
-	add(c.drop(RuleSpoof, nfproto(6), not6))
 
 	// 4. SYN-only flows: nothing but bare SYN (retransmits) and RST, without
 	// payload, before any established accept (KERNEL-NOTES: an established
@@ -521,23 +528,32 @@ func (c *expCompiler) compile() error {
 	in.Rules = []Rule{
 		{Exprs: []Expr{nfproto(4), gw4, l4(17), dns, Verdict{Kind: "accept"}}},
 		{Exprs: []Expr{nfproto(4), gw4, l4(6), dns, Verdict{Kind: "accept"}}},
-		{Exprs: []Expr{nfproto(6), gw6, l4(17), dns, Verdict{Kind: "accept"}}},
-		{Exprs: []Expr{nfproto(6), gw6, l4(6), dns, Verdict{Kind: "accept"}}},
+	}
+	if has6 {
+		in.Rules = append(in.Rules,
+			Rule{Exprs: []Expr{nfproto(6), gw6, l4(17), dns, Verdict{Kind: "accept"}}},
+			Rule{Exprs: []Expr{nfproto(6), gw6, l4(6), dns, Verdict{Kind: "accept"}}})
+	}
+	in.Rules = append(in.Rules, []Rule{
 		{Exprs: []Expr{l4(58), Lookup{Fields: []Field{FICMPType}, Set: setND6}, Verdict{Kind: "accept"}}},
 		{Exprs: []Expr{l4(1), related, Verdict{Kind: "accept"}}},
 		{Exprs: []Expr{l4(58), related, Verdict{Kind: "accept"}}},
 		c.drop(RuleNode),
-	}
+	}...)
 	c.rs.Chains = append(c.rs.Chains, fwd, ret, in)
 
 	// Restricted DNS: port 53 to any resolver goes to the proxy instead.
 	if eff.DNSRestricted() {
-		c.rs.Chains = append(c.rs.Chains, &Chain{Name: "dns_" + id, Rules: []Rule{
+		dc := &Chain{Name: "dns_" + id, Rules: []Rule{
 			{Exprs: []Expr{nfproto(4), l4(17), dns, DNAT{Addr: n.GW4}}},
 			{Exprs: []Expr{nfproto(4), l4(6), dns, DNAT{Addr: n.GW4}}},
-			{Exprs: []Expr{nfproto(6), l4(17), dns, DNAT{Addr: n.GW6}}},
-			{Exprs: []Expr{nfproto(6), l4(6), dns, DNAT{Addr: n.GW6}}},
-		}})
+		}}
+		if has6 {
+			dc.Rules = append(dc.Rules,
+				Rule{Exprs: []Expr{nfproto(6), l4(17), dns, DNAT{Addr: n.GW6}}},
+				Rule{Exprs: []Expr{nfproto(6), l4(6), dns, DNAT{Addr: n.GW6}}})
+		}
+		c.rs.Chains = append(c.rs.Chains, dc)
 	}
 	return nil
 }

@@ -55,6 +55,11 @@ func TestCompileGolden(t *testing.T) {
 		{"empty", CompileInput{Uplink: "eth0", NFLOGGroup: 5}},
 		{"full", CompileInput{Uplink: "eth0", NFLOGGroup: 5, DefaultRouters: []netip.Addr{addr("192.168.77.1"), addr("fd77::1")},
 			Exps: []CompileExp{{Eff: fullEff("e1"), Net: testNet(t, "e1", 0)}}}},
+		{"ipv4-only-node", CompileInput{Uplink: "eth0", NFLOGGroup: 5, Exps: []CompileExp{{Eff: fullEff("e4"), Net: func() *Net {
+			n := testNet(t, "e4", 2)
+			n.Addr6, n.GW6 = netip.Addr{}, netip.Addr{}
+			return n
+		}()}}}},
 		{"two-dnsany-allpackets", CompileInput{NFLOGGroup: 9, Exps: []CompileExp{
 			{Eff: &configs.Effective{ID: "b", IPv4: true, DNSAny: true, ICMPAny: true, AllPackets: []netip.Prefix{pfx("198.51.100.0/24")}}, Net: testNet(t, "b", 3)},
 			{Eff: &configs.Effective{ID: "a", IPv4: true, IPv6: true}, Net: testNet(t, "a", 1)},

@@ -76,6 +76,8 @@ type expState struct {
 type Gateway struct {
 	cfg Config
 	log hclog.Logger
+	// no6: the host has IPv6 disabled; experiments get IPv4 only.
+	no6 bool
 
 	mu   sync.Mutex
 	exps map[string]*expState
@@ -123,7 +125,12 @@ func New(cfg Config) (*Gateway, error) {
 			cfg.DefaultRouters = routers
 		}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}}, nil
+	g := &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}}
+	if v, err := readSysctl(cfg.HostNS, "net.ipv6.conf.all.disable_ipv6"); err != nil || v == "1" {
+		g.no6 = true
+		g.log.Warn("ipv6 is disabled on this node: experiments get ipv4 only")
+	}
+	return g, nil
 }
 
 // Uplink is the interface experiments are masqueraded out of.
@@ -193,6 +200,9 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 	log := g.log.With("experiment", id)
 	uid := g.cfg.UIDBase + uint32(slot)*65536
 	n = &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6, HostUID: uid, HostGID: uid}
+	if g.no6 {
+		n.Addr6, n.GW6 = netip.Addr{}, netip.Addr{}
+	}
 
 	// Leftovers of an earlier run of this id would make the kernel refuse.
 	g.removeNetwork(id, nil)
@@ -266,6 +276,9 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 	uid := g.cfg.UIDBase + uint32(slot)*65536
 	n := &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6,
 		NetNSPath: netNS, UserNSPath: userNS, HostUID: uid, HostGID: uid}
+	if g.no6 {
+		n.Addr6, n.GW6 = netip.Addr{}, netip.Addr{}
+	}
 	g.exps[id] = &expState{eff: eff, net: n}
 	if err := g.reload(); err != nil {
 		delete(g.exps, id)

@@ -944,3 +944,31 @@ func TestPrivilegedAdopt(t *testing.T) {
 	sendRaw(ns, rawICMP4(t, n.Addr4.String(), "198.51.100.1", 13), addr("198.51.100.1"))
 	l.waitCounter(t, eff.ID, RuleICMP, before)
 }
+
+// TestPrivilegedIPv4OnlyNode: on a node with IPv6 disabled, experiments get
+// IPv4 only and work.
+func TestPrivilegedIPv4OnlyNode(t *testing.T) {
+	l := newLab(t)
+	for _, k := range []string{"net/ipv6/conf/all/disable_ipv6", "net/ipv6/conf/default/disable_ipv6"} {
+		if err := l.w.Node.SetSysctl(k, "1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.g = g
+	eff := &configs.Effective{ID: "v" + randSuffix()[:4], IPv4: true, IPv6: true,
+		TCP: []configs.Dest{dest("198.51.100.7/32", pr(7, 7))}}
+	n, ns := l.add(t, eff, 0)
+	if n.Addr6.IsValid() {
+		t.Errorf("experiment got IPv6 address %s on an IPv4-only node", n.Addr6)
+	}
+	c, err := dialIn(ns, "tcp", "198.51.100.7:7", 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo(t, c, "v4 only")
+}

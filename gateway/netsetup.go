@@ -73,7 +73,8 @@ func (g *Gateway) plumb(n *Net) error {
 	// Node-wide forwarding. Enabling IPv6 forwarding makes the kernel
 	// ignore router advertisements unless accept_ra is 2: keep an uplink
 	// that learns its IPv6 route by SLAAC working.
-	if v, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf.all.forwarding"); err == nil && v != "1" && g.cfg.Uplink != "" {
+	has6 := n.Addr6.IsValid()
+	if v, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf.all.forwarding"); has6 && err == nil && v != "1" && g.cfg.Uplink != "" {
 		if ra, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf."+g.cfg.Uplink+".accept_ra"); err == nil && ra == "1" {
 			if err := writeSysctl(g.cfg.HostNS, "net.ipv6.conf."+g.cfg.Uplink+".accept_ra", "2"); err != nil {
 				return err
@@ -81,6 +82,9 @@ func (g *Gateway) plumb(n *Net) error {
 		}
 	}
 	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
+		if !has6 && strings.Contains(kv[0], "ipv6") {
+			continue
+		}
 		if err := writeSysctl(g.cfg.HostNS, kv[0], kv[1]); err != nil {
 			return err
 		}
@@ -94,6 +98,9 @@ func (g *Gateway) plumb(n *Net) error {
 		{"net.ipv6.conf.default.accept_ra", "0"},
 		{"net.ipv4.ping_group_range", fmt.Sprintf("%d %d", n.HostGID, n.HostGID+65535)},
 	} {
+		if !has6 && strings.Contains(kv[0], "ipv6") {
+			continue
+		}
 		if err := writeSysctl(expNS, kv[0], kv[1]); err != nil {
 			return fmt.Errorf("experiment netns: %w", err)
 		}
@@ -116,6 +123,9 @@ func (g *Gateway) plumb(n *Net) error {
 		// filtering would drop the declared ones before it.
 		{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"},
 	} {
+		if !has6 && strings.Contains(kv[0], "ipv6") {
+			continue
+		}
 		if err := writeSysctl(g.cfg.HostNS, kv[0], kv[1]); err != nil {
 			return err
 		}
@@ -124,6 +134,9 @@ func (g *Gateway) plumb(n *Net) error {
 		addr netip.Addr
 		bits int
 	}{{n.GW4, 30}, {n.GW6, 64}} {
+		if !a.addr.IsValid() {
+			continue
+		}
 		if err := host.AddrAdd(hl, &netlink.Addr{IPNet: prefixOf(a.addr, a.bits), Flags: unix.IFA_F_NODAD}); err != nil {
 			return fmt.Errorf("address %s/%d on %s: %w", a.addr, a.bits, n.HostIf, err)
 		}
@@ -147,6 +160,9 @@ func (g *Gateway) plumb(n *Net) error {
 		addr netip.Addr
 		bits int
 	}{{n.Addr4, 30}, {n.Addr6, 64}} {
+		if !a.addr.IsValid() {
+			continue
+		}
 		if err := inside.AddrAdd(el, &netlink.Addr{IPNet: prefixOf(a.addr, a.bits), Flags: unix.IFA_F_NODAD}); err != nil {
 			return fmt.Errorf("address %s/%d on experiment eth0: %w", a.addr, a.bits, err)
 		}
@@ -155,6 +171,9 @@ func (g *Gateway) plumb(n *Net) error {
 		return fmt.Errorf("set experiment eth0 up: %w", err)
 	}
 	for _, gw := range []netip.Addr{n.GW4, n.GW6} {
+		if !gw.IsValid() {
+			continue
+		}
 		r := &netlink.Route{LinkIndex: el.Attrs().Index, Gw: gw.AsSlice()}
 		if gw.Is6() {
 			r.Family = netlink.FAMILY_V6
