@@ -240,8 +240,6 @@ func upstreamQuery(j *job) []byte {
 
 // forward asks the upstreams and builds the client's answer.
 func (p *Proxy) forward(ctx context.Context, j *job) []byte {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.QueryTimeout)
-	defer cancel()
 	raw, err := p.ex.exchange(ctx, upstreamQuery(j), j.question)
 	if err == nil {
 		if out, ok := patchAnswer(j, raw); ok {

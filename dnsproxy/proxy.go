@@ -192,7 +192,7 @@ func New(cfg Config) (*Proxy, error) {
 		p.limiter = rate.NewLimiter(rate.Limit(cfg.QPS), cfg.QPS)
 		p.rateText = fmt.Sprintf("query rate limit of %d/s for this experiment exceeded", cfg.QPS)
 	}
-	p.pool = newPool(cfg.NS, ups, cfg.Timeout, &p.stats)
+	p.pool = newPool(cfg.NS, ups, cfg.Timeout, cfg.QueryTimeout, &p.stats)
 	p.ex = p.pool
 	for _, a := range cfg.Listen {
 		if err := p.listen(a); err != nil {

@@ -61,7 +61,8 @@ type exchanger interface {
 // pool is the set of upstream servers with their sockets.
 type pool struct {
 	ns      netns.NsHandle
-	timeout time.Duration
+	timeout time.Duration // per attempt
+	total   time.Duration // per query, all attempts
 	ups     []*upstream
 	stats   *counters
 
@@ -80,9 +81,9 @@ type upstream struct {
 	rr  atomic.Uint32
 }
 
-func newPool(ns netns.NsHandle, addrs []string, timeout time.Duration, st *counters) *pool {
+func newPool(ns netns.NsHandle, addrs []string, timeout, total time.Duration, st *counters) *pool {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &pool{ns: ns, timeout: timeout, stats: st, ctx: ctx, cancel: cancel}
+	p := &pool{ns: ns, timeout: timeout, total: total, stats: st, ctx: ctx, cancel: cancel}
 	for _, a := range addrs {
 		p.ups = append(p.ups, &upstream{addr: a})
 	}
@@ -133,12 +134,16 @@ func (p *pool) exchange(ctx context.Context, query, question []byte) ([]byte, er
 	}
 	var lastErr error
 	var fallback []byte
+	// The query's deadline is kept here rather than in a context: one timer
+	// per attempt is enough.
+	deadline := time.Now().Add(p.total)
 	for a := 0; a < attempts; a++ {
-		if ctx.Err() != nil {
+		left := time.Until(deadline)
+		if ctx.Err() != nil || left <= 0 {
 			break
 		}
 		u := p.ups[(start+a)%n]
-		resp, err := p.try(ctx, u, query, question)
+		resp, err := p.try(ctx, u, query, question, min(left, p.timeout))
 		if err != nil {
 			lastErr = fmt.Errorf("upstream %s: %w", u.addr, err)
 			p.stats.upstreamErrors.Add(1)
@@ -161,16 +166,19 @@ func (p *pool) exchange(ctx context.Context, query, question []byte) ([]byte, er
 	if lastErr == nil {
 		lastErr = ctx.Err()
 	}
+	if lastErr == nil {
+		lastErr = errTimeout
+	}
 	return nil, lastErr
 }
 
 // try asks one upstream: UDP, then TCP if the answer is truncated.
-func (p *pool) try(ctx context.Context, u *upstream, query, question []byte) ([]byte, error) {
+func (p *pool) try(ctx context.Context, u *upstream, query, question []byte, timeout time.Duration) ([]byte, error) {
 	c, err := p.conn(ctx, u, false)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.exchange(ctx, query, question, p.timeout)
+	resp, err := c.exchange(ctx, query, question, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -183,7 +191,7 @@ func (p *pool) try(ctx context.Context, u *upstream, query, question []byte) ([]
 		if err != nil {
 			return nil, err
 		}
-		resp, err = c.exchange(ctx, query, question, p.timeout)
+		resp, err = c.exchange(ctx, query, question, timeout)
 		if !errors.Is(err, errConnClosed) {
 			break
 		}
