@@ -276,7 +276,7 @@ func assertGone(t *testing.T, tr *testRun, sb *Sandbox) {
 // experiment's own netns; the experiment cannot change the host's network.
 func TestPrivilegedEscapeNetwork(t *testing.T) {
 	needRoot(t)
-	tr := newSpec(t, "/bin/sh", "-c", "id -u; ping -c 1 -W 5 10.77.0.1 && echo ping-ok; "+probeName+" raw packet; "+
+	tr := newSpec(t, "/bin/sh", "-c", "id -u; ping -c 1 -W 5 10.77.0.1 && echo ping-ok; ping-fcap -c 1 -W 5 10.77.0.1 && echo fcap-ok; "+probeName+" raw packet; "+
 		"ip link add arkv0 type veth peer name arkv1 && echo add-ok; ip link show arkv0 >/dev/null && echo inside-ok")
 	lab := netlab.Build(t, netlab.Topology{
 		Hosts: []netlab.HostSpec{{Name: "exp", NetNSPath: tr.spec.Holder.NetNSPath()}, {Name: "peer"}},
@@ -300,7 +300,7 @@ func TestPrivilegedEscapeNetwork(t *testing.T) {
 		t.Fatalf("%+v %s %s", res, out, errOut)
 	}
 	got := probeResults(t, out)
-	if !strings.HasPrefix(out, "1000\n") || !strings.Contains(out, "ping-ok") || got["raw"] != "ok" || got["packet"] != "ok" {
+	if !strings.HasPrefix(out, "1000\n") || !strings.Contains(out, "ping-ok") || !strings.Contains(out, "fcap-ok") || got["raw"] != "ok" || got["packet"] != "ok" {
 		t.Fatalf("network as uid 1000:\n%s\n%s", out, errOut)
 	}
 	// NET_ADMIN counts in its own netns only

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/nsholder"
@@ -68,12 +70,33 @@ func testContainers(t *testing.T) string {
 		}
 		// the test binary under the probe's name
 		src := filepath.Join(root, self)
-		testRootErr = os.Rename(src, filepath.Join(root, "usr/bin", probeName))
+		if testRootErr = os.Rename(src, filepath.Join(root, "usr/bin", probeName)); testRootErr != nil {
+			return
+		}
+		// Debian's ping with its file capability (cap_net_raw=ep), which
+		// the bounding set must keep executable
+		testRootErr = copyWithFileCaps("/usr/bin/ping", filepath.Join(root, "usr/bin/ping-fcap"))
 	})
 	if testRootErr != nil {
 		t.Fatalf("build test container root: %v", testRootErr)
 	}
 	return testRootBase
+}
+
+func copyWithFileCaps(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Getxattr(src, "security.capability", buf)
+	if err != nil {
+		return fmt.Errorf("%s has no file capabilities: %w", src, err)
+	}
+	return unix.Setxattr(dst, "security.capability", buf[:n], 0)
 }
 
 func needRoot(t *testing.T) {
