@@ -330,6 +330,20 @@ func TestPrivilegedGateway(t *testing.T) {
 		name string
 		run  func(t *testing.T)
 	}{
+		{"experiment netns set up", func(t *testing.T) {
+			v, err := readSysctl(nsA, "net.ipv4.ping_group_range")
+			if want := fmt.Sprintf("%d\t%d", a.HostGID, a.HostGID+65535); err != nil || v != want {
+				t.Errorf("ping_group_range = %q (%v), want %q", v, err, want)
+			}
+			if a.HostUID != DefaultUIDBase || b.HostUID != DefaultUIDBase+65536 {
+				t.Errorf("host uids %d, %d", a.HostUID, b.HostUID)
+			}
+			for _, p := range []string{a.NetNSPath, a.UserNSPath} {
+				if _, err := os.Stat(p); err != nil {
+					t.Error(err)
+				}
+			}
+		}},
 		{"tcp allowed and masqueraded", func(t *testing.T) {
 			c, err := dialIn(nsA, "tcp", "198.51.100.7:7", 3*time.Second)
 			if err != nil {
