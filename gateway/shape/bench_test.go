@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -176,7 +178,18 @@ func TestBenchBandwidth(t *testing.T) {
 	port := lab.Server(t)
 	ctx := context.Background()
 	worst, worstGood := 1.0, math.Inf(1)
-	for _, capMbps := range []uint64{1, 10, 100} {
+	caps := []uint64{1, 10, 100}
+	if c := os.Getenv("ARKGW_BENCH_CAPS"); c != "" { // e.g. "100" for a quick look
+		caps = nil
+		for _, f := range strings.Split(c, ",") {
+			v, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				t.Fatalf("ARKGW_BENCH_CAPS: %v", err)
+			}
+			caps = append(caps, v)
+		}
+	}
+	for _, capMbps := range caps {
 		capBps := capMbps * 1_000_000
 		for _, download := range []bool{false, true} {
 			dir := "up"
@@ -196,7 +209,8 @@ func TestBenchBandwidth(t *testing.T) {
 			if err := sh.Apply(ctx, Spec{ID: "bench", HostIf: bwlab.HostIf, Slot: 0, RateBps: capBps}); err != nil {
 				t.Fatal(err)
 			}
-			wire := classWire(t, lab.Node.Handle(), UpIFB, netlink.MakeHandle(UpMajor, 2))
+			// Upload is capped on the experiment's own IFB (class 1:1).
+			wire := classWire(t, lab.Node.Handle(), Spec{ID: "bench"}.OwnIFB(), netlink.MakeHandle(ownMajor, 1))
 			if download {
 				wire = classWire(t, lab.Node.Handle(), DownIFB, netlink.MakeHandle(DownMajor, 2))
 			}
