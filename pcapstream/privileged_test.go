@@ -491,6 +491,12 @@ func dialRaw(t *testing.T, sock string, req wire.Request) *net.UnixConn {
 func finish(t *testing.T, c *net.UnixConn) (pcapBytes int, st wire.Stats, errMsg string) {
 	t.Helper()
 	c.CloseWrite()
+	return readToEnd(t, c)
+}
+
+// readToEnd reads the stream until the server closes it.
+func readToEnd(t *testing.T, c *net.UnixConn) (pcapBytes int, st wire.Stats, errMsg string) {
+	t.Helper()
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	var buf []byte
 	for {
@@ -531,8 +537,14 @@ func transfer(t *testing.T, h *netlab.Host, n int) float64 {
 // (counted, reported in-band and in metrics) while a second reader keeps
 // receiving and the experiment's transfer keeps its rate.
 func TestPrivilegedPcapSlowReader(t *testing.T) {
+	requireRoot(t)
+	t.Run("pcapgo", func(t *testing.T) { testSlowReader(t, false) })
+	t.Run("ring", func(t *testing.T) { testSlowReader(t, true) })
+}
+
+func testSlowReader(t *testing.T, ring bool) {
 	l := newLab(t)
-	srv, sock := startServer(t, l, "pc1", exp1If, func(c *Config) { c.QueuePackets = 256 })
+	srv, sock := startServer(t, l, "pc1", exp1If, func(c *Config) { c.QueuePackets = 256; c.Ring = ring })
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(srv); err != nil {
 		t.Fatal(err)
@@ -566,9 +578,14 @@ func TestPrivilegedPcapSlowReader(t *testing.T) {
 
 	// The capture goroutine is not stuck behind the stalled reader: new
 	// packets still reach the healthy reader.
-	before := srv.Stats().Captured
+	// A probe reader that ends after the four echo packets tells when the
+	// capture has handed them to the readers.
+	probe := dialRaw(t, sock, wire.Request{Count: 4, Filter: "host 198.51.100.9 and icmp"})
+	waitFor(t, "probe reader", 10*time.Second, func() bool { return len(srv.Stats().Readers) == 3 })
 	l.exp1.Run(t, "ping", "-n", "-c", "2", "-i", "0.2", "198.51.100.9")
-	waitFor(t, "capture after the stall", 5*time.Second, func() bool { return srv.Stats().Captured >= before+4 })
+	if _, pst, msg := readToEnd(t, probe); pst.Packets != 4 || msg != "" {
+		t.Fatalf("probe reader: %+v %q", pst, msg)
+	}
 
 	// The stalled reader finally reads: what was queued, then its counts.
 	n, st, msg := finish(t, stalled)
@@ -616,7 +633,7 @@ func TestPrivilegedPcapSlowReader(t *testing.T) {
 			}
 		}
 	}
-	if got["arkgw_pcap_reader_dropped_packets_total"] < float64(st.Dropped) || got["arkgw_pcap_captured_packets_total"] == 0 || got["arkgw_pcap_connections_total"] != 2 {
+	if got["arkgw_pcap_reader_dropped_packets_total"] < float64(st.Dropped) || got["arkgw_pcap_captured_packets_total"] == 0 || got["arkgw_pcap_connections_total"] != 3 {
 		t.Errorf("metrics %v", got)
 	}
 	waitFor(t, "capture closed", 5*time.Second, func() bool { return !srv.Capturing() })
