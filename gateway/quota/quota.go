@@ -41,9 +41,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/arkgw/arkgw/alert"
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netns"
@@ -239,50 +237,18 @@ func (t *Table) unhook(c *nftables.Conn, id string) {
 }
 
 func (t *Table) addRules(c *nftables.Conn, e Exp) {
-	exp := c.AddChain(&nftables.Chain{Table: t.t, Name: expChain(e.ID)})
-	over := c.AddChain(&nftables.Chain{Table: t.t, Name: overChain(e.ID)})
-	base := &nftables.Chain{Table: t.t, Name: ForwardChain}
-	ifMatch := func(key expr.MetaKey) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: key, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(e.HostIf)},
-		}
+	d := Compile(t.t, e, t.cfg.NFLOGGroup)
+	c.AddChain(d.ExpChain)
+	c.AddChain(d.OverChain)
+	for _, r := range d.Base {
+		c.AddRule(r)
 	}
-	for _, k := range []expr.MetaKey{expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME} {
-		c.AddRule(&nftables.Rule{Table: t.t, Chain: base, UserData: tag(e.ID),
-			Exprs: append(ifMatch(k), &expr.Verdict{Kind: expr.VerdictJump, Chain: exp.Name})})
+	for _, r := range d.Exp {
+		c.AddRule(r)
 	}
-	if e.BudgetBytes > 0 {
-		c.AddRule(&nftables.Rule{Table: t.t, Chain: exp, Exprs: []expr.Any{
-			&expr.Objref{Type: int(nftables.ObjTypeQuota), Name: objName(e.ID, "quota")},
-			&expr.Verdict{Kind: expr.VerdictJump, Chain: over.Name},
-		}})
+	for _, r := range d.Over {
+		c.AddRule(r)
 	}
-	for _, d := range []struct {
-		key  expr.MetaKey
-		name string
-		prio uint32
-	}{
-		{expr.MetaKeyIIFNAME, "up", e.UpPriority},
-		{expr.MetaKeyOIFNAME, "down", e.DownPriority},
-	} {
-		ex := append(ifMatch(d.key), &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: objName(e.ID, d.name)})
-		if d.prio != 0 {
-			ex = append(ex,
-				&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(d.prio)},
-				&expr.Meta{Key: expr.MetaKeyPRIORITY, SourceRegister: true, Register: 1})
-		}
-		c.AddRule(&nftables.Rule{Table: t.t, Chain: exp, Exprs: ex})
-	}
-	c.AddRule(&nftables.Rule{Table: t.t, Chain: over, Exprs: []expr.Any{
-		&expr.Limit{Type: expr.LimitTypePkts, Rate: LogRate, Unit: expr.LimitTimeSecond, Burst: 2 * LogRate},
-		&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: t.cfg.NFLOGGroup,
-			Data: []byte(alert.LogPrefix(e.ID, RuleLog))},
-	}})
-	c.AddRule(&nftables.Rule{Table: t.t, Chain: over, Exprs: []expr.Any{
-		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: objName(e.ID, "drop")},
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	}})
 }
 
 // RestoreUsed sets the quota's used bytes to used, atomically: in one
