@@ -4,8 +4,9 @@
 // /run/ark/pcap.sock, where /usr/bin/pcap (cmd/pcap) connects to it. No
 // setuid helper or capability is involved on the experiment's side.
 //
-// The capture is a pure Go AF_PACKET socket (gopacket's pcapgo) bound to the
-// host end of the experiment's veth in the node's network namespace. Packets
+// The capture is a pure Go AF_PACKET socket (gopacket's pcapgo; with
+// Config.Ring a TPACKET_V3 ring from gopacket's afpacket) bound to the host
+// end of the experiment's veth in the node's network namespace. Packets
 // there carry the experiment's own addresses: NAT happens later, on the
 // uplink. Both directions are captured. The socket exists only while at
 // least one reader is connected: the first reader opens it, the last one to
@@ -391,6 +392,8 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 		wire.WriteFrame(c, wire.FrameStats, st.Marshal())
 	}
 	log.Info("pcap reader disconnected", "reason", reason, "packets", st.Packets, "dropped", st.Dropped, "kernel_dropped", st.KernelDropped)
+	c.Close()
+	<-gone
 }
 
 // readHandshake reads a client's request (untrusted bytes from the sandbox)
