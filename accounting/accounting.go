@@ -329,6 +329,29 @@ func (a *Accountant) SetBudget(ctx context.Context, id string, budget uint64) er
 	return nil
 }
 
+// SetCap records a new rate cap for an experiment (policy reload) after
+// the daemon applied it with the shaper; if the experiment is throttled, the
+// throttled rate (never above the new cap) is applied again at once.
+func (a *Accountant) SetCap(ctx context.Context, id string, capBps uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ent, ok := a.exps[id]
+	if !ok {
+		return fmt.Errorf("accounting: set cap of %q: not tracked", id)
+	}
+	ent.exp.CapBps = capBps
+	if ent.rate != 0 {
+		ent.rate = 0 // force re-evaluation against the new cap
+		if cs, err := a.cfg.Kernel.Read(); err == nil {
+			now := a.cfg.Clock()
+			if c, ok := cs[id]; ok && DayOf(now) == ent.st.Day {
+				a.enforce(ctx, ent, now, c)
+			}
+		}
+	}
+	return nil
+}
+
 // Poll reads the counters once, updates totals, budgets and throttling,
 // and saves to the store when the persist interval has passed.
 func (a *Accountant) Poll(ctx context.Context) error {

@@ -203,6 +203,17 @@ func TestBudgetAlertThrottleRollover(t *testing.T) {
 	if !st.Throttled || st.RateBps != want || sh.last() != want {
 		t.Fatalf("80%%: %+v, shaper got %d, want rate %d", st, sh.last(), want)
 	}
+	// A policy reload lowers the cap: the throttled rate is applied again.
+	sh.rates = nil
+	if err := a.SetCap(ctx, "e1", 4_000_000); err != nil {
+		t.Fatal(err)
+	}
+	if sh.last() != want {
+		t.Fatalf("after SetCap the shaper got %v, want %d again", sh.rates, want)
+	}
+	if err := a.SetCap(ctx, "e1", 5_000_000); err != nil {
+		t.Fatal(err)
+	}
 	k.traffic("e1", 1, 0)
 	a.Poll(ctx)
 	if r := al.rules(); len(r) != 1 || r[0] != RuleAlert80 {

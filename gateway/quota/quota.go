@@ -34,6 +34,12 @@
 // against the one budget. The quota object also counts the packets it
 // drops once over (the kernel adds every packet it evaluates); the counters
 // count only what passed.
+//
+// Known limit: the kernel counts a GSO/GRO aggregate as one packet of
+// skb->len bytes, so headers of the segments it stands for are not
+// counted. Upload is segmented by the experiment's shaper before it gets
+// here (package shape) and counts exactly; bulk TCP download that the
+// uplink's GRO merged counts about 3% less than the wire carried.
 package quota
 
 import (
