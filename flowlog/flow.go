@@ -160,11 +160,31 @@ func decodeFlow(b []byte) (Flow, error) {
 	return f, nil
 }
 
-// indexKey orders flows by destination, port, then start: "who sent this to
-// D:P around T" is one range scan. Destinations are stored as 16 bytes (IPv4
-// mapped) so a prefix is one contiguous key range.
+// Keys are slot | destination | port | start | seq, where slot is the
+// 10-minute interval of the day the flow ended in. Writes come in end-time
+// order, so a batch lands in one small sub-tree (bbolt rewrites every page a
+// transaction touches: destination-first keys made each batch rewrite pages
+// all over the day's tree). A lookup seeks the destination range once per
+// slot: at most 144 seeks a day. Destinations are stored as 16 bytes (IPv4
+// mapped) so a prefix is one contiguous key range within a slot.
+const (
+	slotLen   = 10 * time.Minute
+	slotsADay = int(24 * time.Hour / slotLen)
+	keyLen    = 2 + 16 + 2 + 8 + 4
+)
+
+func slotOf(t time.Time) int {
+	t = t.UTC()
+	return int(t.Sub(t.Truncate(24*time.Hour)) / slotLen)
+}
+
 func indexKey(f *Flow, seq uint32) []byte {
-	k := make([]byte, 0, 30)
+	k := make([]byte, 0, keyLen)
+	end := f.End
+	if end.IsZero() {
+		end = f.Start
+	}
+	k = binary.BigEndian.AppendUint16(k, uint16(slotOf(end)))
 	d := f.Dst.As16()
 	k = append(k, d[:]...)
 	k = binary.BigEndian.AppendUint16(k, f.DPort)

@@ -51,6 +51,7 @@ type Recorder struct {
 	pending []Flow
 
 	recorded, lost, resubscribes, unattributed atomic.Uint64
+	writeNanos                                 atomic.Int64
 }
 
 // NewRecorder makes a Recorder; Run starts it.
@@ -73,11 +74,12 @@ func NewRecorder(cfg Config) *Recorder {
 // Stats are the recorder's counters.
 type Stats struct {
 	Recorded, Lost, Resubscribes, Unattributed uint64
+	WriteTime                                  time.Duration // spent writing batches to the store
 }
 
 // Stats returns the counters so far.
 func (r *Recorder) Stats() Stats {
-	return Stats{r.recorded.Load(), r.lost.Load(), r.resubscribes.Load(), r.unattributed.Load()}
+	return Stats{r.recorded.Load(), r.lost.Load(), r.resubscribes.Load(), r.unattributed.Load(), time.Duration(r.writeNanos.Load())}
 }
 
 // EnableAccounting turns on per-flow byte counters and timestamps in the
@@ -222,7 +224,10 @@ func (r *Recorder) flush() {
 	if len(batch) == 0 {
 		return
 	}
-	if err := r.cfg.Store.Append(batch); err != nil {
+	t0 := time.Now()
+	err := r.cfg.Store.Append(batch)
+	r.writeNanos.Add(int64(time.Since(t0)))
+	if err != nil {
 		r.lost.Add(uint64(len(batch)))
 		r.log.Error("write flows", "flows", len(batch), "error", err)
 		return

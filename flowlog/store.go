@@ -2,6 +2,7 @@ package flowlog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
@@ -94,15 +95,23 @@ func (s *Store) Append(flows []Flow) error {
 		if err != nil {
 			return err
 		}
+		// Keys in order: bbolt then appends to each leaf page in turn
+		// instead of seeking and splitting at random (several times faster
+		// for a batch of thousands).
+		type kv struct{ k, v []byte }
+		kvs := make([]kv, len(fs))
+		s.mu.Lock()
+		for i, f := range fs {
+			s.seq++
+			kvs[i] = kv{indexKey(f, s.seq), f.encode()}
+		}
+		s.mu.Unlock()
+		sort.Slice(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
 		err = db.Update(func(tx *bolt.Tx) error {
 			b := tx.Bucket(bucketFlows)
 			b.FillPercent = 0.9
-			for _, f := range fs {
-				s.mu.Lock()
-				s.seq++
-				seq := s.seq
-				s.mu.Unlock()
-				if err := b.Put(indexKey(f, seq), f.encode()); err != nil {
+			for _, e := range kvs {
+				if err := b.Put(e.k, e.v); err != nil {
 					return err
 				}
 			}
@@ -185,27 +194,33 @@ func (s *Store) Find(q Query) ([]Flow, error) {
 		if err != nil || db == nil {
 			continue
 		}
+		firstSlot := 0
+		if !from.IsZero() && day == from.UTC().Format(dayLayout) {
+			firstSlot = slotOf(from)
+		}
 		err = db.View(func(tx *bolt.Tx) error {
 			c := tx.Bucket(bucketFlows).Cursor()
-			var k, v []byte
-			var hi []byte
-			if q.Dst.IsValid() {
-				lo, h := prefixRange(q.Dst)
-				k, v = c.Seek(lo[:])
-				hi = h[:]
-			} else {
-				k, v = c.First()
-			}
-			for ; k != nil; k, v = c.Next() {
-				if hi != nil && bytes.Compare(k[:16], hi) > 0 {
-					break
+			for slot := firstSlot; slot < slotsADay; slot++ {
+				lo, hi := [16]byte{}, [16]byte{}
+				for i := range hi {
+					hi[i] = 0xff
 				}
-				f, err := decodeFlow(v)
-				if err != nil {
-					continue
+				if q.Dst.IsValid() {
+					lo, hi = prefixRange(q.Dst)
 				}
-				if q.match(&f) {
-					out = append(out, f)
+				seek := binary.BigEndian.AppendUint16(nil, uint16(slot))
+				seek = append(seek, lo[:]...)
+				for k, v := c.Seek(seek); k != nil; k, v = c.Next() {
+					if len(k) != keyLen || int(binary.BigEndian.Uint16(k)) != slot || bytes.Compare(k[2:18], hi[:]) > 0 {
+						break
+					}
+					f, err := decodeFlow(v)
+					if err != nil {
+						continue
+					}
+					if q.match(&f) {
+						out = append(out, f)
+					}
 				}
 			}
 			return nil

@@ -1,0 +1,100 @@
+package flowlog
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"sort"
+	"testing"
+	"time"
+)
+
+// TestBenchFlows (make bench-flows): how many finished flows per second the
+// recorder takes from the kernel without loss, and how long a "who sent
+// this" lookup takes over a day of 1,000,000 flows.
+func TestBenchFlows(t *testing.T) {
+	if os.Getenv("ARKGW_BENCH") == "" {
+		t.Skip("benchmark: run with make bench-flows")
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("bench-flows needs root")
+	}
+
+	// Recording: 100,000 marked flows end at once (a conntrack flush makes
+	// the kernel emit their DESTROY events as fast as it can).
+	l, _ := flowWorld(t)
+	r, _, stop := startRecorder(t, l, t.TempDir())
+	const n = 100000
+	injectFlows(t, l, n)
+	start := time.Now()
+	flushConntrack(t, l)
+	for {
+		st := r.Stats()
+		if st.Recorded+st.Lost >= n || time.Since(start) > time.Minute {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	st := r.Stats()
+	stop()
+	rate := float64(st.Recorded) / elapsed.Seconds()
+	t.Logf("recorded %d of %d flows in %v (%.0f flows/s), lost %d, resubscribes %d, writing %v", st.Recorded, n, elapsed, rate, st.Lost, st.Resubscribes, st.WriteTime)
+	if st.Lost > 0 {
+		rate = 0 // "without loss" is the goal: a lossy run does not count
+	}
+
+	if os.Getenv("ARKGW_BENCH_FLOWS_RECORD_ONLY") != "" {
+		return
+	}
+	// Lookup: one day of 1,000,000 flows to 65,536 destinations.
+	s, err := OpenStore(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	day := time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
+	rng := rand.New(rand.NewPCG(1, 2))
+	const total, batch = 1_000_000, 20_000
+	fill := time.Now()
+	var probes []Flow
+	for i := 0; i < total; i += batch {
+		fs := make([]Flow, batch)
+		for j := range fs {
+			k := i + j
+			dst := netip.AddrFrom4([4]byte{198, 51, byte(rng.IntN(256)), byte(rng.IntN(256))})
+			startAt := day.Add(time.Duration(rng.Int64N(int64(23 * time.Hour))))
+			fs[j] = Flow{Experiment: fmt.Sprintf("x%d", k%50), Proto: 6,
+				Src: netip.AddrFrom4([4]byte{10, 250, byte(k % 50), 2}), Dst: dst, SPort: uint16(1024 + k%60000), DPort: uint16(1 + rng.IntN(1024)),
+				NATSrc: netip.MustParseAddr("192.0.2.1"), NATSPort: uint16(k), Start: startAt, End: startAt.Add(time.Duration(rng.IntN(60_000)) * time.Millisecond),
+				PktsOut: 10, BytesOut: 1000, PktsIn: 10, BytesIn: 1000}
+		}
+		if err := s.Append(fs); err != nil {
+			t.Fatal(err)
+		}
+		probes = append(probes, fs[0])
+	}
+	t.Logf("stored %d flows in %v", total, time.Since(fill))
+	var lat []time.Duration
+	for _, p := range probes {
+		q := Query{Dst: netip.PrefixFrom(p.Dst, 32), Port: p.DPort, At: p.Start.Add(p.End.Sub(p.Start) / 2)}
+		t0 := time.Now()
+		got, err := s.Find(q)
+		lat = append(lat, time.Since(t0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, f := range got {
+			found = found || (f.Experiment == p.Experiment && f.NATSPort == p.NATSPort)
+		}
+		if !found {
+			t.Fatalf("lookup %+v did not find the flow it was built from", q)
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	med := lat[len(lat)/2]
+	t.Logf("lookup over %d flows: median %v, max %v (%d queries)", total, med, lat[len(lat)-1], len(lat))
+	fmt.Printf("bench-flows flows_per_s=%.0f lookup_ms=%.3f\n", rate, float64(med.Microseconds())/1000)
+}
