@@ -37,9 +37,10 @@
 //
 // Known limit: the kernel counts a GSO/GRO aggregate as one packet of
 // skb->len bytes, so headers of the segments it stands for are not
-// counted. Upload is segmented by the experiment's shaper before it gets
-// here (package shape) and counts exactly; bulk TCP download that the
-// uplink's GRO merged counts about 3% less than the wire carried.
+// counted. Upload passes the experiment's shaper first, whose queue splits
+// aggregates above 6 frames (package shape), so it counts (nearly) exactly;
+// bulk TCP download that the uplink's GRO merged counts up to about 3%
+// less than the wire carried.
 package quota
 
 import (
