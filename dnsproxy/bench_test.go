@@ -13,10 +13,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/arkgw/arkgw/reexec"
 )
 
 // Benchmark addresses: the upstream is a Go authoritative server in the fake
@@ -29,11 +32,17 @@ const (
 	portUnbound   = 5302
 )
 
-// benchUpstreamServer answers every A query for a name under bench.test.
-// with one record: TTL 0 under nc.bench.test. (never cached), one day
-// under c.bench.test.
-func startBenchUpstream(t *testing.T, w *expWorld) {
-	t.Helper()
+const benchUpstreamHelper = "dnsproxy-bench-upstream"
+
+func init() { reexec.Register(benchUpstreamHelper, benchUpstreamMain) }
+
+// benchUpstreamMain is the benchmark's upstream, a separate process (so it
+// does not share the Go runtime with the proxy under test): an
+// authoritative server answering every A query for a name under
+// bench.test. with one record, TTL 0 under nc.bench.test. (never cached),
+// one day under c.bench.test. It serves until killed.
+func benchUpstreamMain() {
+	addr := os.Args[1]
 	h := dns.HandlerFunc(func(rw dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
@@ -53,28 +62,44 @@ func startBenchUpstream(t *testing.T, w *expWorld) {
 		}
 		_ = rw.WriteMsg(m)
 	})
-	addr := benchUpstream + ":53"
 	for i := 0; i < 2; i++ {
-		var pc net.PacketConn
-		err := w.inet.Do(func() error {
-			var err error
-			pc, err = reusePortListenPacket(addr)
-			return err
-		})
+		pc, err := reusePortListenPacket(addr)
 		if err != nil {
-			t.Fatal(err)
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
 		}
-		s := &dns.Server{PacketConn: pc, Handler: h}
-		go s.ActivateAndServe()
-		t.Cleanup(func() { s.Shutdown() })
+		go (&dns.Server{PacketConn: pc, Handler: h}).ActivateAndServe()
 	}
-	l, err := w.inet.Listen("tcp", addr)
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go (&dns.Server{Listener: l, Handler: h, MaxTCPQueries: -1}).ActivateAndServe()
+	fmt.Println("ready")
+	select {}
+}
+
+// startBenchUpstream runs benchUpstreamMain in the fake Internet's namespace.
+func startBenchUpstream(t *testing.T, w *expWorld) {
+	t.Helper()
+	cmd := reexec.Command(benchUpstreamHelper, benchUpstream+":53")
+	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &dns.Server{Listener: l, Handler: h, MaxTCPQueries: -1}
-	go ts.ActivateAndServe()
-	t.Cleanup(func() { ts.Shutdown() })
+	cmd.Stderr = os.Stderr
+	if err := w.inet.Start(cmd); err != nil {
+		t.Fatalf("start bench upstream: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "ready" {
+		t.Fatalf("bench upstream did not start: %q %v", line, err)
+	}
 }
 
 func reusePortListenPacket(addr string) (net.PacketConn, error) {
@@ -84,7 +109,7 @@ func reusePortListenPacket(addr string) (net.PacketConn, error) {
 
 // startDaemon starts a resolver in the node namespace and waits until it
 // answers on port.
-func startDaemon(t *testing.T, w *expWorld, port int, name string, args ...string) {
+func startDaemon(t *testing.T, w *expWorld, port int, name string, args ...string) int {
 	t.Helper()
 	cmd := exec.Command(name, args...)
 	var out bytes.Buffer
@@ -111,7 +136,7 @@ func startDaemon(t *testing.T, w *expWorld, port int, name string, args ...strin
 			if dc.WriteMsg(m) == nil {
 				if r, err := dc.ReadMsg(); err == nil && r.Rcode == dns.RcodeSuccess {
 					c.Close()
-					return
+					return pid
 				}
 			}
 			c.Close()
@@ -119,15 +144,39 @@ func startDaemon(t *testing.T, w *expWorld, port int, name string, args ...strin
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("%s did not come up on port %d:\n%s", name, port, out.String())
+	return 0
+}
+
+// cpuSeconds is the CPU time (user+system) used so far by pid, or by this
+// process (the proxy under test) when pid is 0.
+func cpuSeconds(t *testing.T, pid int) float64 {
+	if pid == 0 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.ParseFloat(f[11], 64) // fields 14 and 15 of stat
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
 }
 
 type perfResult struct {
 	qps      float64
 	p50, p99 time.Duration
 	lost     int
+	done     int
+	cpuUS    float64 // resolver CPU microseconds per answered query
 }
 
 var (
+	reDone = regexp.MustCompile(`Queries completed:\s+([0-9]+)`)
 	reQPS  = regexp.MustCompile(`Queries per second:\s+([0-9.]+)`)
 	reLost = regexp.MustCompile(`Queries lost:\s+([0-9]+)`)
 )
@@ -157,6 +206,9 @@ func dnsperf(t *testing.T, w *expWorld, port int, datafile, mode string) perfRes
 	r.qps, _ = strconv.ParseFloat(m[1], 64)
 	if m := reLost.FindStringSubmatch(s); m != nil {
 		r.lost, _ = strconv.Atoi(m[1])
+	}
+	if m := reDone.FindStringSubmatch(s); m != nil {
+		r.done, _ = strconv.Atoi(m[1])
 	}
 	var lat []float64
 	sc := bufio.NewScanner(strings.NewReader(s))
@@ -220,7 +272,7 @@ cache-size=10000
 dns-forward-max=5000
 user=root
 `, portDnsmasq, expGW4, benchUpstream))
-	startDaemon(t, w, portDnsmasq, "dnsmasq", "-k", "--conf-file="+filepath.Join(dir, "dnsmasq.conf"), "--pid-file=", "--log-facility=/dev/null")
+	pidDnsmasq := startDaemon(t, w, portDnsmasq, "dnsmasq", "-k", "--conf-file="+filepath.Join(dir, "dnsmasq.conf"), "--pid-file=", "--log-facility=/dev/null")
 	// unbound: refuses everything but bench.test., which it forwards.
 	writeFile(t, filepath.Join(dir, "unbound.conf"), fmt.Sprintf(`server:
   interface: %s@%d
@@ -248,7 +300,7 @@ forward-zone:
 remote-control:
   control-enable: no
 `, expGW4, portUnbound, portUnbound, dir, benchUpstream))
-	startDaemon(t, w, portUnbound, "unbound", "-d", "-c", filepath.Join(dir, "unbound.conf"))
+	pidUnbound := startDaemon(t, w, portUnbound, "unbound", "-d", "-c", filepath.Join(dir, "unbound.conf"))
 
 	files := map[string]string{
 		"forwarded": writeQueries(t, dir, "fwd.txt", "n%d.nc.bench.test", 20000),
@@ -261,7 +313,8 @@ remote-control:
 	servers := []struct {
 		name string
 		port int
-	}{{"arkgw", portArkgw}, {"dnsmasq", portDnsmasq}, {"unbound", portUnbound}}
+		pid  int
+	}{{"arkgw", portArkgw, 0}, {"dnsmasq", portDnsmasq, pidDnsmasq}, {"unbound", portUnbound, pidUnbound}}
 
 	res := map[string]map[string]perfResult{}
 	for _, r := range rows {
@@ -269,13 +322,17 @@ remote-control:
 			if r.kind == "cached" { // warm the cache
 				dnsperfN(t, w, s.port, r.file)
 			}
+			c0 := cpuSeconds(t, s.pid)
 			pr := dnsperf(t, w, s.port, r.file, r.mode)
+			if pr.done > 0 {
+				pr.cpuUS = (cpuSeconds(t, s.pid) - c0) * 1e6 / float64(pr.done)
+			}
 			if res[r.kind] == nil {
 				res[r.kind] = map[string]perfResult{}
 			}
 			res[r.kind][s.name] = pr
-			fmt.Printf("%-9s %-4s %-8s qps=%8.0f p50=%7.3fms p99=%7.3fms lost=%d\n", r.kind, r.mode, s.name, pr.qps,
-				float64(pr.p50.Microseconds())/1000, float64(pr.p99.Microseconds())/1000, pr.lost)
+			fmt.Printf("%-9s %-4s %-8s qps=%8.0f p50=%7.3fms p99=%7.3fms lost=%d cpu=%.1fus/q\n", r.kind, r.mode, s.name, pr.qps,
+				float64(pr.p50.Microseconds())/1000, float64(pr.p99.Microseconds())/1000, pr.lost, pr.cpuUS)
 		}
 	}
 	t.Logf("arkgw stats: %+v", p.Stats())
