@@ -472,6 +472,10 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 			errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 		}
 	}
+	// A scratch table left by an interrupted diagnosis (see apply.go).
+	if err := deleteTable(g.cfg.HostNS, TableName+"_probe"); err != nil {
+		errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
+	}
 	// Rules of ids not known go with the reload; kept links that are not
 	// adopted yet are dropped until they are.
 	if err := g.reload(); err != nil {

@@ -414,6 +414,13 @@ func TestPrivilegedGateway(t *testing.T) {
 			if !l.arrived(to(netlab.DefaultRouter4, 1, 0), 3*time.Second) {
 				t.Error("echo request to the default router did not arrive")
 			}
+			// fd77::1 lies in fc00::/7 but is the node's IPv6 router.
+			if err := sendRaw(nsA, rawICMP6(t, a.Addr6.String(), netlab.DefaultRouter6, 128), addr(netlab.DefaultRouter6)); err != nil {
+				t.Fatal(err)
+			}
+			if !l.arrived(to(netlab.DefaultRouter6, 58, 0), 3*time.Second) {
+				t.Error("echo request to the IPv6 default router did not arrive")
+			}
 		}},
 		{"gre allowed, other protocol denied", func(t *testing.T) {
 			if err := sendRaw(nsA, rawProto4(t, a.Addr4.String(), "198.51.100.3", layers.IPProtocolGRE), addr("198.51.100.3")); err != nil {
