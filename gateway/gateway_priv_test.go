@@ -303,7 +303,6 @@ func TestPrivilegedGateway(t *testing.T) {
 	b, nsB := l.add(t, effB, 1)
 	id := a.ID
 	masq4, masq6 := netlab.NodeUplink4, netlab.NodeUplink6
-	_ = nsB
 
 	// denied sends something that the policy forbids and checks that the
 	// drop was counted under rule and that nothing arrived at inet.
@@ -432,6 +431,15 @@ func TestPrivilegedGateway(t *testing.T) {
 			denied(t, RuleProto, func() error {
 				return sendRaw(nsA, rawProto4(t, a.Addr4.String(), "198.51.100.4", 253), addr("198.51.100.4"))
 			}, to("198.51.100.4", 253, 0))
+			// b did not declare GRE.
+			before := l.counter(t, b.ID, RuleProto)
+			if err := sendRaw(nsB, rawProto4(t, b.Addr4.String(), "198.51.100.5", layers.IPProtocolGRE), addr("198.51.100.5")); err != nil {
+				t.Fatal(err)
+			}
+			l.waitCounter(t, b.ID, RuleProto, before)
+			if l.arrived(to("198.51.100.5", 47, 0), 200*time.Millisecond) {
+				t.Error("undeclared gre packet arrived")
+			}
 		}},
 		{"syn-only: syn arrives, data does not", func(t *testing.T) {
 			src := a.Addr4.String()
