@@ -666,6 +666,18 @@ func TestPrivilegedGateway(t *testing.T) {
 			}
 		}},
 	}
+	cases = append(cases, struct {
+		name string
+		run  func(t *testing.T)
+	}{"no spurious drops from the kernel's own traffic", func(t *testing.T) {
+		// b only sent what the cases above made it send; its link-level
+		// chatter (router solicitations, MLD) must not count as drops.
+		for _, rule := range []string{RuleNode, RuleSpoof, RuleReserved, RuleICMP, RulePeer} {
+			if c := l.counter(t, b.ID, rule); c != 0 {
+				t.Errorf("%d drops of b counted as %s", c, rule)
+			}
+		}
+	}})
 	for _, tc := range cases {
 		t.Run(tc.name, tc.run)
 	}
