@@ -709,7 +709,9 @@ func TestPrivilegedPcapOptions(t *testing.T) {
 
 	waitFor(t, "web reader got the HTTP exchange", 10*time.Second, func() bool {
 		for _, r := range srv.Stats().Readers {
-			if r.Filter == "tcp port 80" && r.Delivered >= 8 {
+			// SYN, SYN-ACK, ACK, request, response at least (how the
+			// rest merges depends on timing); stopping drains the queue.
+			if r.Filter == "tcp port 80" && r.Delivered >= 5 {
 				return true
 			}
 		}
