@@ -58,7 +58,7 @@ func applyRuleset(ns netns.NsHandle, rs *Ruleset) error {
 	if err := c.Flush(); err != nil {
 		ferr := fmt.Errorf("load table inet %s: %w", rs.Table, err)
 		if d := diagnose(ns, rs); d != nil {
-			ferr = fmt.Errorf("load table inet %s: %w (whole batch: %v)", rs.Table, d, err)
+			ferr = fmt.Errorf("load table inet %s: %w (the kernel may lack a feature it needs: check its nftables modules; whole batch: %v)", rs.Table, d, err)
 		}
 		return ferr
 	}
