@@ -41,6 +41,8 @@ const (
 	DefaultCacheSize     = 4096
 	DefaultCacheMaxTTL   = time.Hour
 	DefaultAlertInterval = 10 * time.Second
+	DefaultAlertRate     = 10
+	DefaultAlertBurst    = 100
 	// serverUDPSize is the EDNS buffer size the proxy advertises to clients.
 	serverUDPSize = 1232
 )
@@ -88,6 +90,8 @@ type Config struct {
 	CacheSize     int           // entries; 0 = DefaultCacheSize, negative = no cache
 	CacheMaxTTL   time.Duration // DefaultCacheMaxTTL
 	AlertInterval time.Duration // repeats of one name and type within this are not re-alerted
+	AlertRate     float64       // alerts per second at most, beyond a burst of AlertBurst (DefaultAlertRate)
+	AlertBurst    int           // DefaultAlertBurst
 }
 
 // ConfigFromEffective fills the per-experiment fields of a Config from the
@@ -122,7 +126,9 @@ type Proxy struct {
 	alerts   chan alert.Record
 	alertMu  sync.Mutex
 	alerted  map[string]time.Time
-	rateText string
+	// alertLimit bounds alerts per second (AlertRate, burst AlertBurst).
+	alertLimit *rate.Limiter
+	rateText   string
 
 	mu      sync.Mutex
 	conns   map[net.Conn]struct{}
@@ -168,6 +174,8 @@ func New(cfg Config) (*Proxy, error) {
 	setDefault(&cfg.TCPIdle, DefaultTCPIdle)
 	setDefault(&cfg.CacheMaxTTL, DefaultCacheMaxTTL)
 	setDefault(&cfg.AlertInterval, DefaultAlertInterval)
+	setDefault(&cfg.AlertRate, DefaultAlertRate)
+	setDefault(&cfg.AlertBurst, DefaultAlertBurst)
 	setDefault(&cfg.MaxTCPQueries, DefaultMaxTCPQueries)
 	setDefault(&cfg.MaxTCPConns, DefaultMaxTCPConns)
 	setDefault(&cfg.MaxInflight, DefaultMaxInflight)
@@ -179,14 +187,15 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Logger = hclog.NewNullLogger()
 	}
 	p := &Proxy{
-		cfg:      cfg,
-		log:      cfg.Logger.With("experiment", cfg.Experiment),
-		match:    m,
-		cache:    newCache(cfg.CacheSize, cfg.CacheMaxTTL),
-		inflight: make(chan struct{}, cfg.MaxInflight),
-		alerts:   make(chan alert.Record, 256),
-		alerted:  map[string]time.Time{},
-		conns:    map[net.Conn]struct{}{},
+		cfg:        cfg,
+		log:        cfg.Logger.With("experiment", cfg.Experiment),
+		match:      m,
+		cache:      newCache(cfg.CacheSize, cfg.CacheMaxTTL),
+		inflight:   make(chan struct{}, cfg.MaxInflight),
+		alerts:     make(chan alert.Record, 256),
+		alerted:    map[string]time.Time{},
+		alertLimit: rate.NewLimiter(rate.Limit(cfg.AlertRate), cfg.AlertBurst),
+		conns:      map[net.Conn]struct{}{},
 	}
 	if cfg.QPS > 0 {
 		p.limiter = rate.NewLimiter(rate.Limit(cfg.QPS), cfg.QPS)
@@ -388,6 +397,13 @@ func (p *Proxy) alertDenied(wire []byte, qtype uint16) {
 	now := time.Now()
 	p.alertMu.Lock()
 	if t, ok := p.alerted[string(key)]; ok && now.Sub(t) < p.cfg.AlertInterval {
+		p.alertMu.Unlock()
+		p.stats.alertsSuppressed.Add(1)
+		return
+	}
+	if !p.alertLimit.AllowN(now, 1) {
+		// A flood of distinct names (random subdomains): the alert path
+		// gets a bounded rate; the refusals are still counted.
 		p.alertMu.Unlock()
 		p.stats.alertsSuppressed.Add(1)
 		return

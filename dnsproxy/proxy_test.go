@@ -242,6 +242,19 @@ func TestDeniedNoUpstreamQuery(t *testing.T) {
 	}
 }
 
+func TestAlertFloodBounded(t *testing.T) {
+	up := startUpstream(t, nil)
+	al := &alertLog{}
+	p := startProxy(t, Config{Names: []string{"example.org"}, Upstreams: []string{up.addr}, Alerts: al, AlertRate: 1, AlertBurst: 20})
+	for i := 0; i < 200; i++ {
+		query(t, p, "udp", fmt.Sprintf("r%d.denied.test.", i), dns.TypeA, 0)
+	}
+	s := p.Stats()
+	if s.Refused != 200 || s.Alerts > 30 || s.Alerts+s.AlertsSuppressed != 200 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
 func TestAlertsNotRepeated(t *testing.T) {
 	up := startUpstream(t, nil)
 	al := &alertLog{}
@@ -264,7 +277,7 @@ func TestBlockingSink(t *testing.T) {
 	release := make(chan struct{})
 	sink := alert.SinkFunc(func(alert.Record) { <-release })
 	defer close(release)
-	p := startProxy(t, Config{Names: []string{"example.org"}, Upstreams: []string{up.addr}, Alerts: sink, AlertInterval: time.Nanosecond})
+	p := startProxy(t, Config{Names: []string{"example.org"}, Upstreams: []string{up.addr}, Alerts: sink, AlertInterval: time.Nanosecond, AlertRate: 1e6, AlertBurst: 1000})
 	start := time.Now()
 	for i := 0; i < 400; i++ {
 		query(t, p, "udp", fmt.Sprintf("d%d.denied.test.", i), dns.TypeA, 0)
