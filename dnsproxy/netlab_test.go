@@ -283,3 +283,59 @@ func TestPrivilegedPipelinedTCP(t *testing.T) {
 		t.Errorf("%d upstream TCP connections for 10 truncated answers", len(srcs))
 	}
 }
+
+// Every query type goes through: the answers are the authoritative server's.
+func TestPrivilegedQueryTypes(t *testing.T) {
+	w := newExpWorld(t)
+	p := w.startNodeProxy(t, Config{Names: []string{netlab.Zone, "in-addr.arpa.", "ip6.arpa."}})
+	rev4, _ := dns.ReverseAddr(netlab.WWW4)
+	rev6, _ := dns.ReverseAddr(netlab.WWW6)
+	tests := []struct {
+		name    string
+		qtype   uint16
+		rcode   int
+		answers int    // at least
+		want    string // substring of the answer section
+	}{
+		{"arkgw.test.", dns.TypeMX, dns.RcodeSuccess, 1, "mail.arkgw.test."},
+		{"arkgw.test.", dns.TypeNS, dns.RcodeSuccess, 1, "ns.arkgw.test."},
+		{"arkgw.test.", dns.TypeSOA, dns.RcodeSuccess, 1, "hostmaster.arkgw.test."},
+		{"_http._tcp.arkgw.test.", dns.TypeSRV, dns.RcodeSuccess, 1, "www.arkgw.test."},
+		{"txt.arkgw.test.", dns.TypeTXT, dns.RcodeSuccess, 1, "hello from netlab"},
+		{"a.arkgw.test.", dns.TypeA, dns.RcodeSuccess, 3, netlab.WWW4}, // CNAME chain a -> b -> www
+		{"x.wild.arkgw.test.", dns.TypeA, dns.RcodeSuccess, 1, netlab.Wildcard4},
+		{"many.arkgw.test.", dns.TypeA, dns.RcodeSuccess, 16, ""},
+		{rev4, dns.TypePTR, dns.RcodeSuccess, 1, "www.arkgw.test."},
+		{rev6, dns.TypePTR, dns.RcodeSuccess, 1, "www.arkgw.test."},
+		{"nothing.arkgw.test.", dns.TypeA, dns.RcodeNameError, 0, ""},
+		{"v4only.arkgw.test.", dns.TypeAAAA, dns.RcodeSuccess, 0, ""}, // NODATA
+		{"www.arkgw.test.", dns.TypeANY, -1, 0, ""},                   // forwarded; the answer is the server's
+		{"alias-in.denied.test.", dns.TypeA, dns.RcodeRefused, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name+"/"+dns.TypeToString[tt.qtype], func(t *testing.T) {
+			for _, network := range []string{"udp", "tcp"} {
+				r := w.expQuery(t, network, expGW4+":53", tt.name, tt.qtype, 1232)
+				if tt.rcode >= 0 && r.Rcode != tt.rcode {
+					t.Fatalf("%s: rcode %s, want %s", network, dns.RcodeToString[r.Rcode], dns.RcodeToString[tt.rcode])
+				}
+				if len(r.Answer) < tt.answers {
+					t.Fatalf("%s: %d answers, want >= %d: %v", network, len(r.Answer), tt.answers, r)
+				}
+				var s strings.Builder
+				for _, rr := range r.Answer {
+					s.WriteString(rr.String() + "\n")
+				}
+				if !strings.Contains(s.String(), tt.want) {
+					t.Errorf("%s: answer lacks %q:\n%s", network, tt.want, s.String())
+				}
+			}
+		})
+	}
+	if w.internet.Seen(func(r netlab.Record) bool { return strings.Contains(r.Detail, "denied.test") }) {
+		t.Errorf("the authoritative server was asked about a denied name")
+	}
+	if s := p.Stats(); s.UpstreamFailures != 0 || s.Mismatched != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
