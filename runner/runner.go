@@ -34,8 +34,8 @@ import (
 
 // Options are the node-level settings the daemon's policy does not carry.
 type Options struct {
-	// HostNS is the node's network namespace (netns.None() = the current
-	// one; netlab's node in tests and the demo).
+	// HostNS is the node's network namespace (zero or netns.None() = the
+	// current one; netlab's node in tests and the demo).
 	HostNS netns.NsHandle
 	// RunDir holds runtime state that must not outlive a reboot
 	// (namespace bind mounts). Default /run/arkgw.
@@ -74,6 +74,10 @@ type Runner struct {
 func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	if opt.RunDir == "" {
 		opt.RunDir = "/run/arkgw"
+	}
+	// The zero handle is fd 0, not a namespace: it means "this process's".
+	if opt.HostNS == 0 {
+		opt.HostNS = netns.None()
 	}
 	if opt.FlowRetentionDays == 0 {
 		opt.FlowRetentionDays = 30
@@ -185,9 +189,19 @@ func (r *Runner) Update(ctx context.Context, effs []*configs.Effective) error {
 	return r.gw.Update(ctx, effs)
 }
 
-// Sweep removes kernel state of experiments not in keep.
+// Sweep removes kernel state of experiments not in keep: their processes
+// (cgroups), then their network, namespaces and rules.
 func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
-	return r.gw.Sweep(ctx, keep)
+	var errs []error
+	dirs, _ := os.ReadDir(filepath.Join(r.opt.RunDir, "ns"))
+	for _, d := range dirs {
+		if id := d.Name(); !keep[id] && configs.ValidID(id) == nil {
+			if err := sandbox.Cleanup(id, ""); err != nil {
+				errs = append(errs, fmt.Errorf("experiment %s: kill leftover processes: %w", id, err))
+			}
+		}
+	}
+	return errors.Join(append(errs, r.gw.Sweep(ctx, keep))...)
 }
 
 // Start brings up an experiment: network and rules, DNS proxy, pcap
@@ -241,9 +255,38 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 	return in, nil
 }
 
-// Adopt re-attaches to an experiment that survived a daemon restart.
+// Adopt re-attaches to an experiment that survived a daemon restart: its
+// namespaces, veth and processes lived on (and its rules stayed in the
+// kernel, fail-closed); the DNS proxy and pcap service, which died with the
+// old daemon, start again. On error the caller stops the experiment and the
+// sweep removes what is left.
 func (r *Runner) Adopt(ctx context.Context, eff *configs.Effective, slot int, dir string) (daemon.Instance, error) {
-	return nil, errors.New("re-adoption after a restart is not supported yet")
+	net, err := r.gw.Adopt(ctx, eff, slot)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	r.slots[slot] = eff.ID
+	r.mu.Unlock()
+	in := newInstance(r, eff, net, dir)
+	if err := in.startServices(); err != nil {
+		in.cancel()
+		in.wg.Wait()
+		return nil, err
+	}
+	sb, err := sandbox.Adopt(sandbox.AdoptSpec{ID: eff.ID, StatusFile: filepath.Join(dir, "status.json"), Logger: r.log})
+	if err != nil {
+		in.cancel()
+		in.wg.Wait()
+		return nil, err
+	}
+	in.sb = sb
+	r.mu.Lock()
+	r.instances[eff.ID] = in
+	r.mu.Unlock()
+	go in.watch()
+	in.log.Info("experiment re-adopted", "addr4", net.Addr4, "if", net.HostIf)
+	return in, nil
 }
 
 // instance is one experiment's kernel side.

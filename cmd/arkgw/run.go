@@ -44,6 +44,7 @@ func runDaemon(args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfig, "node policy file")
 	sock := socketFlag(fs)
+	runDir := fs.String("run-dir", "/run/arkgw", "runtime state that ends with a reboot (namespace mounts)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -84,7 +85,7 @@ func runDaemon(args []string) int {
 	err = daemon.Run(ctx, daemon.Config{
 		Policy: pol, Socket: *sock, Logger: log,
 		NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
-			return runner.New(deps, runner.Options{})
+			return runner.New(deps, runner.Options{RunDir: *runDir})
 		},
 	}, reload)
 	if err != nil {
@@ -99,6 +100,7 @@ func runDaemon(args []string) int {
 func runCleanup(args []string) int {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfig, "node policy file")
+	runDir := fs.String("run-dir", "/run/arkgw", "runtime state directory of the daemon")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -124,7 +126,7 @@ func runCleanup(args []string) int {
 			keep[x.ID] = true
 		}
 	}
-	r, err := runner.New(daemon.RunnerDeps{Policy: pol, Store: st, Logger: log}, runner.Options{})
+	r, err := runner.New(daemon.RunnerDeps{Policy: pol, Store: st, Logger: log}, runner.Options{RunDir: *runDir})
 	if err != nil {
 		return fail(err)
 	}

@@ -1,0 +1,204 @@
+package runner
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
+	"github.com/arkgw/arkgw/store"
+)
+
+// buildArkgw builds the real binary (and the pcap client beside it).
+func buildArkgw(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	top := filepath.Dir(filepath.Dir(file))
+	dir := t.TempDir()
+	for _, p := range []string{"arkgw", "pcap"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, p), "./cmd/"+p)
+		cmd.Dir, cmd.Env = top, append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", p, err, out)
+		}
+	}
+	return filepath.Join(dir, "arkgw")
+}
+
+// procDaemon is `arkgw run` as its own process inside the netlab node.
+type procDaemon struct {
+	bin, config, sock, runDir string
+	w                         *netlab.World
+	cmd                       *exec.Cmd
+	log                       *os.File
+}
+
+func (p *procDaemon) start(t *testing.T) {
+	t.Helper()
+	p.cmd = p.w.Node.Command(context.Background(), p.bin, "run", "--config", p.config, "--socket", p.sock, "--run-dir", p.runDir)
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := daemon.NewClient(p.sock)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := c.List(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			out, _ := os.ReadFile(p.log.Name())
+			t.Fatalf("arkgw run did not come up:\n%s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dialFrom connects from inside an experiment's network namespace (as the
+// node's root, which is enough to send packets through its veth).
+func dialFrom(nsPath, addr string) error {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	c, err := nsdo.Dial(ctx, ns, "tcp", addr)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+func alertCount(t *testing.T, path string) int {
+	t.Helper()
+	n := 0
+	alert.ReadFile(path, time.Time{}, func(alert.Record, []byte) error { n++; return nil })
+	return n
+}
+
+// TestPrivilegedCrashRecovery: kill -9 the daemon while two experiments
+// run; their rules stay in force while it is down (the forbidden packet is
+// dropped, the declared one passes); after a restart both are re-adopted
+// with their alerts and counters, and stopping them leaves nothing behind.
+func TestPrivilegedCrashRecovery(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds netlab namespaces and runs sandboxes")
+	}
+	bin := buildArkgw(t)
+	w := netlab.NewWorld(t)
+	state := t.TempDir()
+	os.MkdirAll(filepath.Join(state, "containers"), 0o755)
+	os.Symlink(containerRoot(t), filepath.Join(state, "containers", "ark-2026.1"))
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	web := ln.Addr().String()
+	ln.Close()
+	config := filepath.Join(state, "node.toml")
+	os.WriteFile(config, []byte(fmt.Sprintf("node = \"crash\"\nstate_dir = %q\nuplink = \"eth0\"\n[web]\nlisten = %q\n[dns]\nupstreams = [%q]\n[alerts]\nnflog_group = %d\n",
+		state, web, netlab.DNS4, 3000+os.Getpid()%1000)), 0o644)
+	logf, _ := os.Create(filepath.Join(state, "daemon.log"))
+	defer logf.Close()
+	p := &procDaemon{bin: bin, config: config, sock: filepath.Join(state, "arkgw.sock"), runDir: filepath.Join(state, "run"), w: w, log: logf}
+	p.start(t)
+	c := daemon.NewClient(p.sock)
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			// Whatever happened, leave nothing: stop experiments, then the daemon.
+			if list, err := c.List(); err == nil {
+				for _, x := range list {
+					c.Stop(x.ID)
+				}
+			}
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			p.cmd.Wait()
+		}
+	})
+	nd := &node{w: w, state: state, client: c}
+
+	script := `while true; do arkprobe tcp 203.0.113.10:22 >/dev/null; echo tick; sleep 1; done`
+	ids := []string{nd.submit(t, fmt.Sprintf(probeManifest, script)), nd.submit(t, fmt.Sprintf(probeManifest, script))}
+	for _, id := range ids {
+		nd.waitState(t, id, store.Running, 30*time.Second)
+		nd.waitAlert(t, id, func(r alert.Record) bool { return r.Rule == "tcp-dst" && r.DstPort == 22 })
+	}
+	alertsPath := filepath.Join(state, "alerts.jsonl")
+	before := alertCount(t, alertsPath)
+	counts := map[string]uint64{}
+	for _, id := range ids {
+		x, _ := c.Get(id)
+		counts[id] = x.Alerts
+	}
+
+	// Crash.
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+
+	// Fail-closed while no daemon runs: declared traffic passes, the rest
+	// is dropped in the kernel.
+	for _, id := range ids {
+		ns := filepath.Join(p.runDir, "ns", id, "net")
+		if err := dialFrom(ns, netlab.WWW4+":80"); err != nil {
+			t.Errorf("%s: declared TCP while the daemon is down: %v", id, err)
+		}
+		if err := dialFrom(ns, netlab.Other4+":22"); err == nil {
+			t.Errorf("%s: undeclared TCP passed while the daemon is down", id)
+		}
+	}
+	if w.Internet().Seen(func(r netlab.Record) bool { return r.Dst.Port() == 22 }) {
+		t.Error("a packet to port 22 reached the fake Internet")
+	}
+
+	// Restart: both re-adopted, alerts and counts intact.
+	p.start(t)
+	for _, id := range ids {
+		x := nd.waitState(t, id, store.Running, 10*time.Second)
+		if x.Alerts < counts[id] {
+			t.Errorf("%s: %d alerts after restart, %d before", id, x.Alerts, counts[id])
+		}
+		// Still captured while the daemon was down, and after.
+		nd.waitLog(t, id, "tick", 10*time.Second)
+	}
+	if after := alertCount(t, alertsPath); after < before {
+		t.Errorf("alerts file has %d records after restart, %d before", after, before)
+	}
+	// The new daemon alerts again (its alerter took over the NFLOG group).
+	time.Sleep(1500 * time.Millisecond)
+	nd.waitAlert(t, ids[0], func(r alert.Record) bool { return r.Rule == "tcp-dst" && r.Time.After(time.Now().Add(-60*time.Second)) })
+
+	for _, id := range ids {
+		if _, err := c.Stop(id); err != nil {
+			t.Fatal(err)
+		}
+		nd.waitState(t, id, store.Completed, 10*time.Second)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.cmd.Wait(); err != nil {
+		out, _ := os.ReadFile(logf.Name())
+		t.Errorf("daemon exit after SIGTERM: %v\n%s", err, out)
+	}
+	stopped = true
+	if left := kernelLeftovers(t, w); left != "" {
+		t.Errorf("left in the kernel:\n%s", left)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(p.runDir, "ns")); len(ents) != 0 {
+		t.Errorf("namespace dirs left: %v", ents)
+	}
+	if out, _ := os.ReadFile(logf.Name()); t.Failed() {
+		t.Logf("daemon log:\n%s", strings.TrimSpace(string(out)))
+	}
+}
