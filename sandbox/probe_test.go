@@ -3,6 +3,8 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strings"
 	"syscall"
@@ -94,6 +96,20 @@ func probe(what string) error {
 		return os.WriteFile("/tmp/probe", []byte("x"), 0o644)
 	case "chroot":
 		return unix.Chroot("/tmp")
+	case "connect-pcap":
+		c, err := net.Dial("unix", "/run/ark/pcap.sock")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err != nil {
+			return err
+		}
+		if string(b) != "hello" {
+			return fmt.Errorf("got %q", b)
+		}
+		return nil
 	case "hog": // touch memory until killed
 		var keep [][]byte
 		for i := 0; i < 4096; i++ {

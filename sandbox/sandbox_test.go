@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -131,5 +132,36 @@ func TestPrivilegedCgroupV2KillOnHybrid(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(mount, parent, id)); err == nil {
 		t.Fatal("cgroup still there")
+	}
+}
+
+// The pcap client is at /usr/bin/pcap and the pcap service socket at
+// /run/ark/pcap.sock, connectable by the experiment uid.
+func TestPrivilegedPcapBinds(t *testing.T) {
+	tr := newSpec(t, "/bin/sh", "-c", "/usr/bin/pcap && echo pcap-ran; "+probeName+" connect-pcap")
+	sock := filepath.Join(tr.dir, "pcap.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	os.Chmod(sock, 0o666)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	bin := filepath.Join(tr.dir, "pcap-client")
+	b, _ := os.ReadFile("/bin/true")
+	os.WriteFile(bin, b, 0o755)
+	tr.spec.PcapBinary, tr.spec.PcapSocket = bin, sock
+	res, out, errOut := tr.run(t)
+	if !res.Exited || !strings.Contains(out, "pcap-ran") || !strings.Contains(out, "connect-pcap ok") {
+		t.Fatalf("%+v\n%s\n%s", res, out, errOut)
 	}
 }
