@@ -152,6 +152,11 @@ var ErrNoHolder = errors.New("nsholder: holder not running")
 // Spawn asks the holder to start and monitor a process. It returns once the
 // process started (or failed to).
 func (h *Holder) Spawn(req SpawnRequest) (*Process, error) {
+	for _, f := range req.ExtraFiles {
+		if f == nil {
+			return nil, fmt.Errorf("spawn %s: nil extra file", req.Path)
+		}
+	}
 	h.mu.Lock()
 	if h.ctl == nil {
 		h.mu.Unlock()
@@ -179,13 +184,11 @@ func (h *Holder) Spawn(req SpawnRequest) (*Process, error) {
 	add("stderr", req.Stderr)
 	add("status", req.Status)
 	for _, f := range req.ExtraFiles {
-		if f == nil {
-			return nil, fmt.Errorf("spawn %s: nil extra file", req.Path)
-		}
 		add("extra", f)
 	}
 	b, err := json.Marshal(msg)
 	if err != nil {
+		h.forget(id)
 		return nil, err
 	}
 	var oob []byte

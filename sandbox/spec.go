@@ -253,6 +253,9 @@ func wallClock(hours float64) time.Duration {
 	if hours <= 0 {
 		return 0
 	}
+	if hours > 24*365*10 { // no Duration overflow (which would read as "over")
+		hours = 24 * 365 * 10
+	}
 	return time.Duration(hours * float64(time.Hour))
 }
 

@@ -175,3 +175,14 @@ func FuzzResultOf(f *testing.F) {
 		resultOf("e1", nsholder.ExitStatus{Result: b}, cgStats{}, false, false)
 	})
 }
+
+func TestWallClock(t *testing.T) {
+	for _, c := range []struct {
+		h    float64
+		want time.Duration
+	}{{0, 0}, {-1, 0}, {0.5, 30 * time.Minute}, {1e12, 24 * 365 * 10 * time.Hour}} {
+		if got := wallClock(c.h); got != c.want {
+			t.Errorf("wallClock(%v) = %v, want %v", c.h, got, c.want)
+		}
+	}
+}
