@@ -297,7 +297,7 @@ func (j *job) opt() *dns.OPT {
 // It declines (ok false) when the answer's EDNS does not line up with the
 // client's or carries options, or the framing is odd; finish handles those.
 func patchAnswer(j *job, raw []byte) ([]byte, bool) {
-	info, ok := walkAnswer(raw)
+	info, ok := walkAnswer(raw, false)
 	if !ok || (info.optOff != 0) != j.hasOPT || info.optRd != 0 || len(raw) < hdrLen+len(j.rawQ) {
 		return nil, false
 	}
@@ -313,13 +313,14 @@ func patchAnswer(j *job, raw []byte) ([]byte, bool) {
 // deliver caches a complete client answer (when cacheable) and fits it to
 // the client's size.
 func (p *Proxy) deliver(j *job, full []byte) []byte {
-	if p.cache != nil {
-		if info, ok := walkAnswer(full); ok {
-			rcode := full[3] & 0x0f
-			cacheable := full[2]&0x02 == 0 && (rcode == dns.RcodeSuccess || rcode == dns.RcodeNameError) &&
-				info.hasTTL && info.minTTL > 0 && (binary.BigEndian.Uint16(full[6:]) > 0 || info.hasSOA)
-			if cacheable {
-				p.cache.put(j.key, full, info.minTTL, info.ttlOffs)
+	if p.cache != nil && len(full) >= hdrLen {
+		rcode := full[3] & 0x0f
+		if full[2]&0x02 == 0 && (rcode == dns.RcodeSuccess || rcode == dns.RcodeNameError) {
+			info, ok := walkAnswer(full, false)
+			if ok && info.hasTTL && info.minTTL > 0 && (binary.BigEndian.Uint16(full[6:]) > 0 || info.hasSOA) {
+				if info, ok = walkAnswer(full, true); ok {
+					p.cache.put(j.key, full, info.minTTL, info.ttlOffs)
+				}
 			}
 		}
 	}

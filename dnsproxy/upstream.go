@@ -338,10 +338,9 @@ func (m *muxConn) exchange(ctx context.Context, query, question []byte, timeout 
 	m.uses++
 	m.mu.Unlock()
 
-	var buf []byte
 	var err error
 	if m.tcp {
-		buf = make([]byte, 2+len(query))
+		buf := make([]byte, 2+len(query))
 		binary.BigEndian.PutUint16(buf, uint16(len(query)))
 		copy(buf[2:], query)
 		binary.BigEndian.PutUint16(buf[2:], id)
@@ -350,10 +349,10 @@ func (m *muxConn) exchange(ctx context.Context, query, question []byte, timeout 
 		_, err = m.c.Write(buf)
 		m.wmu.Unlock()
 	} else {
-		buf = make([]byte, len(query))
-		copy(buf, query)
-		binary.BigEndian.PutUint16(buf, id)
-		_, err = m.c.Write(buf)
+		// query belongs to this one forwarded query and its attempts run
+		// one after another: the ID goes in place.
+		binary.BigEndian.PutUint16(query, id)
+		_, err = m.c.Write(query)
 	}
 	if err != nil {
 		m.drop(id, p)

@@ -197,7 +197,8 @@ type answerInfo struct {
 // walkAnswer checks the framing of a whole message (header, one question,
 // records whose rdata lengths add up exactly to the end) and collects what
 // patching and caching need. ok false means: use the general path.
-func walkAnswer(b []byte) (info answerInfo, ok bool) {
+// TTL offsets are collected only when offs is set.
+func walkAnswer(b []byte, offs bool) (info answerInfo, ok bool) {
 	if len(b) < hdrLen || binary.BigEndian.Uint16(b[4:]) != 1 {
 		return info, false
 	}
@@ -209,7 +210,9 @@ func walkAnswer(b []byte) (info answerInfo, ok bool) {
 		return info, false
 	}
 	off += 4
-	info.ttlOffs = make([]int, 0, an+ns+ar)
+	if offs {
+		info.ttlOffs = make([]int, 0, an+ns+ar)
+	}
 	for i := 0; i < an+ns+ar; i++ {
 		start := off
 		off, ok = skipName(b, off)
@@ -229,7 +232,9 @@ func walkAnswer(b []byte) (info answerInfo, ok bool) {
 			info.optOff = off + 2
 			info.optRd = rdlen
 		} else {
-			info.ttlOffs = append(info.ttlOffs, off+4)
+			if offs {
+				info.ttlOffs = append(info.ttlOffs, off+4)
+			}
 			if i < an+ns {
 				if !info.hasTTL || ttl < info.minTTL {
 					info.minTTL, info.hasTTL = ttl, true

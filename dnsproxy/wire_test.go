@@ -25,7 +25,7 @@ func FuzzParseQuery(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		q, ok := parseQuery(raw)
-		_, _ = walkAnswer(raw)
+		_, _ = walkAnswer(raw, true)
 		if !ok {
 			return
 		}
