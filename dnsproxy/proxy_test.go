@@ -799,3 +799,44 @@ func TestRunStopsEverything(t *testing.T) {
 		t.Errorf("%d goroutines after Run, %d before:\n%s", n, base, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// UDP sockets to an upstream are replaced after maxUses queries (new source
+// port); the old socket's reader ends once its queries are done.
+func TestUpstreamSocketRotation(t *testing.T) {
+	up := startUpstream(t, nil)
+	time.Sleep(50 * time.Millisecond)
+	base := runtime.NumGoroutine()
+	p, err := New(Config{Experiment: "e1", Listen: []string{"127.0.0.1:0"}, Any: true, Upstreams: []string{up.addr}, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.pool.maxUses = 3
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	for i := 0; i < 60; i++ {
+		r := query(t, p, "udp", fmt.Sprintf("r%d.example.org.", i), dns.TypeA, 0)
+		if len(r.Answer) != 1 {
+			t.Fatalf("query %d: %v", i, r)
+		}
+	}
+	up.mu.Lock()
+	n := len(up.srcs)
+	up.mu.Unlock()
+	if n < 60/3 {
+		t.Errorf("%d upstream source ports for 60 queries with 3 uses per socket", n)
+	}
+	// Retired sockets' readers end (after their read deadline).
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base+2*2+udpSockets+2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > base+2*2+udpSockets+2 {
+		t.Errorf("%d goroutines (base %d): retired upstream readers linger", g, base)
+	}
+	cancel()
+	<-done
+	if s := p.Stats(); s.UpstreamErrors != 0 || s.Mismatched != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}

@@ -63,6 +63,7 @@ type pool struct {
 	ns      netns.NsHandle
 	timeout time.Duration // per attempt
 	total   time.Duration // per query, all attempts
+	maxUses int           // udpMaxUses; tests lower it
 	ups     []*upstream
 	stats   *counters
 
@@ -83,7 +84,7 @@ type upstream struct {
 
 func newPool(ns netns.NsHandle, addrs []string, timeout, total time.Duration, st *counters) *pool {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &pool{ns: ns, timeout: timeout, total: total, stats: st, ctx: ctx, cancel: cancel}
+	p := &pool{ns: ns, timeout: timeout, total: total, stats: st, ctx: ctx, cancel: cancel, maxUses: udpMaxUses}
 	for _, a := range addrs {
 		p.ups = append(p.ups, &upstream{addr: a})
 	}
@@ -230,7 +231,7 @@ func (p *pool) conn(ctx context.Context, u *upstream, tcp bool) (*muxConn, error
 		u.downUntil.Store(time.Now().Add(downTime).UnixNano())
 		return nil, fmt.Errorf("dial %s %s: %w", network, u.addr, err)
 	}
-	c := &muxConn{c: nc, tcp: tcp, born: time.Now(), pending: map[uint16]*pending{}, stats: p.stats}
+	c := &muxConn{c: nc, tcp: tcp, born: time.Now(), pending: map[uint16]*pending{}, stats: p.stats, maxUses: p.maxUses}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if old := *slot(); old != nil && old.usable(tcp) { // another query dialed meanwhile
@@ -259,10 +260,11 @@ type pending struct {
 
 // muxConn is one upstream socket shared by many queries.
 type muxConn struct {
-	c     net.Conn
-	tcp   bool
-	born  time.Time
-	stats *counters
+	c       net.Conn
+	tcp     bool
+	born    time.Time
+	stats   *counters
+	maxUses int // UDP: queries before the socket is replaced
 
 	mu       sync.Mutex
 	pending  map[uint16]*pending
@@ -279,7 +281,7 @@ func (m *muxConn) usable(tcp bool) bool {
 	if m.dead || m.retiring {
 		return false
 	}
-	if !tcp && (m.uses >= udpMaxUses || time.Since(m.born) > udpMaxAge) {
+	if !tcp && (m.uses >= m.maxUses || time.Since(m.born) > udpMaxAge) {
 		return false
 	}
 	return true
