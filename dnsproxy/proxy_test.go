@@ -840,3 +840,39 @@ func TestUpstreamSocketRotation(t *testing.T) {
 		t.Errorf("stats %+v", s)
 	}
 }
+
+// An upstream that closes its TCP connection after every answer: the proxy
+// notices and dials again; every query is answered.
+func TestUpstreamTCPClosedByServer(t *testing.T) {
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := bigAnswer(r, 100, 0)
+		if w.RemoteAddr().Network() == "udp" {
+			m.Truncate(512)
+		}
+		w.WriteMsg(m)
+	})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Skip("port taken on tcp:", err)
+	}
+	us := &dns.Server{PacketConn: pc, Handler: h}
+	ts := &dns.Server{Listener: l, Handler: h, MaxTCPQueries: 1}
+	go us.ActivateAndServe()
+	go ts.ActivateAndServe()
+	defer us.Shutdown()
+	defer ts.Shutdown()
+	p := startProxy(t, Config{Any: true, Upstreams: []string{pc.LocalAddr().String()}, CacheSize: -1})
+	for i := 0; i < 10; i++ {
+		r := query(t, p, "tcp", fmt.Sprintf("t%d.example.org.", i), dns.TypeA, 0)
+		if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 100 {
+			t.Fatalf("query %d: rcode %s, %d answers", i, dns.RcodeToString[r.Rcode], len(r.Answer))
+		}
+	}
+	if s := p.Stats(); s.UpstreamFailures != 0 || s.TCPFallbacks != 10 {
+		t.Errorf("stats %+v", s)
+	}
+}
