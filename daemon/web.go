@@ -7,16 +7,18 @@ import (
 	"crypto/subtle"
 	"embed"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"html/template"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
+	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/store"
+	"golang.org/x/crypto/bcrypt"
 )
 
 //go:embed templates/*.html
@@ -112,6 +114,9 @@ func (d *Daemon) webHandler(metrics http.Handler) http.Handler {
 	mux.HandleFunc("GET /pause", d.handlePauseConfirm)
 	mux.HandleFunc("POST /pause", d.handlePauseForm)
 	mux.HandleFunc("POST /resume", d.handleResumeForm)
+	if d.flows != nil {
+		mux.HandleFunc("GET /flows", d.handleFlowsPage)
+	}
 	api := d.apiHandler()
 	mux.Handle("/api/", api)
 	if metrics != nil {
@@ -272,4 +277,56 @@ func (d *Daemon) handleResumeForm(w http.ResponseWriter, r *http.Request) {
 	}
 	d.mgr.Resume()
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+type flowRow struct {
+	Experiment, Proto, Inside, Public, Dst, Start, End, Bytes string
+}
+
+// handleFlowsPage is the owner's "who sent this?" form. It asks the flow
+// API (the same query the CLI makes) and renders the answer.
+func (d *Daemon) handleFlowsPage(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	data := struct {
+		Q        map[string]string
+		Searched bool
+		Err      string
+		Rows     []flowRow
+	}{Q: map[string]string{}}
+	for _, k := range []string{"dst", "port", "sport", "proto", "at"} {
+		data.Q[k] = q.Get(k)
+		data.Searched = data.Searched || q.Get(k) != ""
+	}
+	if data.Searched {
+		rec := httptest.NewRecorder()
+		api := r.Clone(r.Context())
+		api.URL.Path = pathFlows
+		d.flows.ServeHTTP(rec, api)
+		var res struct {
+			flowlog.Result
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil || rec.Code != http.StatusOK {
+			data.Err = res.Error
+			if data.Err == "" {
+				data.Err = "flow log unavailable"
+			}
+		}
+		for i, f := range append(res.Flows, res.Open...) {
+			end := stamp(f.End)
+			if i >= len(res.Flows) {
+				end = "open"
+			}
+			data.Rows = append(data.Rows, flowRow{
+				Experiment: f.Experiment, Proto: flowlog.ProtoName(f.Proto),
+				Inside: fmt.Sprintf("%s:%d", f.Src, f.SPort), Public: fmt.Sprintf("%s:%d", f.NATSrc, f.NATSPort),
+				Dst: fmt.Sprintf("%s:%d", f.Dst, f.DPort), Start: f.Start.UTC().Format("2006-01-02 15:04:05"), End: end,
+				Bytes: bytesText(f.BytesOut) + " / " + bytesText(f.BytesIn),
+			})
+		}
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if err := templates.ExecuteTemplate(w, "flows.html", data); err != nil {
+		d.log.Warn("render flows page", "error", err)
+	}
 }

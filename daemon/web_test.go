@@ -186,3 +186,41 @@ func FuzzDecodeSubmit(f *testing.F) {
 		}
 	})
 }
+
+func TestFlowsPage(t *testing.T) {
+	d, _ := testDaemon(t, "")
+	var asked string
+	d.flows = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked = r.URL.RawQuery
+		if r.URL.Query().Get("port") == "0" {
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"error":"port \"0\": want 1-65535"}`)
+			return
+		}
+		io.WriteString(w, `{"flows":[{"experiment":"x7","proto":6,"src":"10.250.0.2","dst":"198.51.100.9","sport":40000,"dport":22,
+			"nat_src":"192.168.77.2","nat_sport":50123,"start":"2026-11-25T14:03:00Z","end":"2026-11-25T14:03:05Z","bytes_out":100,"bytes_in":2048}]}`)
+	})
+	srv := httptest.NewServer(d.webHandler(nil))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/flows?dst=198.51.100.9&port=22&at=2026-11-25T14:03:02Z")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	page := string(b)
+	for _, want := range []string{`id="flows"`, "x7", "192.168.77.2:50123", "198.51.100.9:22", "2.0 kB"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("flows page lacks %q:\n%s", want, page)
+		}
+	}
+	if !strings.Contains(asked, "dst=198.51.100.9") || !strings.Contains(asked, "at=2026-11-25T14") {
+		t.Errorf("flow API asked %q", asked)
+	}
+	resp, _ = http.Get(srv.URL + "/flows?port=0")
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "want 1-65535") {
+		t.Errorf("bad query: the page does not show the API's message:\n%s", b)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/netlab"
 	"github.com/arkgw/arkgw/reexec"
 	"github.com/arkgw/arkgw/store"
@@ -193,7 +194,8 @@ func (nd *node) waitLog(t *testing.T, id, want string, timeout time.Duration) st
 		}
 		if time.Now().After(deadline) {
 			errOut, _ := nd.client.Logs(id, true)
-			t.Fatalf("experiment %s stdout lacks %q:\n%s\nstderr:\n%s", id, want, out, errOut)
+			x, _ := nd.client.Get(id)
+			t.Fatalf("experiment %s stdout lacks %q:\n%s\nstderr:\n%s\nrecord: %+v\n%s", id, want, out, errOut, x, cgroupProcs(id))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -215,6 +217,28 @@ tcp = ["198.51.100.80/32:80"]
 name = "A. Researcher"
 email = "researcher@example.edu"
 `
+
+// cgroupProcs describes the processes of an experiment's cgroup (for
+// failure messages): pid, state, wait channel and command line.
+func cgroupProcs(id string) string {
+	var b strings.Builder
+	for _, dir := range []string{"/sys/fs/cgroup/pids/arkgw/" + id, "/sys/fs/cgroup/arkgw/" + id} {
+		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, pid := range strings.Fields(string(procs)) {
+			stat, _ := os.ReadFile("/proc/" + pid + "/stat")
+			wchan, _ := os.ReadFile("/proc/" + pid + "/wchan")
+			cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+			fmt.Fprintf(&b, "pid %s stat %.60s wchan %s cmd %q\n", pid, stat, wchan, strings.ReplaceAll(string(cmd), "\x00", " "))
+		}
+	}
+	if b.Len() == 0 {
+		return "no processes in the experiment's cgroup"
+	}
+	return b.String()
+}
 
 // waitAlert polls the alert API for a record of experiment id.
 func (nd *node) waitAlert(t *testing.T, id string, match func(alert.Record) bool) alert.Record {
@@ -309,5 +333,19 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 	}
 	if left := kernelLeftovers(t, w); left != "" {
 		t.Errorf("left in the kernel after stop:\n%s", left)
+	}
+	// Who sent this? The stop removed the experiment's conntrack entries, so
+	// its HTTP flow is in the flow log, NATed source included.
+	var res flowlog.Result
+	deadline := time.Now().Add(10 * time.Second)
+	for len(res.Flows) == 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		body, err := nd.client.Raw("/api/v1/flows?dst=" + netlab.WWW4 + "&port=80")
+		if err == nil {
+			json.Unmarshal(body, &res)
+		}
+	}
+	if len(res.Flows) == 0 || res.Flows[0].Experiment != id || res.Flows[0].NATSrc.String() != netlab.NodeUplink4 {
+		t.Errorf("flow log for %s:80: %+v, want flows of %s from %s", netlab.WWW4, res.Flows, id, netlab.NodeUplink4)
 	}
 }
