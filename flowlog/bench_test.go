@@ -75,7 +75,8 @@ func TestBenchFlows(t *testing.T) {
 		}
 		probes = append(probes, fs[0])
 	}
-	t.Logf("stored %d flows in %v", total, time.Since(fill))
+	compacted, runs := segCounts(t, s)
+	t.Logf("stored %d flows in %v: %d compacted segments, %d runs", total, time.Since(fill), compacted, runs)
 	var lat []time.Duration
 	for _, p := range probes {
 		q := Query{Dst: netip.PrefixFrom(p.Dst, 32), Port: p.DPort, At: p.Start.Add(p.End.Sub(p.Start) / 2)}
@@ -94,7 +95,7 @@ func TestBenchFlows(t *testing.T) {
 		}
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	med := lat[len(lat)/2]
-	t.Logf("lookup over %d flows: median %v, max %v (%d queries)", total, med, lat[len(lat)-1], len(lat))
+	med, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+	t.Logf("lookup over %d flows: median %v, p99 %v, max %v (%d queries)", total, med, p99, lat[len(lat)-1], len(lat))
 	fmt.Printf("bench-flows flows_per_s=%.0f lookup_ms=%.3f\n", rate, float64(med.Microseconds())/1000)
 }

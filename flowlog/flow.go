@@ -160,17 +160,14 @@ func decodeFlow(b []byte) (Flow, error) {
 	return f, nil
 }
 
-// Keys are slot | destination | port | start | seq, where slot is the
-// 10-minute interval of the day the flow ended in. Writes come in end-time
-// order, so a batch lands in one small sub-tree (bbolt rewrites every page a
-// transaction touches: destination-first keys made each batch rewrite pages
-// all over the day's tree). A lookup seeks the destination range once per
-// slot: at most 144 seeks a day. Destinations are stored as 16 bytes (IPv4
-// mapped) so a prefix is one contiguous key range within a slot.
+// A segment (see store.go) holds the flows that ended in one 10-minute slot
+// of the day, keyed destination | port | start | seq: a "who sent to dst:port"
+// lookup is one seek per segment. Destinations are stored as 16 bytes (IPv4
+// mapped) so a prefix is one contiguous key range.
 const (
 	slotLen   = 10 * time.Minute
 	slotsADay = int(24 * time.Hour / slotLen)
-	keyLen    = 2 + 16 + 2 + 8 + 4
+	keyLen    = 16 + 2 + 8 + 4
 )
 
 func slotOf(t time.Time) int {
@@ -178,13 +175,16 @@ func slotOf(t time.Time) int {
 	return int(t.Sub(t.Truncate(24*time.Hour)) / slotLen)
 }
 
+// endOf is the time a flow is filed under: its end, or its start while open.
+func endOf(f *Flow) time.Time {
+	if f.End.IsZero() {
+		return f.Start
+	}
+	return f.End
+}
+
 func indexKey(f *Flow, seq uint32) []byte {
 	k := make([]byte, 0, keyLen)
-	end := f.End
-	if end.IsZero() {
-		end = f.Start
-	}
-	k = binary.BigEndian.AppendUint16(k, uint16(slotOf(end)))
 	d := f.Dst.As16()
 	k = append(k, d[:]...)
 	k = binary.BigEndian.AppendUint16(k, f.DPort)

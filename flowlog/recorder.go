@@ -2,6 +2,7 @@ package flowlog
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -227,6 +228,11 @@ func (r *Recorder) flush() {
 	t0 := time.Now()
 	err := r.cfg.Store.Append(batch)
 	r.writeNanos.Add(int64(time.Since(t0)))
+	if errors.Is(err, errCompacting) {
+		// Stored; merging the store's segments failed (retried next time).
+		r.log.Warn("compact flow store", "error", err)
+		err = nil
+	}
 	if err != nil {
 		r.lost.Add(uint64(len(batch)))
 		r.log.Error("write flows", "flows", len(batch), "error", err)
