@@ -77,7 +77,7 @@ func push(t *testing.T, lab *bwlab.Lab, addr string, got *atomic.Int64, n int, d
 		}
 		if v != last {
 			last, since = v, time.Now()
-		} else if time.Since(since) > time.Second {
+		} else if time.Since(since) > 2*time.Second {
 			break
 		}
 	}

@@ -43,8 +43,10 @@ func sink(t *testing.T, lab *bwlab.Lab) (addr string, got *atomic.Int64) {
 	return ln.Addr().String(), got
 }
 
-// push sends n bytes from exp to addr, giving up after d (the quota stalls it).
-func push(t *testing.T, lab *bwlab.Lab, addr string, n int, d time.Duration) int {
+// push sends n bytes from exp to addr, giving up after d (the quota stalls
+// it), and waits (settle) until they arrived or nothing moved for quiet
+// before closing: the close discards unsent data (linger 0).
+func push(t *testing.T, lab *bwlab.Lab, addr string, got *atomic.Int64, n int, d, quiet time.Duration) int64 {
 	t.Helper()
 	c, err := lab.Exp.Dial(context.Background(), "tcp", addr)
 	if err != nil {
@@ -54,6 +56,7 @@ func push(t *testing.T, lab *bwlab.Lab, addr string, n int, d time.Duration) int
 	// otherwise go on sending once the quota lets it).
 	defer func() { c.(*net.TCPConn).SetLinger(0); c.Close() }()
 	c.SetWriteDeadline(time.Now().Add(d))
+	start := got.Load()
 	buf := make([]byte, 32<<10)
 	sent := 0
 	for sent < n {
@@ -63,7 +66,7 @@ func push(t *testing.T, lab *bwlab.Lab, addr string, n int, d time.Duration) int
 			break
 		}
 	}
-	return sent
+	return settle(got, start+int64(n), quiet) - start
 }
 
 // settle waits until got stops growing (for quiet) or reaches want.
@@ -115,8 +118,7 @@ func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	}
 
 	inet0, exp0 := ipBytes(t, lab.Inet, "eth0"), ipBytes(t, lab.Exp, "eth0")
-	push(t, lab, addr, 4*budget, 3*time.Second)
-	settle(got, 1<<62, time.Second)
+	push(t, lab, addr, got, 4*budget, 3*time.Second, time.Second)
 	delivered := ipBytes(t, lab.Inet, "eth0") - inet0 + ipBytes(t, lab.Exp, "eth0") - exp0
 	cs, err := tab.Read()
 	if err != nil {
@@ -160,10 +162,10 @@ func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	if used < budget {
 		t.Errorf("ResetQuota returned %d, want >= budget", used)
 	}
-	before := got.Load()
-	push(t, lab, addr, 500_000, 3*time.Second)
-	if n := settle(got, before+500_000, time.Second) - before; n < 400_000 {
-		t.Errorf("after reset only %d bytes arrived", n)
+	if n := push(t, lab, addr, got, 500_000, 3*time.Second, 3*time.Second); n < 400_000 {
+		cs, _ := tab.Read()
+		t.Errorf("after reset only %d bytes arrived (used before reset %d; now %+v)", n, used, cs["q1"])
+		t.Log(lab.Node.Run(t, "nft", "list", "table", "inet", TableName))
 	}
 
 	// Restore a used value close to the budget: traffic stops soon.
@@ -174,9 +176,7 @@ func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	if cs3["q1"].QuotaUsed != budget-100_000 || cs3["q1"].Up < cs2["q1"].Up {
 		t.Errorf("after RestoreUsed: %+v (counters must stay)", cs3["q1"])
 	}
-	before = got.Load()
-	push(t, lab, addr, 1_000_000, 2*time.Second)
-	if n := settle(got, 1<<62, time.Second) - before; n > 100_000+64<<10 {
+	if n := push(t, lab, addr, got, 1_000_000, 2*time.Second, time.Second); n > 100_000+64<<10 {
 		t.Errorf("after restoring used=budget-100k, %d bytes arrived", n)
 	}
 
@@ -186,9 +186,7 @@ func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	}
 	cs4, _ := tab.Read()
 	t.Logf("after SetBudget: %+v", cs4["q1"])
-	before = got.Load()
-	push(t, lab, addr, 300_000, 3*time.Second)
-	if n := settle(got, before+300_000, time.Second) - before; n < 250_000 {
+	if n := push(t, lab, addr, got, 300_000, 3*time.Second, 3*time.Second); n < 250_000 {
 		t.Errorf("after raising the budget only %d bytes arrived", n)
 	}
 
