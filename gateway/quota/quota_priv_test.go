@@ -14,8 +14,12 @@ import (
 
 // sink accepts TCP connections on inet and counts the bytes that arrive.
 func sink(t *testing.T, lab *bwlab.Lab) (addr string, got *atomic.Int64) {
+	return sinkAt(t, lab, bwlab.InetIP)
+}
+
+func sinkAt(t *testing.T, lab *bwlab.Lab, ip string) (addr string, got *atomic.Int64) {
 	t.Helper()
-	ln, err := lab.Inet.Listen("tcp", bwlab.InetIP+":0")
+	ln, err := lab.Inet.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,6 +192,17 @@ func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	t.Logf("after SetBudget: %+v", cs4["q1"])
 	if n := push(t, lab, addr, got, 300_000, 3*time.Second, 3*time.Second); n < 250_000 {
 		t.Errorf("after raising the budget only %d bytes arrived", n)
+	}
+
+	// IPv6 is counted too (inet table).
+	addr6, got6 := sinkAt(t, lab, bwlab.InetIP6)
+	cs5, _ := tab.Read()
+	if n := push(t, lab, addr6, got6, 200_000, 3*time.Second, 3*time.Second); n < 200_000 {
+		t.Errorf("IPv6: only %d of 200000 bytes arrived", n)
+	}
+	cs6, _ := tab.Read()
+	if d := cs6["q1"].Up - cs5["q1"].Up; d < 200_000 {
+		t.Errorf("IPv6 upload counted %d bytes, want >= 200000", d)
 	}
 
 	if err := tab.Remove("q1"); err != nil {

@@ -25,6 +25,11 @@ const (
 	InetIP  = "192.168.77.1"
 	NodeIP  = "192.168.77.2"
 	Uplink  = "eth0" // on the node
+
+	ExpAddr6 = "fd00:a4c::2"
+	GWAddr6  = "fd00:a4c::1"
+	InetIP6  = "fd77::1"
+	NodeIP6  = "fd77::2"
 )
 
 // Lab is exp <-> node <-> inet.
@@ -38,13 +43,13 @@ func New(t testing.TB) *Lab {
 	t.Helper()
 	l := netlab.Build(t, netlab.Topology{
 		Hosts: []netlab.HostSpec{
-			{Name: "exp", Routes: []netlab.RouteSpec{{Dst: "default", Via: GWAddr}}},
-			{Name: "node", Forward: true, Routes: []netlab.RouteSpec{{Dst: "default", Via: InetIP}}},
-			{Name: "inet", Routes: []netlab.RouteSpec{{Dst: "10.250.0.0/16", Via: NodeIP}}},
+			{Name: "exp", Routes: []netlab.RouteSpec{{Dst: "default", Via: GWAddr}, {Dst: "default6", Via: GWAddr6}}},
+			{Name: "node", Forward: true, Routes: []netlab.RouteSpec{{Dst: "default", Via: InetIP}, {Dst: "default6", Via: InetIP6}}},
+			{Name: "inet", Routes: []netlab.RouteSpec{{Dst: "10.250.0.0/16", Via: NodeIP}, {Dst: "fd00:a4c::/48", Via: NodeIP6}}},
 		},
 		Links: []netlab.LinkSpec{
-			{A: "exp", B: "node", AIf: "eth0", BIf: HostIf, AAddrs: []string{ExpAddr + "/30"}, BAddrs: []string{GWAddr + "/30"}},
-			{A: "node", B: "inet", AIf: Uplink, BIf: "eth0", AAddrs: []string{NodeIP + "/24"}, BAddrs: []string{InetIP + "/24"}},
+			{A: "exp", B: "node", AIf: "eth0", BIf: HostIf, AAddrs: []string{ExpAddr + "/30", ExpAddr6 + "/64"}, BAddrs: []string{GWAddr + "/30", GWAddr6 + "/64"}},
+			{A: "node", B: "inet", AIf: Uplink, BIf: "eth0", AAddrs: []string{NodeIP + "/24", NodeIP6 + "/64"}, BAddrs: []string{InetIP + "/24", InetIP6 + "/64"}},
 		},
 	})
 	return &Lab{Lab: l, Exp: l.Host("exp"), Node: l.Host("node"), Inet: l.Host("inet")}
