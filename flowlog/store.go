@@ -19,9 +19,9 @@ import (
 
 // Layout of a day file (bbolt):
 //
-//	segs/ slot(2) | level(1) | id(8) -> segment: a bucket of the flows that
-//	      ended in that 10-minute slot, key dst(16) | port(2) | start(8) |
-//	      seq(4), value Flow.encode()
+//	segs/ slot(2) | level(1) | id(8) | min start(8) -> segment: a bucket
+//	      of the flows that ended in that 10-minute slot, key dst(16) |
+//	      port(2) | start(8) | seq(4), value Flow.encode()
 //	meta  (its bucket sequence numbers the day's flows: keys stay unique
 //	      across restarts)
 //
@@ -45,7 +45,9 @@ import (
 // slot a few runs. Every merge is one transaction (write merged segment,
 // delete its inputs): a crash mid-merge leaves the inputs, losing and
 // duplicating nothing. Lookups seek the destination range in every segment of
-// the slots that can hold a match.
+// the slots that can hold a match (flows end at or after At and Since) whose
+// earliest start (in its name) is not after At and Until: a "who sent this
+// at T" query opens only the segments around T.
 var (
 	bucketSegs   = []byte("segs")
 	bucketMeta   = []byte("meta")
@@ -53,17 +55,24 @@ var (
 )
 
 const (
-	segNameLen  = 2 + 1 + 8
+	segNameLen  = 2 + 1 + 8 + 8
 	levelSlot   = 0xff // a slot's compacted segment
 	mergeFanout = 8
 	closeGrace  = 2 * time.Minute
 )
 
-func segName(slot int, level uint8, id uint64) []byte {
+func segName(slot int, level uint8, id uint64, minStart int64) []byte {
 	b := binary.BigEndian.AppendUint16(make([]byte, 0, segNameLen), uint16(slot))
 	b = append(b, level)
-	return binary.BigEndian.AppendUint64(b, id)
+	b = binary.BigEndian.AppendUint64(b, id)
+	return binary.BigEndian.AppendUint64(b, uint64(minStart))
 }
+
+// segMinStart is the earliest flow start (Unix ns) in a segment.
+func segMinStart(name []byte) int64 { return int64(binary.BigEndian.Uint64(name[11:])) }
+
+// keyStart is the start (Unix ns) in a flow key.
+func keyStart(k []byte) int64 { return int64(binary.BigEndian.Uint64(k[18:])) }
 
 // errCompacting marks an Append error that came after its flows were
 // committed: the flows are stored, only merging segments failed (retried on
@@ -171,9 +180,18 @@ func migrateLegacy(tx *bolt.Tx, segs *bolt.Bucket) error {
 	if old == nil {
 		return nil
 	}
+	minStart := map[int]int64{}
+	c := old.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) == 2+keyLen && v != nil {
+			slot, st := int(binary.BigEndian.Uint16(k)), keyStart(k[2:])
+			if m, ok := minStart[slot]; !ok || st < m {
+				minStart[slot] = st
+			}
+		}
+	}
 	var cur *bolt.Bucket
 	curSlot := -1
-	c := old.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		if len(k) != 2+keyLen || v == nil {
 			continue
@@ -183,7 +201,7 @@ func migrateLegacy(tx *bolt.Tx, segs *bolt.Bucket) error {
 			if err != nil {
 				return err
 			}
-			if cur, err = segs.CreateBucket(segName(slot, levelSlot, id)); err != nil {
+			if cur, err = segs.CreateBucket(segName(slot, levelSlot, id, minStart[slot])); err != nil {
 				return err
 			}
 			cur.FillPercent = 1
@@ -254,12 +272,17 @@ func (s *Store) Append(flows []Flow) error {
 				if err != nil {
 					return err
 				}
-				b, err := segs.CreateBucket(segName(slot, 0, id))
+				kvs := bySlot[slot]
+				minStart := keyStart(kvs[0].k)
+				for _, e := range kvs {
+					minStart = min(minStart, keyStart(e.k))
+				}
+				b, err := segs.CreateBucket(segName(slot, 0, id, minStart))
 				if err != nil {
 					return err
 				}
 				b.FillPercent = 1 // filled in key order: pack pages full
-				for _, e := range bySlot[slot] {
+				for _, e := range kvs {
 					seq++
 					binary.BigEndian.PutUint32(e.k[keyLen-4:], uint32(seq))
 					if err := b.Put(e.k, e.v); err != nil {
@@ -423,7 +446,11 @@ func (s *Store) merge(segs *bolt.Bucket, slot int, inputs [][]byte, level uint8)
 	if err != nil {
 		return err
 	}
-	out, err := segs.CreateBucket(segName(slot, level, id))
+	minStart := segMinStart(inputs[0])
+	for _, name := range inputs {
+		minStart = min(minStart, segMinStart(name))
+	}
+	out, err := segs.CreateBucket(segName(slot, level, id, minStart))
 	if err != nil {
 		return err
 	}
@@ -584,6 +611,9 @@ func (s *Store) Find(q Query) ([]Flow, error) {
 				if v != nil || len(name) != segNameLen {
 					continue
 				}
+				if !startMax.IsZero() && segMinStart(name) > startMax.UnixNano() {
+					continue // every flow in it started too late
+				}
 				b := segs.Bucket(name)
 				if b == nil {
 					continue
@@ -604,7 +634,7 @@ func (s *Store) Find(q Query) ([]Flow, error) {
 							continue
 						}
 					}
-					if !startMax.IsZero() && int64(binary.BigEndian.Uint64(k[18:])) > startMax.UnixNano() {
+					if !startMax.IsZero() && keyStart(k) > startMax.UnixNano() {
 						if exact {
 							break // later starts follow
 						}

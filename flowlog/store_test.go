@@ -419,3 +419,28 @@ func TestStoreMigratesLegacyLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFindSkipsSegmentsByStart: a segment whose earliest flow started after
+// At (or Until) is not opened; one with a long flow that started before is.
+func TestFindSkipsSegmentsByStart(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	long := mkFlow("long", "10.250.0.2", "198.51.100.9", 22, day0.Add(10*time.Hour), 5*time.Hour)
+	s.Append([]Flow{at("a", 62, 0, "198.51.100.9"), at("b", 100, 0, "198.51.100.9"), long})
+	for _, ss := range daySegs(t, s, day0.Format(dayLayout)) {
+		for _, names := range ss.levels {
+			for _, n := range names {
+				if slot := int(binary.BigEndian.Uint16(n)); slot == 90 && segMinStart(n) != long.Start.UnixNano() {
+					t.Fatalf("slot 90 segment min start %v, want %v", segMinStart(n), long.Start.UnixNano())
+				}
+			}
+		}
+	}
+	got, _ := s.Find(Query{Dst: netip.MustParsePrefix("198.51.100.9/32"), Port: 22, At: day0.Add(10*time.Hour + time.Minute)})
+	if len(got) != 1 || got[0].Experiment != "long" {
+		t.Fatalf("at 10:01: %+v, want only the long flow", got)
+	}
+}
