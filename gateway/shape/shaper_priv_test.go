@@ -111,3 +111,37 @@ func TestPrivilegedShapeBothDirections(t *testing.T) {
 		t.Errorf("redirect left on the uplink:\n%s", out)
 	}
 }
+
+// TestPrivilegedSweep: what a crashed daemon left (IFBs, redirects,
+// clsact) is gone after Sweep; an IFB of a kept experiment stays.
+func TestPrivilegedSweep(t *testing.T) {
+	lab := bwlab.New(t)
+	s, err := NewShaper(ShaperConfig{NS: lab.Node.NS(), Uplinks: []string{bwlab.Uplink}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(context.Background(), Spec{ID: "sw1", HostIf: bwlab.HostIf, Slot: 0, RateBps: 1_000_000}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // "crash": nothing removed
+	if err := Sweep(lab.Node.NS(), []string{bwlab.Uplink}, []string{bwlab.HostIf}, map[string]bool{"sw1": true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lab.Node.Handle().LinkByName("arkusw1"); err != nil {
+		t.Errorf("kept experiment's IFB removed: %v", err)
+	}
+	if err := Sweep(lab.Node.NS(), []string{bwlab.Uplink}, []string{bwlab.HostIf}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{UpIFB, DownIFB, "arkusw1"} {
+		if _, err := lab.Node.Handle().LinkByName(n); err == nil {
+			t.Errorf("%s left after Sweep", n)
+		}
+	}
+	if out := lab.Node.Run(t, "tc", "filter", "show", "dev", bwlab.Uplink, "egress"); strings.Contains(out, "mirred") {
+		t.Errorf("uplink redirect left:\n%s", out)
+	}
+	if out := lab.Node.Run(t, "tc", "qdisc", "show", "dev", bwlab.HostIf); strings.Contains(out, "clsact") {
+		t.Errorf("clsact left on the veth:\n%s", out)
+	}
+}
