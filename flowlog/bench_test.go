@@ -24,7 +24,7 @@ func TestBenchFlows(t *testing.T) {
 	// Recording: 100,000 marked flows end at once (a conntrack flush makes
 	// the kernel emit their DESTROY events as fast as it can).
 	l, _ := flowWorld(t)
-	r, _, stop := startRecorder(t, l, t.TempDir())
+	r, s, stop := startRecorder(t, l, t.TempDir())
 	const n = 100000
 	injectFlows(t, l, n)
 	start := time.Now()
@@ -38,9 +38,12 @@ func TestBenchFlows(t *testing.T) {
 	}
 	elapsed := time.Since(start)
 	st := r.Stats()
+	written := storeWritten(s)
 	stop()
 	rate := float64(st.Recorded) / elapsed.Seconds()
-	t.Logf("recorded %d of %d flows in %v (%.0f flows/s), lost %d, resubscribes %d, writing %v", st.Recorded, n, elapsed, rate, st.Lost, st.Resubscribes, st.WriteTime)
+	t.Logf("recorded %d of %d flows in %v (%.0f flows/s), lost %d, resubscribes %d, writing %v (%.1f us/flow), store wrote %.1f MB (%.0f B/flow)",
+		st.Recorded, n, elapsed, rate, st.Lost, st.Resubscribes, st.WriteTime, float64(st.WriteTime.Microseconds())/float64(max(st.Recorded, 1)),
+		float64(written)/1e6, float64(written)/float64(max(st.Recorded, 1)))
 	if st.Lost > 0 {
 		rate = 0 // "without loss" is the goal: a lossy run does not count
 	}

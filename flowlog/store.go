@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -256,7 +257,7 @@ func (s *Store) Append(flows []Flow) error {
 			slots = append(slots, slot)
 			// Sorted by dst | port | start; seq (numbered in this
 			// order below) breaks ties, so the keys end up sorted.
-			sort.SliceStable(kvs, func(i, j int) bool { return bytes.Compare(kvs[i].k, kvs[j].k) < 0 })
+			slices.SortStableFunc(kvs, func(a, b kv) int { return bytes.Compare(a.k, b.k) })
 		}
 		sort.Ints(slots)
 		db, err := s.day(day, true)

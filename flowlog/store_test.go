@@ -444,3 +444,15 @@ func TestFindSkipsSegmentsByStart(t *testing.T) {
 		t.Fatalf("at 10:01: %+v, want only the long flow", got)
 	}
 }
+
+// storeWritten is the bytes of pages the store's open day files wrote.
+func storeWritten(s *Store) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n int64
+	for _, db := range s.days {
+		st := db.Stats()
+		n += st.TxStats.GetPageAlloc()
+	}
+	return n
+}
