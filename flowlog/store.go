@@ -90,6 +90,7 @@ type Store struct {
 	days    map[string]*bolt.DB // "2006-01-02" -> open file
 	runDays map[string]bool     // days that may hold runs (segments not yet compacted)
 	latest  time.Time           // data clock: the newest flow end appended
+	now     func() time.Time    // wall clock (tests set it)
 
 	// failMerge (tests) runs inside a merge transaction after the merged
 	// segment is written; an error aborts (rolls back) the merge.
@@ -100,10 +101,14 @@ const dayLayout = "2006-01-02"
 
 // OpenStore opens (creating) the flow store in dir.
 func OpenStore(dir string, retentionDays int) (*Store, error) {
+	return openStore(dir, retentionDays, time.Now)
+}
+
+func openStore(dir string, retentionDays int, now func() time.Time) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("flow store %s: %w", dir, err)
 	}
-	s := &Store{dir: dir, retention: retentionDays, days: map[string]*bolt.DB{}, runDays: map[string]bool{}}
+	s := &Store{dir: dir, retention: retentionDays, days: map[string]*bolt.DB{}, runDays: map[string]bool{}, now: now}
 	names, _ := filepath.Glob(filepath.Join(dir, "*.db"))
 	for _, n := range names {
 		day := strings.TrimSuffix(filepath.Base(n), ".db")
@@ -166,11 +171,20 @@ func (s *Store) day(day string, create bool) (*bolt.DB, error) {
 	// The data clock restarts no earlier than the start of the newest slot
 	// on disk (a flow in it ended at or after that).
 	if lastSlot >= 0 {
-		if t := dayStart.Add(time.Duration(lastSlot) * slotLen); t.After(s.latest) {
-			s.latest = t
-		}
+		s.advanceLocked(dayStart.Add(time.Duration(lastSlot) * slotLen))
 	}
 	return db, nil
+}
+
+// maxAhead: the data clock ignores flow ends further ahead of the wall clock
+// (a clock that was set wrong would otherwise declare every slot finished
+// and turn each flush into a compaction).
+const maxAhead = time.Hour
+
+func (s *Store) advanceLocked(t time.Time) {
+	if t.After(s.latest) && !t.After(s.now().Add(maxAhead)) {
+		s.latest = t
+	}
 }
 
 // migrateLegacy moves the flows of the first layout (one tree keyed by
@@ -240,9 +254,7 @@ func (s *Store) Append(flows []Flow) error {
 		byDay[d][slot] = append(byDay[d][slot], kv{indexKey(f, 0), f.encode()})
 	}
 	s.mu.Lock()
-	if latest.After(s.latest) {
-		s.latest = latest
-	}
+	s.advanceLocked(latest)
 	latest = s.latest
 	s.mu.Unlock()
 	days := make([]string, 0, len(byDay))

@@ -54,6 +54,28 @@ func levels(ss *slotSegs) map[uint8]int {
 
 var day0 = time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
 
+// testStore opens a store whose wall clock is well past day0's flows.
+func testStore(dir string) (*Store, error) {
+	return openStore(dir, 0, func() time.Time { return day0.AddDate(0, 0, 10) })
+}
+
+func TestDataClockIgnoresFlowsFromTheFuture(t *testing.T) {
+	s, err := openStore(t.TempDir(), 0, func() time.Time { return day0.Add(14*time.Hour + 5*time.Minute) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Append([]Flow{at("x1", 84, 0, "198.51.100.9")})
+	// A flow a year ahead (a wrong clock) does not finish today's slots.
+	s.Append([]Flow{mkFlow("x2", "10.250.0.2", "198.51.100.9", 22, day0.AddDate(1, 0, 0), time.Second)})
+	if got := levels(daySegs(t, s, day0.Format(dayLayout))[84]); !reflect.DeepEqual(got, map[uint8]int{0: 1}) {
+		t.Fatalf("slot 84: %v, want its run left open", got)
+	}
+	if want := day0.Add(84 * slotLen); !s.latest.Equal(want) {
+		t.Fatalf("data clock %v, want %v", s.latest, want)
+	}
+}
+
 // at is a short flow ending in slot slot of day0 (plus off).
 func at(exp string, slot int, off time.Duration, dst string) Flow {
 	end := day0.Add(time.Duration(slot)*slotLen + off)
@@ -61,7 +83,7 @@ func at(exp string, slot int, off time.Duration, dst string) Flow {
 }
 
 func TestStoreRunPerFlushAndTiers(t *testing.T) {
-	s, err := OpenStore(t.TempDir(), 0)
+	s, err := testStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +132,7 @@ func TestStoreRunPerFlushAndTiers(t *testing.T) {
 }
 
 func TestStoreCompactsFinishedSlots(t *testing.T) {
-	s, err := OpenStore(t.TempDir(), 0)
+	s, err := testStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +197,7 @@ func TestStoreCompactsFinishedSlots(t *testing.T) {
 // several days against a plain filter of everything appended.
 func TestStoreFindMatchesScan(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenStore(dir, 0)
+	s, err := testStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +230,7 @@ func TestStoreFindMatchesScan(t *testing.T) {
 		all = append(all, fs...)
 		if b == 25 { // a restart in the middle
 			s.Close()
-			if s, err = OpenStore(dir, 0); err != nil {
+			if s, err = testStore(dir); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -282,7 +304,7 @@ func TestStoreKeysUniqueAcrossReopen(t *testing.T) {
 	dir := t.TempDir()
 	f := at("x1", 10, 0, "198.51.100.9")
 	for i := 0; i < 3; i++ {
-		s, err := OpenStore(dir, 0)
+		s, err := testStore(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -293,7 +315,7 @@ func TestStoreKeysUniqueAcrossReopen(t *testing.T) {
 		}
 		s.Close()
 	}
-	s, err := OpenStore(dir, 0)
+	s, err := testStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +335,7 @@ func TestStoreKeysUniqueAcrossReopen(t *testing.T) {
 // loses and duplicates nothing; after a restart it is done again.
 func TestStoreCrashDuringCompaction(t *testing.T) {
 	dir := t.TempDir()
-	s, err := OpenStore(dir, 0)
+	s, err := testStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +364,7 @@ func TestStoreCrashDuringCompaction(t *testing.T) {
 	}
 	s.Close()
 
-	s, err = OpenStore(dir, 0)
+	s, err = testStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,7 +386,7 @@ func TestStoreCrashDuringCompaction(t *testing.T) {
 // TestRecorderCountsCompactionFailureAsStored: the flows of a batch whose
 // compaction failed are stored, not lost.
 func TestRecorderCountsCompactionFailureAsStored(t *testing.T) {
-	s, err := OpenStore(t.TempDir(), 0)
+	s, err := testStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +419,7 @@ func TestStoreMigratesLegacyLayout(t *testing.T) {
 		return nil
 	})
 	db.Close()
-	s, err := OpenStore(dir, 0)
+	s, err := testStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,7 +445,7 @@ func TestStoreMigratesLegacyLayout(t *testing.T) {
 // TestFindSkipsSegmentsByStart: a segment whose earliest flow started after
 // At (or Until) is not opened; one with a long flow that started before is.
 func TestFindSkipsSegmentsByStart(t *testing.T) {
-	s, err := OpenStore(t.TempDir(), 0)
+	s, err := testStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
