@@ -31,16 +31,17 @@ import (
 // transaction. A new bucket filled in key order only appends pages, so a
 // flush costs about its own size however big the day already is (inserting
 // into one growing tree made bbolt copy and rewrite pages all over it on
-// every flush). Runs are merged in the background of the write path:
+// every flush). Append then merges runs:
 //
-//   - tiers: when a slot holds mergeFanout runs of one level, they are merged
-//     into one run of the next level (a 10-minute slot of 1-second flushes
-//     keeps at most a few dozen runs; each flow is rewritten about
+//   - tiers (in the run's own transaction: one commit per flush): when an
+//     open slot holds mergeFanout runs of one level, they are merged into
+//     one run of the next level (a 10-minute slot of 1-second flushes keeps
+//     at most a few dozen runs; each flow is rewritten about
 //     log_fanout(runs) times);
-//   - slot compaction: once the slot is over (by the data clock: the newest
-//     flow end appended, plus closeGrace) its runs are merged into one
-//     compacted segment (level levelSlot); later (late) runs are folded in
-//     when mergeFanout of them gathered or the day is over.
+//   - slot compaction (own transaction): once the slot is over (by the data
+//     clock: the newest flow end appended, plus closeGrace) its runs are
+//     merged into one compacted segment (level levelSlot); later (late) runs
+//     are folded in when mergeFanout of them gathered or the day is over.
 //
 // So a finished day has at most 144 compacted segments, and the current
 // slot a few runs. Every merge is one transaction (write merged segment,
@@ -230,9 +231,10 @@ func migrateLegacy(tx *bolt.Tx, segs *bolt.Bucket) error {
 }
 
 // Append writes finished flows: per day touched, one transaction that adds
-// each slot's share of the batch as a new sorted run. Merging runs follows
-// in separate transactions; if only that fails, the error wraps
-// errCompacting (the flows are stored).
+// each slot's share of the batch as a new sorted run (and does the tier
+// merges that makes due). Compactions of finished slots follow in their own
+// transactions; if only those fail, the error wraps errCompacting (the flows
+// are stored).
 func (s *Store) Append(flows []Flow) error {
 	if len(flows) == 0 {
 		return nil
