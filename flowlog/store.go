@@ -40,11 +40,12 @@ import (
 //     log_fanout(runs) times);
 //   - slot compaction (own transaction): once the slot is over (by the data
 //     clock: the newest flow end appended, plus closeGrace) its runs are
-//     merged into one compacted segment (level levelSlot); later (late) runs
-//     are folded in when mergeFanout of them gathered or the day is over.
+//     merged into one compacted segment (level levelSlot); late runs (rare:
+//     a flow is flushed within a second of its end; bulk loads of old
+//     flows) are folded in once mergeFanout of them gathered.
 //
-// So a finished day has at most 144 compacted segments, and the current
-// slot a few runs. Every merge is one transaction (write merged segment,
+// So a finished day has at most 144 compacted segments (plus fewer than
+// mergeFanout late runs per slot), and the current slot a few dozen runs. Every merge is one transaction (write merged segment,
 // delete its inputs): a crash mid-merge leaves the inputs, losing and
 // duplicating nothing. Lookups seek the destination range in every segment of
 // the slots that can hold a match (flows end at or after At and Since) whose
@@ -242,10 +243,11 @@ func (s *Store) Append(flows []Flow) error {
 	type kv struct{ k, v []byte }
 	byDay := map[string]map[int][]kv{}
 	var latest time.Time
+	ahead := s.now().Add(maxAhead)
 	for i := range flows {
 		f := &flows[i]
 		end := endOf(f).UTC()
-		if end.After(latest) {
+		if end.After(latest) && !end.After(ahead) {
 			latest = end
 		}
 		d := end.Format(dayLayout)
@@ -363,7 +365,6 @@ func listSegs(segs *bolt.Bucket) map[int]*slotSegs {
 // of the merged segment; ok=false when nothing is due. runs reports whether
 // runs stay in the day.
 func nextMerge(bySlot map[int]*slotSegs, dayStart, latest time.Time, tiersOnly bool) (slot int, inputs [][]byte, level uint8, ok, runs bool) {
-	dayOver := !dayStart.Add(24*time.Hour + closeGrace).After(latest)
 	slots := make([]int, 0, len(bySlot))
 	for s := range bySlot {
 		slots = append(slots, s)
@@ -373,7 +374,7 @@ func nextMerge(bySlot map[int]*slotSegs, dayStart, latest time.Time, tiersOnly b
 		ss := bySlot[slot]
 		over := !dayStart.Add(time.Duration(slot+1)*slotLen + closeGrace).After(latest)
 		compacted := len(ss.levels[levelSlot])
-		full := over && ss.runs > 0 && (compacted == 0 || ss.runs >= mergeFanout || dayOver)
+		full := over && ss.runs > 0 && (compacted == 0 || ss.runs >= mergeFanout)
 		if !tiersOnly && (full || compacted > 1) {
 			for _, names := range ss.levels {
 				inputs = append(inputs, names...)
