@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sort"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -472,4 +473,63 @@ func storeWritten(s *Store) int64 {
 		n += st.TxStats.GetPageAlloc()
 	}
 	return n
+}
+
+// TestFindDuringMerges: readers running while runs are merged and slots
+// compacted see every flow appended before them exactly once.
+func TestFindDuringMerges(t *testing.T) {
+	s, err := testStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var appended atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		defer close(done)
+		n := 0
+		for b := 0; b < 150; b++ {
+			var fs []Flow
+			for j := 0; j < 20; j++ {
+				end := day0.Add(time.Duration(b) * 20 * time.Second) // 5 slots in all, 30 runs each
+				f := mkFlow(fmt.Sprintf("f%d", n), "10.250.0.2", fmt.Sprintf("198.51.100.%d", n%7), 22, end.Add(-time.Second), time.Second)
+				fs = append(fs, f)
+				n++
+			}
+			if err := s.Append(fs); err != nil {
+				done <- err
+				return
+			}
+			appended.Store(int64(n))
+		}
+	}()
+	for finished := false; !finished; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			finished = true
+		default:
+		}
+		before := appended.Load()
+		got, err := s.Find(Query{Dst: netip.MustParsePrefix("198.51.100.0/24"), Limit: 100000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, f := range got {
+			if seen[f.Experiment] {
+				t.Fatalf("flow %s found twice", f.Experiment)
+			}
+			seen[f.Experiment] = true
+		}
+		if int64(len(got)) < before {
+			t.Fatalf("found %d flows, %d were appended before the lookup", len(got), before)
+		}
+	}
+	compacted, runs := segCounts(t, s)
+	if compacted < 3 {
+		t.Fatalf("%d compacted segments, %d runs: the test did not exercise compaction", compacted, runs)
+	}
 }
