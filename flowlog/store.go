@@ -90,7 +90,7 @@ type Store struct {
 
 	mu      sync.Mutex
 	days    map[string]*bolt.DB // "2006-01-02" -> open file
-	runDays map[string]bool     // days that may hold runs (segments not yet compacted)
+	runDays map[string]bool     // days where merges may fall due (runs in open slots)
 	latest  time.Time           // data clock: the newest flow end appended
 	now     func() time.Time    // wall clock (tests set it)
 
@@ -363,7 +363,7 @@ func listSegs(segs *bolt.Bucket) map[int]*slotSegs {
 
 // nextMerge picks the next merge of a day's segments: inputs and the level
 // of the merged segment; ok=false when nothing is due. runs reports whether
-// runs stay in the day.
+// a merge may fall due later without new runs (open slots hold runs).
 func nextMerge(bySlot map[int]*slotSegs, dayStart, latest time.Time, tiersOnly bool) (slot int, inputs [][]byte, level uint8, ok, runs bool) {
 	slots := make([]int, 0, len(bySlot))
 	for s := range bySlot {
@@ -390,7 +390,7 @@ func nextMerge(bySlot map[int]*slotSegs, dayStart, latest time.Time, tiersOnly b
 		if lowest >= 0 {
 			return slot, ss.levels[uint8(lowest)], uint8(lowest + 1), true, true
 		}
-		runs = runs || ss.runs > 0
+		runs = runs || (!over && ss.runs > 0)
 	}
 	return 0, nil, 0, false, runs
 }
