@@ -38,6 +38,10 @@ type Manager struct {
 	running map[string]*live
 	wake    chan struct{}
 	wg      sync.WaitGroup // per-experiment watchers
+	// quit ends the watchers when Run returns: experiments outlive the
+	// daemon, so a shutdown never waits for them.
+	quit     chan struct{}
+	quitOnce sync.Once
 }
 
 type live struct {
@@ -70,6 +74,7 @@ func NewManager(o Options) *Manager {
 	return &Manager{
 		log: o.Logger.Named("manager"), store: o.Store, runner: o.Runner, clock: o.Clock,
 		alerts: o.Alerts, policy: o.Policy, running: map[string]*live{}, wake: make(chan struct{}, 1),
+		quit: make(chan struct{}),
 	}
 }
 
@@ -187,6 +192,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.tick(ctx)
 		select {
 		case <-ctx.Done():
+			m.quitOnce.Do(func() { close(m.quit) })
 			m.wg.Wait()
 			return nil
 		case <-t.C:
@@ -260,7 +266,11 @@ func (m *Manager) track(id string, eff *configs.Effective, inst Instance) {
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		<-inst.Done()
+		select {
+		case <-inst.Done():
+		case <-m.quit:
+			return // the daemon stops; the experiment runs on
+		}
 		m.mu.Lock()
 		reason := l.reason
 		m.mu.Unlock()

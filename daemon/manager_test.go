@@ -351,3 +351,27 @@ func TestPauseStopsAllAndHoldsPlanned(t *testing.T) {
 	m.tick(ctx)
 	waitState(t, m, b.ID, store.Running)
 }
+
+// A daemon shutdown returns at once although experiments still run: they
+// outlive it and are re-adopted at the next start.
+func TestShutdownDoesNotWaitForExperiments(t *testing.T) {
+	r := newFakeRunner()
+	m := newTestManager(t, testPolicy(t, ""), r, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	x, _ := m.Submit([]byte(goodManifest), "m.toml", "/")
+	waitState(t, m, x.ID, store.Running)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return while an experiment runs")
+	}
+	if r.instance(x.ID).stopped {
+		t.Fatal("shutdown stopped the experiment")
+	}
+	if got, _ := m.store.Get(x.ID); got.State != store.Running {
+		t.Fatalf("after shutdown: %+v", got)
+	}
+}

@@ -516,3 +516,9 @@ func (g *Gateway) Nets() []*Net {
 func (g *Gateway) DropCounter(id, rule string) (packets, bytes uint64, err error) {
 	return readCounter(g.cfg.HostNS, TableName, CounterName(id, rule))
 }
+
+// DefaultRouters are the node's default routers (from New's Config or the
+// routes), which stay reachable although they lie in reserved ranges.
+func (g *Gateway) DefaultRouters() []netip.Addr {
+	return append([]netip.Addr(nil), g.cfg.DefaultRouters...)
+}

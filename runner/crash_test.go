@@ -129,6 +129,14 @@ func TestPrivilegedCrashRecovery(t *testing.T) {
 		}
 	})
 	nd := &node{w: w, state: state, client: c}
+	// The real binary uses the production cgroup parent: remove it if the
+	// test left it empty (rmdir refuses a parent that is in use).
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/arkgw")
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	})
 
 	script := `while true; do arkprobe tcp 203.0.113.10:22 >/dev/null; echo tick; sleep 1; done`
 	ids := []string{nd.submit(t, fmt.Sprintf(probeManifest, script)), nd.submit(t, fmt.Sprintf(probeManifest, script))}

@@ -71,6 +71,31 @@ func containerRoot(t *testing.T) string {
 	return rootDir
 }
 
+var (
+	pcapOnce sync.Once
+	pcapPath string
+)
+
+// pcapBinary builds cmd/pcap once per test binary (the sandbox binds it at
+// /usr/bin/pcap).
+func pcapBinary(t *testing.T) string {
+	pcapOnce.Do(func() {
+		dir := filepath.Dir(containerRoot(t))
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "pcap"), "./cmd/pcap")
+		cmd.Dir, cmd.Env = filepath.Dir(filepath.Dir(file)), append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Logf("build pcap: %v\n%s", err, out)
+			return
+		}
+		pcapPath = filepath.Join(dir, "pcap")
+	})
+	if pcapPath == "" {
+		t.Fatal("cmd/pcap did not build")
+	}
+	return pcapPath
+}
+
 // installProbe puts arkprobe on the container's PATH, as `make rootfs` does.
 func installProbe(probe, root string) error {
 	data, err := os.ReadFile(probe)
@@ -129,10 +154,13 @@ nflog_group = %d
 		nd.done <- daemon.Run(ctx, daemon.Config{
 			Policy: &daemon.Policy{Node: n}, Socket: sock,
 			NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
-				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run")})
+				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcapBinary(t), CgroupParent: testCgroupParent(t)})
 			},
 		}, nil)
 	}()
+	// Whatever the test does, stop its experiments and the daemon at the
+	// end, so a failing test leaves nothing behind either.
+	t.Cleanup(func() { nd.stop(t) })
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := nd.client.List(); err == nil {
@@ -151,11 +179,37 @@ nflog_group = %d
 	return nd
 }
 
+// stop stops every experiment, then the daemon. Idempotent.
 func (nd *node) stop(t *testing.T) {
+	if nd.cancel == nil {
+		return
+	}
+	if list, err := nd.client.List(); err == nil {
+		for _, x := range list {
+			if x.State != store.Completed {
+				nd.client.Stop(x.ID)
+			}
+		}
+	}
 	nd.cancel()
+	nd.cancel = nil
 	if err := <-nd.done; err != nil {
 		t.Errorf("daemon: %v", err)
 	}
+}
+
+// testCgroupParent is a cgroup parent of this test binary's own, removed
+// when the test ends (production uses "arkgw", kept across restarts).
+func testCgroupParent(t *testing.T) string {
+	parent := fmt.Sprintf("arkgw-test-%d", os.Getpid())
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + parent)
+		more, _ := filepath.Glob("/sys/fs/cgroup/unified/" + parent)
+		for _, d := range append(dirs, more...) {
+			os.Remove(d)
+		}
+	})
+	return parent
 }
 
 func (nd *node) submit(t *testing.T, manifest string) string {

@@ -45,6 +45,8 @@ type Options struct {
 	PcapBinary string
 	// FlowRetentionDays bounds the flow log (default 30).
 	FlowRetentionDays int
+	// CgroupParent holds one cgroup per experiment ("" = "arkgw").
+	CgroupParent string
 }
 
 // Runner implements daemon.Runner.
@@ -157,7 +159,7 @@ func (r *Runner) attribute(mark uint32, _ netip.Addr) (string, bool) {
 func (r *Runner) FlowsHandler() http.Handler { return flowlog.Handler(r.flowStore, r.flows) }
 
 // DefaultRouters are the node's default routers.
-func (r *Runner) DefaultRouters() []netip.Addr { return nil } // FIXME: gateway accessor
+func (r *Runner) DefaultRouters() []netip.Addr { return r.gw.DefaultRouters() }
 
 // Run runs the node-wide loops (alerter, flow recorder) until ctx ends. An
 // alerter that cannot bind its NFLOG group stops the daemon: running
@@ -196,7 +198,7 @@ func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
 	dirs, _ := os.ReadDir(filepath.Join(r.opt.RunDir, "ns"))
 	for _, d := range dirs {
 		if id := d.Name(); !keep[id] && configs.ValidID(id) == nil {
-			if err := sandbox.Cleanup(id, ""); err != nil {
+			if err := sandbox.Cleanup(id, r.opt.CgroupParent); err != nil {
 				errs = append(errs, fmt.Errorf("experiment %s: kill leftover processes: %w", id, err))
 			}
 		}
@@ -230,7 +232,7 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 		ID: eff.ID, Holder: net.Holder,
 		ContainersDir: filepath.Join(node.StateDir, "containers"), Version: eff.Container,
 		FilesDir: eff.FilesDir, Command: eff.Command, Limits: eff.Limits,
-		AllowMissing: node.Limits.AllowMissingControllers,
+		AllowMissing: node.Limits.AllowMissingControllers, CgroupParent: r.opt.CgroupParent,
 		Stdout:       filepath.Join(dir, "stdout"), Stderr: filepath.Join(dir, "stderr"),
 		StatusFile: filepath.Join(dir, "status.json"),
 		PcapBinary: r.opt.PcapBinary, PcapSocket: in.pcapSocket(),
@@ -274,7 +276,7 @@ func (r *Runner) Adopt(ctx context.Context, eff *configs.Effective, slot int, di
 		in.wg.Wait()
 		return nil, err
 	}
-	sb, err := sandbox.Adopt(sandbox.AdoptSpec{ID: eff.ID, StatusFile: filepath.Join(dir, "status.json"), Logger: r.log})
+	sb, err := sandbox.Adopt(sandbox.AdoptSpec{ID: eff.ID, CgroupParent: r.opt.CgroupParent, StatusFile: filepath.Join(dir, "status.json"), Logger: r.log})
 	if err != nil {
 		in.cancel()
 		in.wg.Wait()
@@ -351,6 +353,9 @@ func (in *instance) startServices() error {
 	ps, err := pcapstream.New(pcapstream.Config{
 		Experiment: in.eff.ID, NS: in.r.opt.HostNS, Iface: in.net.HostIf,
 		SocketPath: in.pcapSocket(), SocketUID: int(in.net.HostUID) + 1000, SocketGID: int(in.net.HostGID) + 1000,
+		// The TPACKET_V3 ring captured everything at 100 Mbit/s for a
+		// third of the CPU of one recvmsg per packet (bench-pcap).
+		Ring:   true,
 		Logger: in.r.log,
 	})
 	if err != nil {
