@@ -233,7 +233,7 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 		ContainersDir: filepath.Join(node.StateDir, "containers"), Version: eff.Container,
 		FilesDir: eff.FilesDir, Command: eff.Command, Limits: eff.Limits,
 		AllowMissing: node.Limits.AllowMissingControllers, CgroupParent: r.opt.CgroupParent,
-		Stdout:       filepath.Join(dir, "stdout"), Stderr: filepath.Join(dir, "stderr"),
+		Stdout: filepath.Join(dir, "stdout"), Stderr: filepath.Join(dir, "stderr"),
 		StatusFile: filepath.Join(dir, "status.json"),
 		PcapBinary: r.opt.PcapBinary, PcapSocket: in.pcapSocket(),
 		Logger: r.log,
