@@ -138,14 +138,25 @@ func (m *Manager) poke() {
 	}
 }
 
-// Recover re-adopts experiments that were running when the daemon stopped,
-// stops those it cannot adopt, and sweeps kernel state nobody owns.
+// Recover re-adopts experiments that were running when the daemon stopped.
+// First it sweeps kernel state that no running experiment owns (a crash can
+// leave a half-built experiment behind); then it adopts each running one,
+// and records those it cannot adopt as lost (a failed Adopt removes what it
+// found).
 func (m *Manager) Recover(ctx context.Context) error {
 	list, err := m.store.List()
 	if err != nil {
 		return err
 	}
 	keep := map[string]bool{}
+	for _, x := range list {
+		if x.State == store.Running {
+			keep[x.ID] = true
+		}
+	}
+	if err := m.runner.Sweep(ctx, keep); err != nil {
+		m.log.Warn("sweep of stale kernel state incomplete", "error", err)
+	}
 	for _, x := range list {
 		if x.State != store.Running {
 			continue
@@ -156,17 +167,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 			var inst Instance
 			inst, err = m.runner.Adopt(ctx, eff, x.Slot, m.ExperimentDir(x.ID))
 			if err == nil {
-				keep[x.ID] = true
 				m.track(x.ID, eff, inst)
 				log.Info("experiment re-adopted")
 				continue
 			}
 		}
-		log.Error("cannot re-adopt experiment; stopping it", "error", err)
+		log.Error("cannot re-adopt experiment; it is stopped", "error", err)
 		m.complete(x.ID, store.ReasonLost, err.Error(), Result{})
-	}
-	if err := m.runner.Sweep(ctx, keep); err != nil {
-		m.log.Warn("sweep of stale kernel state incomplete", "error", err)
 	}
 	return nil
 }

@@ -282,17 +282,20 @@ func TestRecoverAdoptsOrCleansUp(t *testing.T) {
 	if len(r2.adopted) != 2 || !r2.swept[a.ID] || !r2.swept[b.ID] {
 		t.Fatalf("adopted %v, sweep kept %v", r2.adopted, r2.swept)
 	}
-	// A runner that cannot adopt: experiments are recorded as lost and
-	// nothing is kept by the sweep.
+	// A runner that cannot adopt: experiments are recorded as lost (Adopt
+	// removes what it found).
 	r3 := newFakeRunner()
 	r3.adoptErr = errors.New("netns gone")
 	m3 := NewManager(Options{Store: m.store, Runner: r3, Policy: pol})
 	m3.Recover(ctx)
-	if got, _ := m.store.Get(a.ID); got.State != store.Completed || got.Reason != store.ReasonLost {
+	if got, _ := m.store.Get(a.ID); got.State != store.Completed || got.Reason != store.ReasonLost || !strings.Contains(got.Detail, "netns gone") {
 		t.Fatalf("unadoptable experiment: %+v", got)
 	}
-	if len(r3.swept) != 0 {
-		t.Fatalf("sweep kept %v", r3.swept)
+	// The next start keeps nothing: nothing runs any more.
+	r4 := newFakeRunner()
+	NewManager(Options{Store: m.store, Runner: r4, Policy: pol}).Recover(ctx)
+	if len(r4.swept) != 0 {
+		t.Fatalf("sweep kept %v", r4.swept)
 	}
 }
 

@@ -112,6 +112,12 @@ func TestPrivilegedCrashRecovery(t *testing.T) {
 		state, web, netlab.DNS4, 3000+os.Getpid()%1000)), 0o644)
 	logf, _ := os.Create(filepath.Join(state, "daemon.log"))
 	defer logf.Close()
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := os.ReadFile(logf.Name())
+			t.Logf("daemon log:\n%s", strings.TrimSpace(string(out)))
+		}
+	})
 	p := &procDaemon{bin: bin, config: config, sock: filepath.Join(state, "arkgw.sock"), runDir: filepath.Join(state, "run"), w: w, log: logf}
 	p.start(t)
 	c := daemon.NewClient(p.sock)
@@ -205,8 +211,5 @@ func TestPrivilegedCrashRecovery(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(p.runDir, "ns")); len(ents) != 0 {
 		t.Errorf("namespace dirs left: %v", ents)
-	}
-	if out, _ := os.ReadFile(logf.Name()); t.Failed() {
-		t.Logf("daemon log:\n%s", strings.TrimSpace(string(out)))
 	}
 }

@@ -297,7 +297,7 @@ func cgroupProcs(id string) string {
 // waitAlert polls the alert API for a record of experiment id.
 func (nd *node) waitAlert(t *testing.T, id string, match func(alert.Record) bool) alert.Record {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	var recs []alert.Record
 	for time.Now().Before(deadline) {
 		body, err := nd.client.Raw("/api/v1/alerts?experiment=" + id)
@@ -373,6 +373,19 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 	nd.waitAlert(t, id, func(r alert.Record) bool {
 		return r.Kind == alert.KindDNS && r.Name == "www.denied.test." && len(r.Contacts) == 1
 	})
+	// Bytes counted by the kernel, the cap in force.
+	deadline := time.Now().Add(10 * time.Second)
+	var live *daemon.Status
+	for time.Now().Before(deadline) {
+		x, _ := nd.client.Get(id)
+		if live = x.Live; live != nil && live.BytesUpToday > 0 && live.BytesDownToday > 0 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if live == nil || live.BytesUpToday == 0 || live.BytesDownToday == 0 || live.RateMbps != 10 {
+		t.Errorf("live status %+v: want bytes both ways and the 10 Mbit/s cap", live)
+	}
 	metrics, err := nd.client.Raw("/metrics")
 	if err != nil || !strings.Contains(string(metrics), `arkgw_experiments{state="running"} 1`) {
 		t.Errorf("metrics: %v\n%.2000s", err, metrics)
@@ -391,7 +404,7 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 	// Who sent this? The stop removed the experiment's conntrack entries, so
 	// its HTTP flow is in the flow log, NATed source included.
 	var res flowlog.Result
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for len(res.Flows) == 0 && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
 		body, err := nd.client.Raw("/api/v1/flows?dst=" + netlab.WWW4 + "&port=80")

@@ -19,12 +19,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netns"
 
+	"github.com/arkgw/arkgw/accounting"
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/dnsproxy"
 	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/gateway"
+	"github.com/arkgw/arkgw/gateway/quota"
+	"github.com/arkgw/arkgw/gateway/shape"
 	"github.com/arkgw/arkgw/nflog"
 	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/pcapstream"
@@ -59,6 +62,9 @@ type Runner struct {
 	flowStore *flowlog.Store
 	flows     *flowlog.Recorder
 	alerter   *nflog.Alerter
+	shaper    *shape.Shaper
+	quota     *quota.Table
+	acct      *accounting.Accountant
 	// alerts is where per-experiment producers (the DNS proxy) send
 	// records: through the alerter, which enriches them and counts them for
 	// enforcement.
@@ -140,6 +146,28 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	if deps.Registry != nil {
 		deps.Registry.MustRegister(r.alerter.Collector())
 	}
+	// Bandwidth: tc shaping both ways (and the node-wide cap) plus byte
+	// counters and the daily quota in their own table, which reloads of the
+	// policy table never replace.
+	r.shaper, err = shape.NewShaper(shape.ShaperConfig{
+		NS: opt.HostNS, Uplinks: []string{gw.Uplink()}, NodeBps: uint64(node.Limits.NodeMbps * 1e6), Logger: log,
+	})
+	if err != nil {
+		fs.Close()
+		return nil, err
+	}
+	r.quota = quota.New(quota.Config{NS: opt.HostNS, NFLOGGroup: node.Alerts.NFLOGGroup, Logger: log})
+	if deps.Store != nil {
+		r.acct, err = accounting.New(accounting.Config{
+			DB: deps.Store.DB(), Kernel: r.quota, Shaper: r.shaper, Alerts: r.alerts,
+			Node: deps.Policy.NodeName(), Logger: log,
+		})
+		if err != nil {
+			r.shaper.Close()
+			fs.Close()
+			return nil, err
+		}
+	}
 	return r, nil
 }
 
@@ -175,6 +203,15 @@ func (r *Runner) Run(ctx context.Context) error {
 			r.log.Error("flow log unavailable", "error", err)
 		}
 	}()
+	if r.acct != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.acct.Run(ctx); err != nil {
+				r.log.Error("byte accounting stopped", "error", err)
+			}
+		}()
+	}
 	err := r.alerter.Run(ctx)
 	wg.Wait()
 	if err != nil {
@@ -184,11 +221,55 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // Close releases node-wide resources (the experiments keep running).
-func (r *Runner) Close() error { return r.flowStore.Close() }
+func (r *Runner) Close() error { return errors.Join(r.shaper.Close(), r.flowStore.Close()) }
 
-// Update replaces all rules in one transaction (policy reload).
+// Update replaces all rules in one transaction (policy reload) and applies
+// the new rate caps and daily budgets.
 func (r *Runner) Update(ctx context.Context, effs []*configs.Effective) error {
-	return r.gw.Update(ctx, effs)
+	if err := r.gw.Update(ctx, effs); err != nil {
+		return err
+	}
+	var errs []error
+	for _, eff := range effs {
+		cap, budget := limitsOf(eff)
+		if err := r.shaper.Update(ctx, eff.ID, cap); err != nil {
+			errs = append(errs, err)
+		}
+		if r.acct != nil {
+			errs = append(errs, r.acct.SetCap(ctx, eff.ID, cap), r.acct.SetBudget(ctx, eff.ID, budget))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// limitsOf is an experiment's rate cap (bit/s) and daily budget (bytes;
+// MB = 10^6 bytes, like Mbit/s).
+func limitsOf(eff *configs.Effective) (capBps, budget uint64) {
+	return uint64(eff.Limits.MaxMbps * 1e6), uint64(eff.Limits.MaxMBPerDay) * 1_000_000
+}
+
+// startBandwidth shapes and accounts an experiment's veth (also after a
+// restart: both are idempotent and keep the kernel's counters).
+func (r *Runner) startBandwidth(ctx context.Context, eff *configs.Effective, net *gateway.Net) error {
+	cap, budget := limitsOf(eff)
+	if err := r.shaper.Apply(ctx, shape.Spec{ID: eff.ID, HostIf: net.HostIf, Slot: net.Slot, RateBps: cap}); err != nil {
+		return fmt.Errorf("experiment %s: rate limit: %w", eff.ID, err)
+	}
+	if r.acct == nil {
+		return nil
+	}
+	up, down := shape.Priorities(net.Slot)
+	var contacts []string
+	for _, c := range eff.Experimenters {
+		contacts = append(contacts, fmt.Sprintf("%s <%s>", c.Name, c.Email))
+	}
+	if err := r.acct.Track(ctx, accounting.Exp{
+		ID: eff.ID, HostIf: net.HostIf, Title: eff.Title, Contacts: contacts,
+		CapBps: cap, BudgetBytes: budget, UpPriority: up, DownPriority: down,
+	}); err != nil {
+		return fmt.Errorf("experiment %s: byte accounting: %w", eff.ID, err)
+	}
+	return nil
 }
 
 // Sweep removes kernel state of experiments not in keep: their processes
@@ -203,6 +284,18 @@ func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
 			}
 		}
 	}
+	if ids, err := r.quota.IDs(); err == nil {
+		for _, id := range ids {
+			if !keep[id] {
+				errs = append(errs, r.quota.Remove(id))
+			}
+		}
+	}
+	var hostIfs []string
+	for id := range keep {
+		hostIfs = append(hostIfs, gateway.HostIfName(id))
+	}
+	errs = append(errs, shape.Sweep(r.opt.HostNS, []string{r.gw.Uplink()}, hostIfs, keep))
 	return errors.Join(append(errs, r.gw.Sweep(ctx, keep))...)
 }
 
@@ -224,6 +317,9 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 			in.teardown(context.WithoutCancel(ctx))
 		}
 	}()
+	if err := r.startBandwidth(ctx, eff, net); err != nil {
+		return nil, err
+	}
 	if err := in.startServices(); err != nil {
 		return nil, err
 	}
@@ -262,24 +358,29 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 // kernel, fail-closed); the DNS proxy and pcap service, which died with the
 // old daemon, start again. On error the caller stops the experiment and the
 // sweep removes what is left.
-func (r *Runner) Adopt(ctx context.Context, eff *configs.Effective, slot int, dir string) (daemon.Instance, error) {
+func (r *Runner) Adopt(ctx context.Context, eff *configs.Effective, slot int, dir string) (_ daemon.Instance, err error) {
 	net, err := r.gw.Adopt(ctx, eff, slot)
 	if err != nil {
-		return nil, err
+		// What is left of it (processes, network) goes.
+		return nil, errors.Join(err, sandbox.Cleanup(eff.ID, r.opt.CgroupParent), r.gw.Remove(context.WithoutCancel(ctx), eff.ID))
 	}
 	r.mu.Lock()
 	r.slots[slot] = eff.ID
 	r.mu.Unlock()
 	in := newInstance(r, eff, net, dir)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, sandbox.Cleanup(eff.ID, r.opt.CgroupParent), in.teardown(context.WithoutCancel(ctx)))
+		}
+	}()
+	if err := r.startBandwidth(ctx, eff, net); err != nil {
+		return nil, err
+	}
 	if err := in.startServices(); err != nil {
-		in.cancel()
-		in.wg.Wait()
 		return nil, err
 	}
 	sb, err := sandbox.Adopt(sandbox.AdoptSpec{ID: eff.ID, CgroupParent: r.opt.CgroupParent, StatusFile: filepath.Join(dir, "status.json"), Logger: r.log})
 	if err != nil {
-		in.cancel()
-		in.wg.Wait()
 		return nil, err
 	}
 	in.sb = sb
@@ -411,6 +512,12 @@ func (in *instance) Status() daemon.Status {
 		ps := in.proxy.Stats()
 		st.DNSAllowed, st.DNSRefused = ps.Allowed, ps.Refused
 	}
+	if in.r.acct != nil {
+		if a, ok := in.r.acct.Status(in.eff.ID); ok {
+			st.BytesUpToday, st.BytesDownToday, st.BudgetBytes = a.UpBytes, a.DownBytes, a.BudgetBytes
+			st.RateMbps = float64(a.RateBps) / 1e6
+		}
+	}
 	return st
 }
 
@@ -448,5 +555,10 @@ func (in *instance) teardown(ctx context.Context) error {
 	}
 	in.r.alerter.Forget(in.eff.ID)
 	os.Remove(in.pcapSocket())
-	return in.r.gw.Remove(ctx, in.eff.ID)
+	var errs []error
+	if in.r.acct != nil {
+		errs = append(errs, in.r.acct.Untrack(ctx, in.eff.ID))
+	}
+	errs = append(errs, in.r.quota.Remove(in.eff.ID), in.r.shaper.Remove(ctx, in.eff.ID))
+	return errors.Join(append(errs, in.r.gw.Remove(ctx, in.eff.ID))...)
 }
