@@ -44,7 +44,7 @@ bench-alerts: ## highest drop rate followed with zero overruns vs ulogd2
 bench-sandbox: ## sandbox start latency vs bubblewrap and crun
 	@./scripts/bench.sh sandbox ./sandbox TestBenchSandbox
 bench-start: ## submit-to-first-instruction latency, daemon RSS at 100 experiments
-	@./scripts/bench.sh start ./daemon TestBenchStart
+	@./scripts/bench.sh start ./runner TestBenchStart
 bench-pcap: ## capture ratio and CPU per packet vs tcpdump
 	@./scripts/bench.sh pcap ./pcapstream TestBenchPcap
 bench-flows: ## flow records per second, lookup time over 1M flows

@@ -103,6 +103,7 @@ type Server struct {
 	stopped bool
 
 	nextID atomic.Uint64
+	ready  chan struct{} // closed when the socket exists
 
 	// Totals (monotonic) for metrics and Stats.
 	captured     atomic.Uint64
@@ -159,6 +160,7 @@ func New(cfg Config) (*Server, error) {
 		log:   log.With("experiment", cfg.Experiment),
 		all:   map[*reader]struct{}{},
 		conns: map[net.Conn]struct{}{},
+		ready: make(chan struct{}),
 	}
 	empty := []*reader{}
 	s.readers.Store(&empty)
@@ -174,6 +176,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	close(s.ready)
 	s.log.Debug("pcap socket ready", "path", s.cfg.SocketPath, "iface", s.cfg.Iface)
 
 	var wg sync.WaitGroup
@@ -225,6 +228,10 @@ func (s *Server) Run(ctx context.Context) error {
 	// serve stops the capture with its last reader; nothing is left here.
 	return nil
 }
+
+// Ready is closed once Run has created the socket, so a sandbox that binds
+// it can be launched.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
 
 func isTemporary(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -463,15 +464,34 @@ func (in *instance) startServices() error {
 		return fmt.Errorf("experiment %s: pcap service: %w", in.eff.ID, err)
 	}
 	in.register(ps)
-	for _, run := range []func(context.Context) error{proxy.Run, ps.Run} {
-		run := run
+	psErr := make(chan error, 1)
+	for _, svc := range []struct {
+		run  func(context.Context) error
+		errc chan error
+	}{{proxy.Run, nil}, {ps.Run, psErr}} {
+		svc := svc
 		in.wg.Add(1)
 		go func() {
 			defer in.wg.Done()
-			if err := run(ctx); err != nil {
+			err := svc.run(ctx)
+			if err != nil {
 				in.log.Error("experiment service stopped", "error", err)
 			}
+			if svc.errc != nil {
+				svc.errc <- err
+			}
 		}()
+	}
+	// The sandbox binds the pcap socket: it must exist first.
+	select {
+	case <-ps.Ready():
+	case err := <-psErr:
+		if err == nil {
+			err = errors.New("stopped before its socket was ready")
+		}
+		return fmt.Errorf("experiment %s: pcap service: %w", in.eff.ID, err)
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("experiment %s: pcap service: socket %s not ready after 10 s", in.eff.ID, in.pcapSocket())
 	}
 	return nil
 }
