@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
@@ -152,7 +154,7 @@ nflog_group = %d
 	nd := &node{w: w, state: state, client: daemon.NewClient(sock), cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		nd.done <- daemon.Run(ctx, daemon.Config{
-			Policy: &daemon.Policy{Node: n}, Socket: sock,
+			Policy: &daemon.Policy{Node: n}, Socket: sock, Logger: testLogger(),
 			NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
 				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcapBinary(t), CgroupParent: testCgroupParent(t)})
 			},
@@ -177,6 +179,20 @@ nflog_group = %d
 		time.Sleep(20 * time.Millisecond)
 	}
 	return nd
+}
+
+// testLogger logs to the file in ARKGW_TEST_LOG (for benchmarks and
+// debugging), else nowhere.
+func testLogger() hclog.Logger {
+	path := os.Getenv("ARKGW_TEST_LOG")
+	if path == "" {
+		return hclog.NewNullLogger()
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return hclog.NewNullLogger()
+	}
+	return hclog.New(&hclog.LoggerOptions{Output: f, Level: hclog.Info})
 }
 
 // stop stops every experiment, then the daemon. Idempotent.

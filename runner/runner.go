@@ -304,10 +304,12 @@ func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
 // service, sandbox. On error everything done so far is undone.
 func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, dir string) (daemon.Instance, error) {
 	log := r.log.With("experiment", eff.ID)
+	t0 := time.Now()
 	net, err := r.gw.Add(ctx, eff, slot)
 	if err != nil {
 		return nil, err
 	}
+	tNet := time.Now()
 	r.mu.Lock()
 	r.slots[slot] = eff.ID
 	r.mu.Unlock()
@@ -321,9 +323,11 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 	if err := r.startBandwidth(ctx, eff, net); err != nil {
 		return nil, err
 	}
+	tBW := time.Now()
 	if err := in.startServices(); err != nil {
 		return nil, err
 	}
+	tSvc := time.Now()
 	node := r.deps.Policy.Node
 	spec := sandbox.Spec{
 		ID: eff.ID, Holder: net.Holder,
@@ -350,9 +354,14 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 	r.instances[eff.ID] = in
 	r.mu.Unlock()
 	go in.watch()
-	log.Info("experiment is up", "addr4", net.Addr4, "addr6", net.Addr6, "if", net.HostIf)
+	// Where start-up time goes (bench-start): network and rules, shaping
+	// and accounting, DNS proxy and pcap service, sandbox.
+	log.Info("experiment is up", "addr4", net.Addr4, "addr6", net.Addr6, "if", net.HostIf,
+		"net_ms", ms(tNet.Sub(t0)), "bandwidth_ms", ms(tBW.Sub(tNet)), "services_ms", ms(tSvc.Sub(tBW)), "sandbox_ms", ms(time.Since(tSvc)))
 	return in, nil
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // Adopt re-attaches to an experiment that survived a daemon restart: its
 // namespaces, veth and processes lived on (and its rules stayed in the
