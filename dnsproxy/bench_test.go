@@ -194,10 +194,13 @@ func dnsperf(t *testing.T, w *expWorld, port int, datafile, mode string) perfRes
 	if err := w.exp.Start(cmd); err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("dnsperf %v: %v\n%s", args, err, tail(out.String()))
-	}
 	var r perfResult
+	if err := cmd.Wait(); err != nil {
+		// dnsperf gives up on a server that breaks its connections
+		// (dnsmasq over pipelined TCP): that server answered nothing.
+		t.Logf("dnsperf %v: %v (counted as 0 q/s)\n%s", args, err, tail(out.String()))
+		return r
+	}
 	s := out.String()
 	m := reQPS.FindStringSubmatch(s)
 	if m == nil {
