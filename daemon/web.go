@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/store"
 	"golang.org/x/crypto/bcrypt"
@@ -318,7 +319,7 @@ func (d *Daemon) handleFlowsPage(w http.ResponseWriter, r *http.Request) {
 				end = "open"
 			}
 			data.Rows = append(data.Rows, flowRow{
-				Experiment: f.Experiment, Proto: flowlog.ProtoName(f.Proto),
+				Experiment: f.Experiment, Proto: alert.ProtoName(f.Proto),
 				Inside: fmt.Sprintf("%s:%d", f.Src, f.SPort), Public: fmt.Sprintf("%s:%d", f.NATSrc, f.NATSPort),
 				Dst: fmt.Sprintf("%s:%d", f.Dst, f.DPort), Start: f.Start.UTC().Format("2006-01-02 15:04:05"), End: end,
 				Bytes: bytesText(f.BytesOut) + " / " + bytesText(f.BytesIn),

@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/arkgw/arkgw/alert"
 )
 
 // Flow is one finished (or, from a live dump, open) connection.
@@ -38,28 +40,11 @@ type Flow struct {
 	BytesIn  uint64     `json:"bytes_in"`
 }
 
-// ProtoName is the usual name of an IP protocol number.
-func ProtoName(p uint8) string {
-	switch p {
-	case 1:
-		return "icmp"
-	case 6:
-		return "tcp"
-	case 17:
-		return "udp"
-	case 58:
-		return "icmpv6"
-	case 47:
-		return "gre"
-	}
-	return fmt.Sprintf("proto-%d", p)
-}
-
 // ParseProto accepts a name or a number.
 func ParseProto(s string) (uint8, error) {
-	for _, p := range []uint8{1, 6, 17, 58, 47} {
-		if ProtoName(p) == s {
-			return p, nil
+	for p := 0; p < 256; p++ {
+		if alert.ProtoName(uint8(p)) == s {
+			return uint8(p), nil
 		}
 	}
 	var n uint8

@@ -177,3 +177,14 @@ func FuzzParseQuery(f *testing.F) {
 		}
 	})
 }
+
+func TestParseProto(t *testing.T) {
+	for in, want := range map[string]uint8{"tcp": 6, "udp": 17, "icmpv6": 58, "gre": 47, "esp": 50, "proto-253": 253, "47": 47} {
+		if got, err := ParseProto(in); err != nil || got != want {
+			t.Errorf("ParseProto(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	if _, err := ParseProto("nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Errorf("ParseProto(nope) = %v", err)
+	}
+}

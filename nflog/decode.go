@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/arkgw/arkgw/alert"
 )
 
 // Packet is what the alerter keeps of a logged (dropped) packet.
@@ -24,37 +25,8 @@ type Packet struct {
 }
 
 // Proto names the protocol as in alert.Record.Proto.
-func (p Packet) Proto() string { return ProtoName(p.ProtoNum) }
+func (p Packet) Proto() string { return alert.ProtoName(p.ProtoNum) }
 
-// ProtoName names an IP protocol number: tcp, udp, icmp, icmpv6, gre, esp,
-// ah, sctp, udplite, ipip, ipv6, else proto-N.
-func ProtoName(n uint8) string {
-	switch n {
-	case 6:
-		return "tcp"
-	case 17:
-		return "udp"
-	case 1:
-		return "icmp"
-	case 58:
-		return "icmpv6"
-	case 47:
-		return "gre"
-	case 50:
-		return "esp"
-	case 51:
-		return "ah"
-	case 132:
-		return "sctp"
-	case 136:
-		return "udplite"
-	case 4:
-		return "ipip"
-	case 41:
-		return "ipv6"
-	}
-	return "proto-" + strconv.Itoa(int(n))
-}
 
 // Decoder decodes IP packets as NFLOG delivers them (the network header
 // first, possibly truncated to the copy range). Reuse one per goroutine: it

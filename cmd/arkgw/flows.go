@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/flowlog"
 )
@@ -66,7 +67,7 @@ func runFlows(args []string) int {
 		if open {
 			end = "(open)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s:%d\t%s:%d\t%s\t%s\t%d/%d\n", fl.Experiment, flowlog.ProtoName(fl.Proto),
+		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s:%d\t%s:%d\t%s\t%s\t%d/%d\n", fl.Experiment, alert.ProtoName(fl.Proto),
 			fl.Src, fl.SPort, fl.NATSrc, fl.NATSPort, fl.Dst, fl.DPort,
 			fl.Start.Format("2006-01-02 15:04:05"), end, fl.BytesOut, fl.BytesIn)
 	}
