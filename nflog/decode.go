@@ -27,7 +27,6 @@ type Packet struct {
 // Proto names the protocol as in alert.Record.Proto.
 func (p Packet) Proto() string { return alert.ProtoName(p.ProtoNum) }
 
-
 // Decoder decodes IP packets as NFLOG delivers them (the network header
 // first, possibly truncated to the copy range). Reuse one per goroutine: it
 // keeps its gopacket layers to decode without allocating. Not safe for
