@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/daemon"
 )
 
 // defaultAlertsFile is where the daemon writes alerts unless the node policy
@@ -21,13 +22,22 @@ const defaultAlertsFile = "/var/lib/arkgw/alerts.jsonl"
 // runAlerts implements `arkgw alerts [--follow] [--json] [--since T]
 // [--experiment ID] [--file PATH]`. It reads the alerts file itself (with its
 // rotated predecessors), so it works while the daemon is down.
+// alertsFileOfNode is the alerts file the node policy names, so staff need
+// no flag on a node whose state_dir or [alerts].file is not the default.
+func alertsFileOfNode(config string) string {
+	if p, err := daemon.LoadPolicy(config); err == nil {
+		return p.AlertsFile()
+	}
+	return defaultAlertsFile
+}
+
 func runAlerts(args []string) int {
 	fs := flag.NewFlagSet("alerts", flag.ContinueOnError)
 	follow := fs.Bool("follow", false, "keep printing new alerts as they are written (like tail -F)")
 	asJSON := fs.Bool("json", false, "print the raw JSON lines")
 	since := fs.String("since", "", "only alerts from this time on: RFC 3339 time, date, or a duration such as 10m")
 	exp := fs.String("experiment", "", "only alerts of this experiment id")
-	file := fs.String("file", defaultAlertsFile, "alerts file written by the daemon")
+	file := fs.String("file", alertsFileOfNode(defaultConfig), "alerts file written by the daemon (default: the node policy's)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: arkgw alerts [--follow] [--json] [--since T] [--experiment ID] [--file PATH]")
 		fs.PrintDefaults()
