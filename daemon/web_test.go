@@ -224,3 +224,11 @@ func TestFlowsPage(t *testing.T) {
 		t.Errorf("bad query: the page does not show the API's message:\n%s", b)
 	}
 }
+
+func TestBytesTextMatchesPolicyUnits(t *testing.T) {
+	for n, want := range map[uint64]string{100_000_000: "100.0 MB", 2048: "2.0 kB", 999: "999 B", 1_500_000_000: "1.5 GB"} {
+		if got := bytesText(n); got != want {
+			t.Errorf("bytesText(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
