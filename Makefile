@@ -68,7 +68,7 @@ rootfs: build ## a small container root for tests and the demo (ROOTFS=dir)
 	root=$${ROOTFS:-/var/lib/arkgw/containers/ark-2026.1}; ./scripts/rootfs.sh $$root && \
 	  install -D -m 0755 $(BIN)/arkprobe $$root/usr/local/bin/arkprobe
 
-cleanup: build ## remove every kernel object arkgw or netlab left behind
+cleanup: build ## remove kernel state of experiments no longer running (daemon stopped)
 	./$(BIN)/arkgw cleanup || true
 
 clean: ## remove build outputs
