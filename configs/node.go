@@ -37,6 +37,13 @@ type NodePolicy struct {
 	DNS      NodeDNS
 	Limits   NodeLimits
 	Alerts   AlertPolicy
+	Flows    FlowPolicy
+}
+
+// FlowPolicy is the [flows] section: the conntrack flow log that answers
+// "which experiment sent this?" (an extension of POLICY.md).
+type FlowPolicy struct {
+	RetentionDays int // days of flows kept; experiments stopped long ago stay attributable this long
 }
 
 // WebPolicy is the owner page and API listener.
@@ -117,6 +124,11 @@ type rawNode struct {
 	DNS      rawNodeDNS    `toml:"dns"`
 	Limits   rawNodeLimits `toml:"limits"`
 	Alerts   rawNodeAlerts `toml:"alerts"`
+	Flows    rawNodeFlows  `toml:"flows"`
+}
+
+type rawNodeFlows struct {
+	RetentionDays int64 `toml:"retention_days"`
 }
 
 type rawWeb struct {
@@ -192,6 +204,7 @@ func defaultRawNode() rawNode {
 			CPU: map[string]int64{"minimal": 10, "moderate": 50, "substantial": 100},
 		},
 		Alerts: rawNodeAlerts{NFLOGGroup: 100, Window: "10m"},
+		Flows:  rawNodeFlows{RetentionDays: 30},
 	}
 }
 
@@ -449,6 +462,11 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 		e.add("alerts.window", r.Alerts.Window, "not a positive duration; write e.g. \"10m\" or \"1h\"")
 	} else {
 		a.Window = w
+	}
+	if r.Flows.RetentionDays < 1 || r.Flows.RetentionDays > 3660 {
+		e.add("flows.retention_days", strconv.FormatInt(r.Flows.RetentionDays, 10), "must be 1 to 3660 days")
+	} else {
+		n.Flows.RetentionDays = int(r.Flows.RetentionDays)
 	}
 
 	if len(e.list) > 0 {

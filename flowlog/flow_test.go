@@ -1,6 +1,7 @@
 package flowlog
 
 import (
+	"context"
 	"net/netip"
 	"net/url"
 	"os"
@@ -187,4 +188,34 @@ func TestParseProto(t *testing.T) {
 	if _, err := ParseProto("nope"); err == nil || !strings.Contains(err.Error(), `"nope"`) {
 		t.Errorf("ParseProto(nope) = %v", err)
 	}
+}
+
+// The recorder deletes days past the retention when it starts (and hourly).
+func TestRecorderExpiresOldDays(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenStore(dir, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	old := time.Now().UTC().AddDate(0, 0, -30)
+	if err := s.Append([]Flow{mkFlow("x1", "10.250.0.2", "198.51.100.9", 22, old, time.Second)}); err != nil {
+		t.Fatal(err)
+	}
+	r := NewRecorder(Config{Store: s, Attribute: attribute})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.flushLoop(ctx); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if got, _ := s.Find(Query{}); len(got) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a flow 30 days old is still there with a 7-day retention")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }

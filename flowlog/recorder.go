@@ -203,9 +203,14 @@ func (r *Recorder) onEvent(c ct.Con) int {
 	return 0
 }
 
+// expireEvery is how often day files past the retention are deleted.
+const expireEvery = time.Hour
+
 func (r *Recorder) flushLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.FlushEvery)
 	defer t.Stop()
+	r.expire()
+	lastExpire := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -213,7 +218,17 @@ func (r *Recorder) flushLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			r.flush()
+			if time.Since(lastExpire) >= expireEvery {
+				r.expire()
+				lastExpire = time.Now()
+			}
 		}
+	}
+}
+
+func (r *Recorder) expire() {
+	if err := r.cfg.Store.Expire(time.Now()); err != nil {
+		r.log.Warn("delete flow log days past the retention", "error", err)
 	}
 }
 

@@ -47,8 +47,6 @@ type Options struct {
 	// PcapBinary is the host path of the sandbox's /usr/bin/pcap client;
 	// "" = "pcap" beside the running arkgw binary, if it exists.
 	PcapBinary string
-	// FlowRetentionDays bounds the flow log (default 30).
-	FlowRetentionDays int
 	// CgroupParent holds one cgroup per experiment ("" = "arkgw").
 	CgroupParent string
 }
@@ -88,9 +86,6 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	if opt.HostNS == 0 {
 		opt.HostNS = netns.None()
 	}
-	if opt.FlowRetentionDays == 0 {
-		opt.FlowRetentionDays = 30
-	}
 	if opt.PcapBinary == "" {
 		if exe, err := os.Executable(); err == nil {
 			p := filepath.Join(filepath.Dir(exe), "pcap")
@@ -111,7 +106,7 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	if err != nil {
 		return nil, err
 	}
-	fs, err := flowlog.OpenStore(filepath.Join(node.StateDir, "flows"), opt.FlowRetentionDays)
+	fs, err := flowlog.OpenStore(filepath.Join(node.StateDir, "flows"), node.Flows.RetentionDays)
 	if err != nil {
 		return nil, err
 	}
