@@ -296,9 +296,21 @@ func (j *job) opt() *dns.OPT {
 // the client's ID and question (its letter case), our EDNS buffer size.
 // It declines (ok false) when the answer's EDNS does not line up with the
 // client's or carries options, or the framing is odd; finish handles those.
+// walkAnswer checks only the framing, so the records' contents are parsed
+// too: a malformed answer from upstream (an A record of 3 bytes) must reach
+// the general path, which answers SERVFAIL, not the client or the cache.
 func patchAnswer(j *job, raw []byte) ([]byte, bool) {
 	info, ok := walkAnswer(raw, false)
 	if !ok || (info.optOff != 0) != j.hasOPT || info.optRd != 0 || len(raw) < hdrLen+len(j.rawQ) {
+		return nil, false
+	}
+	// The client's question is spliced over the answer's: only where the
+	// answer's is the same question (the exchanger checks this too; the
+	// splice must not depend on it).
+	if !sameQuestion(raw[hdrLen:], j.question) {
+		return nil, false
+	}
+	if err := new(dns.Msg).Unpack(raw); err != nil {
 		return nil, false
 	}
 	binary.BigEndian.PutUint16(raw, j.id)
