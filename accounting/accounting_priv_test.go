@@ -14,36 +14,6 @@ import (
 	"github.com/arkgw/arkgw/netlab"
 )
 
-func sink(t *testing.T, lab *bwlab.Lab) (string, *atomic.Int64) {
-	t.Helper()
-	ln, err := lab.Inet.Listen("tcp", bwlab.InetIP+":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	got := new(atomic.Int64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					got.Add(int64(n))
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), got
-}
-
 // push writes n bytes from exp to addr for at most d, then waits until the
 // bytes stop arriving; it returns how many arrived meanwhile.
 func push(t *testing.T, lab *bwlab.Lab, addr string, got *atomic.Int64, n int, d time.Duration) int64 {
@@ -98,7 +68,7 @@ func ipRx(t *testing.T, h *netlab.Host) uint64 {
 // lets traffic flow again at the full cap.
 func TestPrivilegedBudget(t *testing.T) {
 	lab := bwlab.New(t)
-	addr, got := sink(t, lab)
+	addr, got := lab.Sink(t, bwlab.InetIP)
 	ctx := context.Background()
 	const capBps, budget = 20_000_000, 2_000_000
 	sh, err := shape.NewShaper(shape.ShaperConfig{NS: lab.Node.NS(), Uplinks: []string{bwlab.Uplink}})

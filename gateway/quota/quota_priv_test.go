@@ -12,41 +12,6 @@ import (
 	"github.com/arkgw/arkgw/netlab"
 )
 
-// sink accepts TCP connections on inet and counts the bytes that arrive.
-func sink(t *testing.T, lab *bwlab.Lab) (addr string, got *atomic.Int64) {
-	return sinkAt(t, lab, bwlab.InetIP)
-}
-
-func sinkAt(t *testing.T, lab *bwlab.Lab, ip string) (addr string, got *atomic.Int64) {
-	t.Helper()
-	ln, err := lab.Inet.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	got = new(atomic.Int64)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					got.Add(int64(n))
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String(), got
-}
-
 // push sends n bytes from exp to addr, giving up after d (the quota stalls
 // it), and waits (settle) until they arrived or nothing moved for quiet
 // before closing: the close discards unsent data (linger 0).
@@ -103,7 +68,7 @@ func ipBytes(t *testing.T, h *netlab.Host, ifname string) uint64 {
 
 func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	lab := bwlab.New(t)
-	addr, got := sink(t, lab)
+	addr, got := lab.Sink(t, bwlab.InetIP)
 	tab := New(Config{NS: lab.Node.NS(), NFLOGGroup: 7})
 	const budget = 2_000_000
 	e := Exp{ID: "q1", HostIf: bwlab.HostIf, BudgetBytes: budget}
@@ -195,7 +160,7 @@ func TestPrivilegedQuotaStopsAtBudget(t *testing.T) {
 	}
 
 	// IPv6 is counted too (inet table).
-	addr6, got6 := sinkAt(t, lab, bwlab.InetIP6)
+	addr6, got6 := lab.Sink(t, bwlab.InetIP6)
 	cs5, _ := tab.Read()
 	if n := push(t, lab, addr6, got6, 200_000, 3*time.Second, 3*time.Second); n < 200_000 {
 		t.Errorf("IPv6: only %d of 200000 bytes arrived", n)
