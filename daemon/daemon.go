@@ -79,17 +79,20 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	defer st.Close()
 
 	d.alertsPath = pol.AlertsFile()
-	fileSink, err := openAlertSink(pol)
+	stream, err := alert.OpenStream(alert.StreamConfig{
+		File: d.alertsPath, Syslog: pol.SyslogTarget(), Node: pol.NodeName(), Logger: d.log,
+	})
 	if err != nil {
 		return err
 	}
-	defer fileSink.Close()
+	defer stream.Close()
 
 	d.registry = prometheus.NewRegistry()
+	d.registry.MustRegister(stream.Collectors()...)
 	var mgr *Manager
 	// Alerts reach the file and the per-experiment count.
 	sink := alert.SinkFunc(func(r alert.Record) {
-		fileSink.Emit(r)
+		stream.Emit(r)
 		if r.Experiment != "" && mgr != nil {
 			mgr.CountAlert(r.Experiment, 1)
 		}

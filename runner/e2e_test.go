@@ -403,8 +403,10 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 		t.Errorf("live status %+v: want bytes both ways and the 10 Mbit/s cap", live)
 	}
 	metrics, err := nd.client.Raw("/metrics")
-	if err != nil || !strings.Contains(string(metrics), `arkgw_experiments{state="running"} 1`) {
-		t.Errorf("metrics: %v\n%.2000s", err, metrics)
+	for _, want := range []string{`arkgw_experiments{state="running"} 1`, `arkgw_alerts_total{kind="packet",rule="tcp-dst"}`, `arkgw_alerts_file_written_total`} {
+		if err != nil || !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %s: %v\n%.2000s", want, err, metrics)
+		}
 	}
 
 	if _, err := nd.client.Stop(id); err != nil {
