@@ -468,28 +468,12 @@ func (in *instance) startServices() error {
 		return fmt.Errorf("experiment %s: pcap service: %w", in.eff.ID, err)
 	}
 	in.register(ps)
-	psErr := make(chan error, 1)
-	for _, svc := range []struct {
-		run  func(context.Context) error
-		errc chan error
-	}{{proxy.Run, nil}, {ps.Run, psErr}} {
-		svc := svc
-		in.wg.Add(1)
-		go func() {
-			defer in.wg.Done()
-			err := svc.run(ctx)
-			if err != nil {
-				in.log.Error("experiment service stopped", "error", err)
-			}
-			if svc.errc != nil {
-				svc.errc <- err
-			}
-		}()
-	}
+	in.serve(ctx, proxy.Run)
+	psDone := in.serve(ctx, ps.Run)
 	// The sandbox binds the pcap socket: it must exist first.
 	select {
 	case <-ps.Ready():
-	case err := <-psErr:
+	case err := <-psDone:
 		if err == nil {
 			err = errors.New("stopped before its socket was ready")
 		}
@@ -498,6 +482,22 @@ func (in *instance) startServices() error {
 		return fmt.Errorf("experiment %s: pcap service: socket %s not ready after 10 s", in.eff.ID, in.pcapSocket())
 	}
 	return nil
+}
+
+// serve runs a per-experiment service until ctx ends; the returned channel
+// gets its result. teardown waits for it.
+func (in *instance) serve(ctx context.Context, run func(context.Context) error) <-chan error {
+	done := make(chan error, 1)
+	in.wg.Add(1)
+	go func() {
+		defer in.wg.Done()
+		err := run(ctx)
+		if err != nil {
+			in.log.Error("experiment service stopped", "error", err)
+		}
+		done <- err
+	}()
+	return done
 }
 
 // register adds a per-experiment collector to the daemon's registry until
