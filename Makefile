@@ -11,9 +11,10 @@ export CGO_ENABLED ?= 0
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 20
 
-build: ## build bin/arkgw, bin/pcap and bin/arkprobe (static, CGO off)
+build: ## build bin/arkgw, bin/arkgw-init, bin/pcap and bin/arkprobe (static, CGO off)
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -o $(BIN)/arkgw ./cmd/arkgw
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/arkgw-init ./cmd/arkgw-init
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/pcap ./cmd/pcap
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/arkprobe ./cmd/arkprobe
 

@@ -42,6 +42,7 @@ type Config struct {
 	Pool6          netip.Prefix   // default fd00:a4c::/48: a /64 per slot
 	NFLOGGroup     uint16         // drops are logged here with prefix alert.LogPrefix(id, rule)
 	UIDBase        uint32         // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
+	HolderBinary   string         // nsholder.Config.Binary: arkgw-init, "" = this binary
 	Logger         hclog.Logger
 }
 
@@ -208,7 +209,7 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 	g.removeNetwork(id, nil)
 
 	dir := g.nsDir(id)
-	h, err := nsholder.Create(nsholder.Config{Dir: dir, HostUID: uid, HostGID: uid})
+	h, err := nsholder.Create(nsholder.Config{Dir: dir, HostUID: uid, HostGID: uid, Binary: g.cfg.HolderBinary})
 	if err != nil {
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}

@@ -43,6 +43,12 @@ type Config struct {
 	// maps to; Size ids are mapped (65536 when 0).
 	HostUID, HostGID uint32
 	Size             uint32
+	// Binary is the executable started as the holder; the processes the
+	// holder spawns with Path reexec.Self run it too. It must register the
+	// holder (and the sandbox init): the arkgw binary or the small
+	// cmd/arkgw-init, which starts several times faster. Empty: this
+	// binary.
+	Binary string
 }
 
 // Holder is a created namespace pair. The holder process keeps running until
@@ -92,14 +98,25 @@ func Create(cfg Config) (h *Holder, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("nsholder: create %s: %w", cfg.Dir, err)
 	}
-	h = &Holder{cfg: cfg, pending: map[uint64]*pending{}}
+	// A named local: "return nil, err" sets the result h to nil before
+	// the deferred clean-up runs.
+	made := &Holder{cfg: cfg, pending: map[uint64]*pending{}}
+	h = made
 	defer func() {
 		if err != nil {
-			h.Remove()
+			made.Remove()
 		}
 	}()
 
 	cmd := reexec.Command(holderName)
+	if cfg.Binary != "" {
+		exe, err := openExecutable(cfg.Binary)
+		if err != nil {
+			return nil, fmt.Errorf("nsholder %s: %w", cfg.Dir, err)
+		}
+		defer exe.Close()
+		cmd.Path = fmt.Sprintf("/proc/self/fd/%d", exe.Fd())
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(cfg.HostUID), Size: int(cfg.Size)}},
@@ -161,6 +178,24 @@ func Create(cfg Config) (h *Holder, err error) {
 		}
 	}
 	return h, nil
+}
+
+// openExecutable opens the holder binary for exec through /proc/self/fd:
+// the child execs it after becoming the namespace's uid 0 (a host uid that
+// cannot walk root's 0700 directories), and the fd's magic link reaches
+// the file without walking its path. The fd is moved above the numbers
+// the child's ExtraFiles take, which it would otherwise be overwritten by.
+func openExecutable(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open holder binary %s: %w", path, err)
+	}
+	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 64)
+	unix.Close(fd)
+	if err != nil {
+		return nil, fmt.Errorf("holder binary %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(high), path), nil
 }
 
 func bindNS(src, dst string) error {

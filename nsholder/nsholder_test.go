@@ -163,3 +163,31 @@ func FuzzReadStatus(f *testing.F) {
 		ReadStatus(p)
 	})
 }
+
+// A holder binary that is not a holder (it exits without "ready") and one
+// that does not exist: Create fails with the reason and leaves no
+// directory entries or mounts behind.
+func TestPrivilegedCreateBadBinary(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates user and network namespaces")
+	}
+	for _, c := range []struct{ binary, want string }{
+		{"/bin/true", "holder did not start"},
+		{"/nonexistent/arkgw-init", "open holder binary /nonexistent/arkgw-init"},
+	} {
+		dir := filepath.Join(t.TempDir(), "ns")
+		h, err := Create(Config{Dir: dir, HostUID: 200000, HostGID: 200000, Binary: c.binary})
+		if err == nil {
+			h.Remove()
+			t.Fatalf("%s: Create succeeded", c.binary)
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %q lacks %q", c.binary, err, c.want)
+		}
+		for _, kind := range []string{"user", "net"} {
+			if _, err := os.Stat(filepath.Join(dir, kind)); err == nil {
+				t.Errorf("%s: %s/%s left behind", c.binary, dir, kind)
+			}
+		}
+	}
+}

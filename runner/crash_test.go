@@ -22,13 +22,14 @@ import (
 	"github.com/arkgw/arkgw/store"
 )
 
-// buildArkgw builds the real binary (and the pcap client beside it).
+// buildArkgw builds the real binary (and the pcap client and arkgw-init
+// beside it, where the daemon finds them).
 func buildArkgw(t *testing.T) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
 	top := filepath.Dir(filepath.Dir(file))
 	dir := t.TempDir()
-	for _, p := range []string{"arkgw", "pcap"} {
+	for _, p := range []string{"arkgw", "pcap", "arkgw-init"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, p), "./cmd/"+p)
 		cmd.Dir, cmd.Env = top, append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -74,29 +74,36 @@ func containerRoot(t *testing.T) string {
 }
 
 var (
-	pcapOnce sync.Once
-	pcapPath string
+	binMu    sync.Mutex
+	binPaths = map[string]string{}
 )
 
-// pcapBinary builds cmd/pcap once per test binary (the sandbox binds it at
-// /usr/bin/pcap).
-func pcapBinary(t *testing.T) string {
-	pcapOnce.Do(func() {
-		dir := filepath.Dir(containerRoot(t))
-		_, file, _, _ := runtime.Caller(0)
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "pcap"), "./cmd/pcap")
-		cmd.Dir, cmd.Env = filepath.Dir(filepath.Dir(file)), append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Logf("build pcap: %v\n%s", err, out)
-			return
-		}
-		pcapPath = filepath.Join(dir, "pcap")
-	})
-	if pcapPath == "" {
-		t.Fatal("cmd/pcap did not build")
+// cmdBinary builds ./cmd/<name> once per test binary, CGO off, beside the
+// test container root.
+func cmdBinary(t *testing.T, name string) string {
+	t.Helper()
+	dir := filepath.Dir(containerRoot(t))
+	binMu.Lock()
+	defer binMu.Unlock()
+	if p, ok := binPaths[name]; ok {
+		return p
 	}
-	return pcapPath
+	_, file, _, _ := runtime.Caller(0)
+	p := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", p, "./cmd/"+name)
+	cmd.Dir, cmd.Env = filepath.Dir(filepath.Dir(file)), append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build cmd/%s: %v\n%s", name, err, out)
+	}
+	binPaths[name] = p
+	return p
 }
+
+// pcapBinary is the sandbox's /usr/bin/pcap client.
+func pcapBinary(t *testing.T) string { return cmdBinary(t, "pcap") }
+
+// helperBinary is arkgw-init, the holder and sandbox init.
+func helperBinary(t *testing.T) string { return cmdBinary(t, "arkgw-init") }
 
 // installProbe puts arkprobe on the container's PATH, as `make rootfs` does.
 func installProbe(probe, root string) error {
@@ -156,7 +163,7 @@ nflog_group = %d
 		nd.done <- daemon.Run(ctx, daemon.Config{
 			Policy: &daemon.Policy{Node: n}, Socket: sock, Logger: testLogger(),
 			NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
-				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcapBinary(t), CgroupParent: testCgroupParent(t)})
+				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcapBinary(t), HelperBinary: helperBinary(t), CgroupParent: testCgroupParent(t)})
 			},
 		}, nil)
 	}()

@@ -47,6 +47,11 @@ type Options struct {
 	// PcapBinary is the host path of the sandbox's /usr/bin/pcap client;
 	// "" = "pcap" beside the running arkgw binary, if it exists.
 	PcapBinary string
+	// HelperBinary is the small binary started as each experiment's
+	// namespace holder and sandbox init (cmd/arkgw-init); "" =
+	// "arkgw-init" beside the running arkgw binary, if it exists, else
+	// arkgw re-executes itself (the same code, slower to start).
+	HelperBinary string
 	// CgroupParent holds one cgroup per experiment ("" = "arkgw").
 	CgroupParent string
 }
@@ -86,22 +91,19 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	if opt.HostNS == 0 {
 		opt.HostNS = netns.None()
 	}
-	if opt.PcapBinary == "" {
-		if exe, err := os.Executable(); err == nil {
-			p := filepath.Join(filepath.Dir(exe), "pcap")
-			if _, err := os.Stat(p); err == nil {
-				opt.PcapBinary = p
-			}
-		}
-	}
+	opt.PcapBinary = besideSelf(opt.PcapBinary, "pcap")
+	opt.HelperBinary = besideSelf(opt.HelperBinary, "arkgw-init")
 	log := deps.Logger
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
+	if opt.HelperBinary == "" {
+		log.Info("no arkgw-init beside the arkgw binary: holders and sandbox inits re-execute arkgw, which starts slower")
+	}
 	node := deps.Policy.Node
 	gw, err := gateway.New(gateway.Config{
 		HostNS: opt.HostNS, RunDir: opt.RunDir, Uplink: node.Uplink,
-		NFLOGGroup: node.Alerts.NFLOGGroup, Logger: log,
+		NFLOGGroup: node.Alerts.NFLOGGroup, HolderBinary: opt.HelperBinary, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -585,4 +587,21 @@ func (in *instance) teardown(ctx context.Context) error {
 	}
 	errs = append(errs, in.r.quota.Remove(in.eff.ID), in.r.shaper.Remove(ctx, in.eff.ID))
 	return errors.Join(append(errs, in.r.gw.Remove(ctx, in.eff.ID))...)
+}
+
+// besideSelf returns path, or when it is empty the file name beside the
+// running binary if that exists, else "".
+func besideSelf(path, name string) string {
+	if path != "" {
+		return path
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), name)
+	if _, err := os.Stat(p); err != nil {
+		return ""
+	}
+	return p
 }

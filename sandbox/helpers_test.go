@@ -117,14 +117,49 @@ var uidSlot struct {
 	n uint32
 }
 
-// newHolder creates the experiment's namespaces, removed at cleanup.
+var (
+	helperOnce sync.Once
+	helperPath string
+	helperErr  error
+)
+
+// helperBinary builds cmd/arkgw-init once per test binary: the holder and
+// sandbox init the daemon starts in production.
+func helperBinary(t *testing.T) string {
+	t.Helper()
+	base := testContainers(t)
+	helperOnce.Do(func() {
+		p := filepath.Join(base, "arkgw-init")
+		cmd := exec.Command("go", "build", "-o", p, "../cmd/arkgw-init")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			helperErr = fmt.Errorf("build cmd/arkgw-init: %v\n%s", err, out)
+			return
+		}
+		helperPath = p
+	})
+	if helperErr != nil {
+		t.Fatal(helperErr)
+	}
+	return helperPath
+}
+
+// newHolder creates the experiment's namespaces, removed at cleanup, with
+// the helper binary as holder (and so as sandbox init).
 func newHolder(t *testing.T) *nsholder.Holder {
+	t.Helper()
+	return newHolderOf(t, helperBinary(t))
+}
+
+// newHolderOf is newHolder with the given holder binary ("" = this test
+// binary re-executed, the daemon's fallback).
+func newHolderOf(t *testing.T, binary string) *nsholder.Holder {
 	t.Helper()
 	uidSlot.Lock()
 	uidSlot.n++
 	base := 0x30000000 + (uint32(os.Getpid())%1000)*0x100000 + uidSlot.n*65536
 	uidSlot.Unlock()
-	h, err := nsholder.Create(nsholder.Config{Dir: filepath.Join(t.TempDir(), "ns"), HostUID: base, HostGID: base})
+	h, err := nsholder.Create(nsholder.Config{Dir: filepath.Join(t.TempDir(), "ns"), HostUID: base, HostGID: base, Binary: binary})
 	if err != nil {
 		t.Fatal(err)
 	}

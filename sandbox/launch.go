@@ -16,6 +16,7 @@ import (
 
 	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/reexec"
+	"github.com/arkgw/arkgw/sandbox/sandboxinit"
 )
 
 // Sandbox is a launched run. Its methods are safe for concurrent use.
@@ -48,9 +49,10 @@ const cloneflags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | un
 // bounds the launch only; the run is bounded by spec.Limits.MaxHours and
 // Stop.
 //
-// Sequence: validate and compute (prepare) -> create the cgroup -> open
-// the output/status files and O_PATH handles of the bind sources -> send
-// the init's configuration into a pipe -> the holder spawns the init in
+// Sequence: validate and compute (prepare) -> create the cgroup (in the
+// background, until the init is placed) -> open the output/status files
+// and O_PATH handles of the bind sources -> send the init's
+// configuration into a pipe -> the holder spawns the init in
 // new namespaces and starts draining its output -> the daemon moves the
 // init into the cgroup and writes "go" -> the init finishes the sandbox,
 // starts the command and reports "ok" (or the error) on a report pipe.
@@ -68,21 +70,53 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	if err := ensureMountPoints(p.root); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
-	cg, err := newCgroup(spec.ID, p.cgroupRel, p.res, spec.AllowMissing)
-	if err != nil {
-		return nil, err
+	// The cgroup is made while the init is spawned (on v1 it is several
+	// directories and files, about as long as the spawn); it is needed
+	// only to place the init.
+	type made struct {
+		cg  cgroupCtl
+		err error
 	}
-	tCgroup := time.Since(t0)
-	if m := cg.Missing(); len(m) > 0 {
-		log.Warn("running without cgroup controllers (accepted by policy)", "missing", m)
+	cgMade := make(chan made, 1)
+	go func() {
+		cg, err := newCgroup(spec.ID, p.cgroupRel, p.res, spec.AllowMissing)
+		cgMade <- made{cg, err}
+	}()
+	var cg cgroupCtl
+	var tCgroup time.Duration
+	cgWaited := false
+	awaitCgroup := func() error {
+		if cgWaited {
+			return nil
+		}
+		cgWaited = true
+		m := <-cgMade
+		tCgroup = time.Since(t0)
+		if m.err != nil {
+			return m.err
+		}
+		cg = m.cg
+		if missing := cg.Missing(); len(missing) > 0 {
+			log.Warn("running without cgroup controllers (accepted by policy)", "missing", missing)
+		}
+		return nil
 	}
 	var proc *nsholder.Process
 	defer func() {
-		if err != nil {
-			if proc != nil {
-				cg.Kill()
-				proc.Wait()
-			}
+		if err == nil {
+			return
+		}
+		awaitCgroup()
+		if cg != nil {
+			cg.Kill()
+		}
+		// Not yet placed, the init exits by itself: its configuration
+		// pipe was closed (the deferred close below ran first) before
+		// the "go" byte.
+		if proc != nil {
+			proc.Wait()
+		}
+		if cg != nil {
 			cg.Kill()
 			cg.Delete()
 		}
@@ -183,7 +217,7 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	tPrep := time.Since(t0)
 	proc, err = spec.Holder.Spawn(nsholder.SpawnRequest{
 		Path:       reexec.Self,
-		Args:       []string{initName},
+		Args:       []string{sandboxinit.Name},
 		Env:        []string{},
 		Cloneflags: cloneflags,
 		ExtraFiles: extra,
@@ -205,6 +239,9 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	toClose = []*os.File{cfgW, repR}
 
 	tSpawn := time.Since(t0)
+	if err := awaitCgroup(); err != nil {
+		return nil, err
+	}
 	if err := cg.Add(proc.PID); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
@@ -302,15 +339,6 @@ func (sb *Sandbox) monitor() {
 	close(sb.done)
 }
 
-// payloadStatus is what the init reports about the command on the result
-// pipe (the init is pid 1 of its namespace and cannot die of the
-// command's signal itself).
-type payloadStatus struct {
-	Exited bool `json:"exited"`
-	Code   int  `json:"code"`
-	Signal int  `json:"signal"`
-}
-
 // resultOf combines the holder's view of the init, the init's report about
 // the command and the cgroup's accounting.
 func resultOf(id string, st nsholder.ExitStatus, cs cgStats, stopped, timedOut bool) Result {
@@ -318,7 +346,7 @@ func resultOf(id string, st nsholder.ExitStatus, cs cgStats, stopped, timedOut b
 		UserCPU: st.UserCPU, SysCPU: st.SysCPU, Stdout: st.Stdout, Stderr: st.Stderr,
 		Started: st.Started, Ended: st.Ended, Stopped: stopped, TimedOut: timedOut,
 		OOMKilled: cs.OOMKills > 0, CPUTime: cs.CPU}
-	var ps payloadStatus
+	var ps sandboxinit.Status
 	if len(st.Result) > 0 && json.Unmarshal(st.Result, &ps) == nil {
 		r.Exited, r.Code, r.Signal = ps.Exited, ps.Code, ps.Signal
 		if !ps.Exited {

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,9 +15,19 @@ import (
 
 // The basic run: the command runs as uid 1000 of the experiment's user
 // namespace on the container root, sees its files at /experiment, and its
-// output is captured.
+// output is captured; with the helper binary as holder and init, and with
+// the re-executed main binary (the daemon's fallback).
 func TestPrivilegedShellIDAndRoot(t *testing.T) {
+	for _, holder := range []string{"arkgw-init", "self"} {
+		t.Run(holder, func(t *testing.T) { testShellIDAndRoot(t, holder) })
+	}
+}
+
+func testShellIDAndRoot(t *testing.T, holder string) {
 	tr := newSpec(t, "/bin/sh", "-c", "id; ls /; cat /experiment/hello.txt; hostname; cat /etc/resolv.conf; echo err >&2")
+	if holder == "self" {
+		tr.spec.Holder = newHolderOf(t, "")
+	}
 	res, out, errOut := tr.run(t)
 	if !res.Exited || res.Code != 0 {
 		t.Fatalf("result %+v, stdout %q stderr %q", res, out, errOut)
@@ -25,6 +36,14 @@ func TestPrivilegedShellIDAndRoot(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, out)
 		}
+	}
+	// the holder (whose own binary the init re-executes) is the chosen one
+	want, _ := os.Executable()
+	if holder != "self" {
+		want = helperBinary(t)
+	}
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", tr.spec.Holder.PID())); err != nil || exe != want {
+		t.Errorf("holder runs %q (%v), want %s", exe, err, want)
 	}
 	if errOut != "err\n" {
 		t.Errorf("stderr %q", errOut)

@@ -23,9 +23,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
-	"unsafe"
 
-	seccomp "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
@@ -293,28 +291,4 @@ func nativeFilter() ([]uint64, error) {
 		}
 	})
 	return nativeProg, nativeErr
-}
-
-// loadSeccomp installs a packed program on every thread of the process
-// (TSYNC), with no_new_privs.
-func loadSeccomp(packed []uint64) error {
-	if len(packed) == 0 || len(packed) > 4096 {
-		return fmt.Errorf("seccomp: program of %d instructions", len(packed))
-	}
-	filter := make([]unix.SockFilter, len(packed))
-	for i, x := range packed {
-		filter[i] = unix.SockFilter{Code: uint16(x >> 48), Jt: uint8(x >> 40), Jf: uint8(x >> 32), K: uint32(x)}
-	}
-	if err := seccomp.SetNoNewPrivs(); err != nil {
-		return fmt.Errorf("seccomp: no_new_privs: %w", err)
-	}
-	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
-	if e != 0 {
-		return fmt.Errorf("seccomp: load filter: %w", e)
-	}
-	if r != 0 {
-		return fmt.Errorf("seccomp: thread %d could not be synchronized", r)
-	}
-	return nil
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/nsholder"
+	"github.com/arkgw/arkgw/sandbox/sandboxinit"
 )
 
 // Spec describes one sandboxed run. The zero values of optional fields pick
@@ -143,7 +144,7 @@ func RootDir(containersDir, version string) (string, error) {
 // prepared is the pure part of a launch: everything computed from the Spec.
 type prepared struct {
 	root      string
-	cfg       initConfig
+	cfg       sandboxinit.Config
 	res       Resources
 	timeout   time.Duration
 	cgroupRel string // "/arkgw/<id>"
@@ -204,7 +205,7 @@ func prepare(s *Spec) (*prepared, error) {
 	}
 	p := &prepared{
 		root: root,
-		cfg: initConfig{
+		cfg: sandboxinit.Config{
 			ID:         s.ID,
 			TmpfsBytes: s.Limits.TmpfsMB << 20,
 			HasFiles:   s.FilesDir != "",

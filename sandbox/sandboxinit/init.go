@@ -1,6 +1,4 @@
-package sandbox
-
-// The sandbox init: a re-executed copy of the binary that the holder starts
+// Package sandboxinit is the sandbox init: a re-executed binary that the holder starts
 // in new mount, PID, UTS and IPC namespaces (inside the experiment's user
 // and network namespaces). It runs as uid 0 of the experiment's user
 // namespace, builds the sandbox, then starts the command as the
@@ -12,6 +10,12 @@ package sandbox
 // Every step that changes the process happens on the main thread, locked:
 // the bounding set, nice value and the seccomp "no new privs" bit are
 // per-thread, and the command is forked from this thread.
+//
+// It is its own package, importing little beyond the standard library, so
+// that the small helper binary (cmd/arkgw-init) carries it: a Go binary's
+// start-up cost grows with the packages it initialises, and the init
+// starts once per launch.
+package sandboxinit
 
 import (
 	"bufio"
@@ -35,13 +39,14 @@ import (
 	"github.com/arkgw/arkgw/reexec"
 )
 
-const initName = "arkgw-sandbox-init"
+// Name is the handler name (argv[0]) that starts the init.
+const Name = "arkgw-sandbox-init"
 
-func init() { reexec.Register(initName, initMain) }
+func init() { reexec.Register(Name, initMain) }
 
-// initConfig travels as one JSON line on fd 3, followed by the byte 'g'
+// Config travels as one JSON line on fd 3, followed by the byte 'g'
 // once the daemon placed the init in its cgroup.
-type initConfig struct {
+type Config struct {
 	ID         string   `json:"id"`
 	ReportFD   int      `json:"report_fd"`
 	ResultFD   int      `json:"result_fd"`
@@ -65,7 +70,7 @@ type initConfig struct {
 	CPUSeconds uint64   `json:"cpu_seconds"`
 	Nice       int      `json:"nice"`
 	Caps       []string `json:"caps"`
-	Seccomp    []uint64 `json:"seccomp"` // packed BPF program (nativeFilter)
+	Seccomp    []uint64 `json:"seccomp"` // packed BPF program: op<<48 | jt<<40 | jf<<32 | k
 }
 
 // stage is where the new root is assembled, in the init's private mount
@@ -89,7 +94,7 @@ func initMain() {
 	if err != nil {
 		os.Exit(125)
 	}
-	var cfg initConfig
+	var cfg Config
 	if err := json.Unmarshal(line, &cfg); err != nil {
 		fail("decode config", err)
 	}
@@ -129,8 +134,6 @@ func initMain() {
 	if err := dropInitCaps(keep); err != nil {
 		fail("reduce the init's capabilities", err)
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	if err := cmd.Start(); err != nil {
 		fail("start "+cfg.Args[0], err)
 	}
@@ -142,6 +145,12 @@ func initMain() {
 	fmt.Fprintf(report, "ok config=%v built=%v released=%v prepared=%v restricted=%v executed=%v\n",
 		tCfg, tBuilt, tGo, tPrepared, tRestricted, time.Since(t0))
 	report.Close()
+	// Forwarding starts after the report, off the launch's path (starting
+	// the runtime's signal machinery costs about half a millisecond). A
+	// signal before that ends the init by Go's default action, and the
+	// run with it: what a stop signal asks for anyway.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	go func() {
 		for s := range sigs {
 			cmd.Process.Signal(s)
@@ -159,9 +168,18 @@ func initMain() {
 	os.Exit(128 + st.Signal)
 }
 
+// Status is what the init reports about the command on the result pipe
+// (the init is pid 1 of its namespace and cannot die of the command's
+// signal itself).
+type Status struct {
+	Exited bool `json:"exited"`
+	Code   int  `json:"code"`
+	Signal int  `json:"signal"`
+}
+
 // reap waits for every child (pid 1 inherits orphans) until the command
 // itself ended.
-func reap(pid int) payloadStatus {
+func reap(pid int) Status {
 	for {
 		var ws unix.WaitStatus
 		p, err := unix.Wait4(-1, &ws, 0, nil)
@@ -169,18 +187,22 @@ func reap(pid int) payloadStatus {
 			continue
 		}
 		if err != nil {
-			return payloadStatus{Code: -1, Signal: int(unix.SIGKILL)}
+			return Status{Code: -1, Signal: int(unix.SIGKILL)}
 		}
 		if p == pid {
 			if ws.Exited() {
-				return payloadStatus{Exited: true, Code: ws.ExitStatus()}
+				return Status{Exited: true, Code: ws.ExitStatus()}
 			}
-			return payloadStatus{Code: -1, Signal: int(ws.Signal())}
+			return Status{Code: -1, Signal: int(ws.Signal())}
 		}
 	}
 }
 
 func closeFrom3OnExec() {
+	if unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	// kernels before 5.11
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
 		return
@@ -238,7 +260,7 @@ func remountRO(dst string, extra uintptr) error {
 }
 
 // buildRoot assembles the new root under stage and pivots into it.
-func buildRoot(c *initConfig) error {
+func buildRoot(c *Config) error {
 	// Nothing we mount may propagate to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -369,7 +391,7 @@ func buildDev(dev string) error {
 }
 
 // prepareCommand resolves the command inside the new root.
-func prepareCommand(c *initConfig) (*exec.Cmd, error) {
+func prepareCommand(c *Config) (*exec.Cmd, error) {
 	path := c.Args[0]
 	if !strings.Contains(path, "/") {
 		found := ""
@@ -453,7 +475,7 @@ func dropInitCaps(keep uint64) error {
 // restrict applies everything inherited by the command: rlimits, nice, the
 // bounding set (exactly the network capabilities), no_new_privs and,
 // last, seccomp (TSYNC: all of the init's threads).
-func restrict(c *initConfig) error {
+func restrict(c *Config) error {
 	lim := func(res int, v uint64) error {
 		// syscall.Setrlimit, not unix: it also stops os/exec from
 		// restoring the NOFILE limit Go found at start in the child.
@@ -496,4 +518,25 @@ func restrict(c *initConfig) error {
 		return fmt.Errorf("no_new_privs: %w", err)
 	}
 	return loadSeccomp(c.Seccomp)
+}
+
+// loadSeccomp installs a packed program on every thread of the process
+// (TSYNC); restrict set no_new_privs before.
+func loadSeccomp(packed []uint64) error {
+	if len(packed) == 0 || len(packed) > 4096 {
+		return fmt.Errorf("seccomp: program of %d instructions", len(packed))
+	}
+	filter := make([]unix.SockFilter, len(packed))
+	for i, x := range packed {
+		filter[i] = unix.SockFilter{Code: uint16(x >> 48), Jt: uint8(x >> 40), Jf: uint8(x >> 32), K: uint32(x)}
+	}
+	fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	r, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&fprog)))
+	if e != 0 {
+		return fmt.Errorf("seccomp: load filter: %w", e)
+	}
+	if r != 0 {
+		return fmt.Errorf("seccomp: thread %d could not be synchronized", r)
+	}
+	return nil
 }
