@@ -118,7 +118,7 @@ type Proxy struct {
 	cache   *cache
 	stats   counters
 
-	udp   []*net.UDPConn
+	udp   []*udpSock
 	tcp   []*net.TCPListener
 	addrs []netip.AddrPort
 
@@ -262,19 +262,18 @@ func (p *Proxy) listen(addr string) error {
 	}
 	lc := net.ListenConfig{Control: freebind}
 	for try := 0; ; try++ {
-		var uc net.PacketConn
+		var us *udpSock
 		var tl net.Listener
 		err := nsdo.In(p.cfg.NS, func() error {
 			var err error
-			uc, err = lc.ListenPacket(context.Background(), "udp", ap.String())
+			us, err = listenUDPSock(ap)
 			if err != nil {
-				return fmt.Errorf("listen udp %s: %w", ap, err)
+				return err
 			}
-			bound := uc.LocalAddr().(*net.UDPAddr).AddrPort()
-			tl, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(ap.Addr(), bound.Port()).String())
+			tl, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(ap.Addr(), us.local.Port()).String())
 			if err != nil {
-				uc.Close()
-				return fmt.Errorf("listen tcp %s: %w", netip.AddrPortFrom(ap.Addr(), bound.Port()), err)
+				us.close()
+				return fmt.Errorf("listen tcp %s: %w", netip.AddrPortFrom(ap.Addr(), us.local.Port()), err)
 			}
 			return nil
 		})
@@ -284,10 +283,9 @@ func (p *Proxy) listen(addr string) error {
 			}
 			return err
 		}
-		p.udp = append(p.udp, uc.(*net.UDPConn))
+		p.udp = append(p.udp, us)
 		p.tcp = append(p.tcp, tl.(*net.TCPListener))
-		bound := uc.LocalAddr().(*net.UDPAddr).AddrPort()
-		p.addrs = append(p.addrs, netip.AddrPortFrom(ap.Addr(), bound.Port()))
+		p.addrs = append(p.addrs, netip.AddrPortFrom(ap.Addr(), us.local.Port()))
 		return nil
 	}
 }
@@ -301,6 +299,14 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if !p.ran.CompareAndSwap(false, true) {
 		return errors.New("dns proxy: Run called twice")
 	}
+	p.mu.Lock()
+	closed := p.closing
+	p.mu.Unlock()
+	if closed { // Close came first and may have left the sockets to Run
+		p.freeUDP()
+		p.pool.close()
+		return errors.New("dns proxy: Run called after Close")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p.log.Info("dns proxy serving", "addrs", fmt.Sprint(p.addrs), "upstreams", fmt.Sprint(p.pool.upstreamAddrs()))
@@ -311,9 +317,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		defer alertWG.Done()
 		p.alertLoop(ctx)
 	}()
-	readers := 2
 	for _, uc := range p.udp {
-		for i := 0; i < readers; i++ {
+		for i := 0; i < udpReaders; i++ {
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
@@ -331,6 +336,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	<-ctx.Done()
 	p.Close()
 	p.wg.Wait()
+	p.freeUDP()
 	p.pool.close()
 	alertWG.Wait()
 	p.log.Info("dns proxy stopped")
@@ -346,18 +352,27 @@ func (p *Proxy) Close() {
 		return
 	}
 	p.closing = true
+	ran := p.ran.Load()
 	for c := range p.conns {
 		c.Close()
 	}
 	p.mu.Unlock()
 	for _, u := range p.udp {
-		u.Close()
+		u.shutdown() // wakes the readers; Run frees the sockets after them
 	}
 	for _, t := range p.tcp {
 		t.Close()
 	}
-	if !p.ran.Load() {
+	if !ran {
+		p.freeUDP()
 		p.pool.close()
+	}
+}
+
+// freeUDP releases the UDP sockets; nothing may use them any more.
+func (p *Proxy) freeUDP() {
+	for _, u := range p.udp {
+		u.close()
 	}
 }
 

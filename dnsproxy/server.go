@@ -47,47 +47,54 @@ func newBatchConn(c net.PacketConn, v6 bool) batchConn {
 }
 
 const (
+	udpReaders  = 2    // goroutines reading each UDP socket
 	udpBatch    = 16   // datagrams per recvmmsg
 	udpQueryBuf = 4096 // bytes per query buffer: larger queries are dropped
 )
 
-// serveUDP reads queries from uc, a batch per system call when several are
-// waiting. Refusals, errors and cache hits are answered inline, together in
-// one sendmmsg; forwarded queries get a goroutine each (bounded by
-// MaxInflight: beyond that queries are dropped and counted, as a loaded
-// resolver would).
-func (p *Proxy) serveUDP(ctx context.Context, uc *net.UDPConn) {
-	bc := newBatchConn(uc, uc.LocalAddr().(*net.UDPAddr).IP.To4() == nil)
-	in := make([]ipv4.Message, udpBatch)
-	out := make([]ipv4.Message, udpBatch)
-	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, udpQueryBuf)}
-		out[i].Buffers = [][]byte{nil}
+// serveUDP reads queries from s, a batch per recvmmsg when several are
+// waiting (the socket is watched for input only: see udpSock).
+// Refusals, errors and cache hits are answered inline, together in one
+// sendmmsg; forwarded queries get a goroutine each (bounded by MaxInflight:
+// beyond that queries are dropped and counted, as a loaded resolver would).
+func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
+	in := newMmsgBatch(udpBatch)
+	out := newMmsgBatch(udpBatch)
+	buf := make([]byte, udpBatch*udpQueryBuf)
+	for i := 0; i < udpBatch; i++ {
+		in.setBuf(i, buf[i*udpQueryBuf:(i+1)*udpQueryBuf:(i+1)*udpQueryBuf])
 	}
+	resps := make([][]byte, udpBatch) // keeps the answers alive until sent
 	for {
-		n, err := bc.ReadBatch(in, 0)
+		n, err := s.recvmmsg(in)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return
+			var errno unix.Errno
+			if !errors.As(err, &errno) || ctx.Err() != nil {
+				return // closed
 			}
+			// A socket error (an ICMP error queued on it, ENOMEM): the
+			// next read goes on.
 			continue
 		}
 		nout := 0
 		for i := 0; i < n; i++ {
-			m := &in[i]
-			ua, ok := m.Addr.(*net.UDPAddr)
-			if !ok || m.Flags&unix.MSG_TRUNC != 0 {
+			h := &in.hdrs[i]
+			src, ok := in.source(i)
+			if !ok || h.Hdr.Flags&unix.MSG_TRUNC != 0 {
 				p.stats.malformed.Add(1)
 				continue
 			}
-			src := ua.AddrPort()
 			if !p.clientOK(src.Addr()) {
 				continue
 			}
-			resp, j := p.prepare(m.Buffers[0][:m.N], false)
+			resp, j := p.prepare(buf[i*udpQueryBuf:i*udpQueryBuf+int(h.Len)], false)
 			if resp != nil {
-				out[nout].Buffers[0] = resp
-				out[nout].Addr = m.Addr
+				if len(resp) == 0 {
+					continue
+				}
+				resps[nout] = resp
+				out.setBuf(nout, resp)
+				out.setDest(nout, in, i)
 				nout++
 				continue
 			}
@@ -104,22 +111,19 @@ func (p *Proxy) serveUDP(ctx context.Context, uc *net.UDPConn) {
 			go func() {
 				defer p.wg.Done()
 				defer func() { <-p.inflight }()
-				if resp := p.forward(ctx, j); resp != nil {
-					_, _ = uc.WriteToUDPAddrPort(resp, src)
+				if resp := p.forward(ctx, j); len(resp) > 0 {
+					_ = s.sendTo(resp, src)
 				}
 			}()
 		}
 		for sent := 0; sent < nout; {
-			k, err := bc.WriteBatch(out[sent:nout], 0)
-			if err != nil {
-				sent++ // skip the datagram that failed (e.g. EPERM from a firewall)
-				continue
+			k, err := s.sendmmsg(out, sent, nout)
+			if err != nil || k <= 0 {
+				k = 1 // skip the datagram that failed (e.g. EPERM from a firewall)
 			}
 			sent += k
 		}
-		for i := 0; i < nout; i++ {
-			out[i].Buffers[0], out[i].Addr = nil, nil
-		}
+		clear(resps[:nout])
 	}
 }
 
