@@ -113,7 +113,7 @@ func build(c *nftables.Conn, t *nftables.Table, rs *Ruleset, step func() error) 
 	}
 	c.AddTable(t)
 	for _, name := range rs.Counters {
-		c.AddObj(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+		addCounter(c, t, name)
 		if err := stepErr("counter " + name); err != nil {
 			return err
 		}
@@ -122,35 +122,15 @@ func build(c *nftables.Conn, t *nftables.Table, rs *Ruleset, step func() error) 
 	// Chains first: verdict map elements refer to them.
 	chains := map[string]*nftables.Chain{}
 	for _, ch := range rs.Chains {
-		nc := &nftables.Chain{Table: t, Name: ch.Name}
-		if ch.Hook != "" {
-			nc.Type = nftables.ChainType(ch.Type)
-			nc.Hooknum = hookOf(ch.Hook)
-			nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(ch.Priority))
-			pol := nftables.ChainPolicyAccept
-			nc.Policy = &pol
-		}
-		chains[ch.Name] = c.AddChain(nc)
+		chains[ch.Name] = addChain(c, t, ch)
 		if err := stepErr("chain " + ch.Name); err != nil {
 			return err
 		}
 	}
 	for _, s := range rs.Sets {
-		ns, elems, err := nftSet(t, s)
+		ns, err := addSet(c, t, s)
 		if err != nil {
 			return err
-		}
-		if err := c.AddSet(ns, nil); err != nil {
-			return fmt.Errorf("set %s: %w", s.Name, err)
-		}
-		// Elements go in chunks: one netlink message per chunk, all in
-		// the same batch.
-		const chunk = 1024
-		for i := 0; i < len(elems); i += chunk {
-			j := min(i+chunk, len(elems))
-			if err := c.SetAddElements(ns, elems[i:j]); err != nil {
-				return fmt.Errorf("set %s: %w", s.Name, err)
-			}
 		}
 		sets[s.Name] = ns
 		if err := stepErr("set " + s.Name); err != nil {
@@ -158,20 +138,159 @@ func build(c *nftables.Conn, t *nftables.Table, rs *Ruleset, step func() error) 
 		}
 	}
 	for _, ch := range rs.Chains {
-		for i, r := range ch.Rules {
-			exprs, err := ruleExprs(r, sets)
-			if err != nil {
-				return fmt.Errorf("chain %s rule %d (%s): %w", ch.Name, i, r.Render(), err)
-			}
-			c.AddRule(&nftables.Rule{Table: t, Chain: chains[ch.Name], Exprs: exprs})
-			what := fmt.Sprintf("chain %s rule %d %q", ch.Name, i, r.Render())
-			if r.Name != "" {
-				what = fmt.Sprintf("rule %s in chain %s (%q)", r.Name, ch.Name, r.Render())
-			}
-			if err := stepErr(what); err != nil {
-				return err
-			}
+		if err := addRules(c, t, chains[ch.Name], ch, sets, stepErr); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+func addCounter(c *nftables.Conn, t *nftables.Table, name string) {
+	c.AddObj(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+}
+
+func addChain(c *nftables.Conn, t *nftables.Table, ch *Chain) *nftables.Chain {
+	nc := &nftables.Chain{Table: t, Name: ch.Name}
+	if ch.Hook != "" {
+		nc.Type = nftables.ChainType(ch.Type)
+		nc.Hooknum = hookOf(ch.Hook)
+		nc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(ch.Priority))
+		pol := nftables.ChainPolicyAccept
+		nc.Policy = &pol
+	}
+	return c.AddChain(nc)
+}
+
+// addSet queues the set and its elements.
+func addSet(c *nftables.Conn, t *nftables.Table, s *Set) (*nftables.Set, error) {
+	ns, elems, err := nftSet(t, s)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.AddSet(ns, nil); err != nil {
+		return nil, fmt.Errorf("set %s: %w", s.Name, err)
+	}
+	return ns, addElems(c, ns, elems)
+}
+
+// addElems queues elements in chunks: one netlink message per chunk, all
+// in the same batch.
+func addElems(c *nftables.Conn, ns *nftables.Set, elems []nftables.SetElement) error {
+	const chunk = 1024
+	for i := 0; i < len(elems); i += chunk {
+		j := min(i+chunk, len(elems))
+		if err := c.SetAddElements(ns, elems[i:j]); err != nil {
+			return fmt.Errorf("set %s: %w", ns.Name, err)
+		}
+	}
+	return nil
+}
+
+// addRules queues ch's rules in chain nc; sets resolves the names rules
+// look up. stepErr (may be nil) is called after each rule.
+func addRules(c *nftables.Conn, t *nftables.Table, nc *nftables.Chain, ch *Chain, sets map[string]*nftables.Set, stepErr func(string) error) error {
+	for i, r := range ch.Rules {
+		exprs, err := ruleExprs(r, sets)
+		if err != nil {
+			return fmt.Errorf("chain %s rule %d (%s): %w", ch.Name, i, r.Render(), err)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: nc, Exprs: exprs})
+		if stepErr == nil {
+			continue
+		}
+		what := fmt.Sprintf("chain %s rule %d %q", ch.Name, i, r.Render())
+		if r.Name != "" {
+			what = fmt.Sprintf("rule %s in chain %s (%q)", r.Name, ch.Name, r.Render())
+		}
+		if err := stepErr(what); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyPlan changes table next.Table in place as p says (Diff of the
+// applied ruleset and next), in one batch: all of it or, if the kernel
+// refuses any part, none.
+func applyPlan(ns netns.NsHandle, p *Plan, next *Ruleset) error {
+	if p.Empty() {
+		return nil
+	}
+	c, err := nftConn(ns)
+	if err != nil {
+		return fmt.Errorf("nftables connection: %w", err)
+	}
+	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: next.Table}
+	chainRef := func(name string) *nftables.Chain { return &nftables.Chain{Table: t, Name: name} }
+	encode := func(s *Set) (*nftables.Set, []nftables.SetElement, error) {
+		if s.Interval {
+			return nil, nil, fmt.Errorf("set %s: interval elements are not patched", s.Name)
+		}
+		return nftSet(t, s)
+	}
+	for _, s := range p.DelElems {
+		set, elems, err := encode(s)
+		if err != nil {
+			return err
+		}
+		for i := range elems {
+			elems[i].VerdictData = nil // a delete names keys only
+		}
+		if err := c.SetDeleteElements(set, elems); err != nil {
+			return fmt.Errorf("set %s: %w", s.Name, err)
+		}
+	}
+	for _, name := range p.FlushChains {
+		c.FlushChain(chainRef(name))
+	}
+	for _, name := range p.DelSets {
+		c.DelSet(&nftables.Set{Table: t, Name: name})
+	}
+	for _, name := range p.DelChains {
+		c.DelChain(chainRef(name))
+	}
+	for _, name := range p.DelCounters {
+		c.DeleteObject(&nftables.NamedObj{Table: t, Name: name, Type: nftables.ObjTypeCounter})
+	}
+	for _, name := range p.AddCounters {
+		addCounter(c, t, name)
+	}
+	chains := map[string]*nftables.Chain{}
+	for _, ch := range p.AddChains {
+		chains[ch.Name] = addChain(c, t, ch)
+	}
+	// Rules look sets up by name; the new ones also by their batch id.
+	sets := map[string]*nftables.Set{}
+	for _, s := range next.Sets {
+		sets[s.Name] = &nftables.Set{Table: t, Name: s.Name}
+	}
+	for _, s := range p.AddSets {
+		set, err := addSet(c, t, s)
+		if err != nil {
+			return err
+		}
+		sets[s.Name] = set
+	}
+	for _, ch := range p.RuleChains {
+		nc := chains[ch.Name]
+		if nc == nil {
+			nc = chainRef(ch.Name)
+		}
+		if err := addRules(c, t, nc, ch, sets, nil); err != nil {
+			return err
+		}
+	}
+	for _, s := range p.AddElems {
+		set, elems, err := encode(s)
+		if err != nil {
+			return err
+		}
+		if err := addElems(c, set, elems); err != nil {
+			return err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("change table inet %s: %w", next.Table, err)
 	}
 	return nil
 }

@@ -313,11 +313,26 @@ func (g *Gateway) reload() error {
 	if g.mutate != nil {
 		g.mutate(rs)
 	}
-	if err := applyRuleset(g.cfg.HostNS, rs); err != nil {
+	if err := g.load(rs); err != nil {
 		return err
 	}
 	g.applied = rs
 	return nil
+}
+
+// load makes rs the table: changed in place from the applied one (only
+// what differs, in one batch), or replaced whole when there is no applied
+// table, the change needs it, or the kernel refused the change (its table
+// may have been altered behind our back). Either way it is atomic.
+func (g *Gateway) load(rs *Ruleset) error {
+	if p, ok := Diff(g.applied, rs); ok {
+		err := applyPlan(g.cfg.HostNS, p, rs)
+		if err == nil {
+			return nil
+		}
+		g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
+	}
+	return applyRuleset(g.cfg.HostNS, rs)
 }
 
 func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
@@ -359,7 +374,7 @@ func (g *Gateway) Update(ctx context.Context, effs []*configs.Effective) error {
 	if g.mutate != nil {
 		g.mutate(rs)
 	}
-	if err := applyRuleset(g.cfg.HostNS, rs); err != nil {
+	if err := g.load(rs); err != nil {
 		return fmt.Errorf("gateway update: %w (previous ruleset kept)", err)
 	}
 	g.exps, g.applied = next, rs
