@@ -32,6 +32,12 @@ type Shaper struct {
 
 	mu    sync.Mutex
 	specs map[string]Spec
+	// written is what syncClasses last wrote per experiment (and for the
+	// root class): an experiment's start or stop then writes only the
+	// classes that change, not every experiment's again. Cleared
+	// whenever the trees are (re)made.
+	written     map[string]Leaf
+	rootWritten *Class
 }
 
 // NewShaper opens a netlink handle in cfg.NS. Nothing is changed in the
@@ -51,7 +57,7 @@ func NewShaper(cfg ShaperConfig) (*Shaper, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shape: netlink handle in node netns: %w", err)
 	}
-	return &Shaper{cfg: cfg, log: log.Named("shape"), h: h, specs: map[string]Spec{}}, nil
+	return &Shaper{cfg: cfg, log: log.Named("shape"), h: h, specs: map[string]Spec{}, written: map[string]Leaf{}}, nil
 }
 
 // Close releases the netlink handle; kernel state stays (see Sweep).
@@ -177,6 +183,7 @@ func (s *Shaper) Remove(ctx context.Context, id string) error {
 		}
 	}
 	delete(s.specs, id)
+	delete(s.written, id)
 	if len(s.specs) == 0 {
 		errs = append(errs, s.deleteIFBs())
 	} else if plan, err := Compile(s.compileCfg(), specList(s.specs)); err == nil {
@@ -254,6 +261,7 @@ func (s *Shaper) ensureTrees(p Plan) error {
 			if link, err = s.h.LinkByName(t.ifb); err != nil {
 				return fmt.Errorf("shape: look up new %s: %w", t.ifb, err)
 			}
+			s.forgetWritten()
 		}
 		if err := s.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("shape: set %s up: %w", t.ifb, err)
@@ -275,6 +283,7 @@ func (s *Shaper) ensureTrees(p Plan) error {
 			if err := s.h.QdiscReplace(q); err != nil {
 				return fmt.Errorf("shape: add htb root to %s: %w", t.ifb, err)
 			}
+			s.forgetWritten()
 		}
 		for _, c := range []Class{p.Root, p.Default} {
 			if err := s.h.ClassReplace(htbClass(idx, t.major, c)); err != nil {
@@ -290,19 +299,46 @@ func (s *Shaper) ensureTrees(p Plan) error {
 	return nil
 }
 
-// syncClasses writes root and every leaf class (replace = create or change
-// in place, queued packets stay).
+func (s *Shaper) forgetWritten() {
+	s.written = map[string]Leaf{}
+	s.rootWritten = nil
+}
+
+// syncClasses writes the root and every leaf class that differs from what
+// was last written (replace = create or change in place, queued packets
+// stay). Without a node cap an experiment's classes do not depend on the
+// others, so a start writes its own only; with one, the fair shares of all
+// change.
 func (s *Shaper) syncClasses(p Plan) error {
+	var leaves []Leaf
+	for _, l := range p.Leaves {
+		if w, ok := s.written[l.ID]; !ok || w != l {
+			leaves = append(leaves, l)
+		}
+	}
+	root := s.rootWritten == nil || *s.rootWritten != p.Root
+	if !root && len(leaves) == 0 {
+		return nil
+	}
+	// Until all of it is written, nothing counts as written.
+	for _, l := range leaves {
+		delete(s.written, l.ID)
+	}
+	if root {
+		s.rootWritten = nil
+	}
 	for _, t := range s.trees() {
 		link, err := s.h.LinkByName(t.ifb)
 		if err != nil {
 			return fmt.Errorf("shape: look up %s (was Apply called?): %w", t.ifb, err)
 		}
 		idx := link.Attrs().Index
-		if err := s.h.ClassReplace(htbClass(idx, t.major, p.Root)); err != nil {
-			return fmt.Errorf("shape: set root class on %s: %w", t.ifb, err)
+		if root {
+			if err := s.h.ClassReplace(htbClass(idx, t.major, p.Root)); err != nil {
+				return fmt.Errorf("shape: set root class on %s: %w", t.ifb, err)
+			}
 		}
-		for _, l := range p.Leaves {
+		for _, l := range leaves {
 			c := l.Class
 			if t.major == UpMajor {
 				c = l.UpClass
@@ -315,10 +351,15 @@ func (s *Shaper) syncClasses(p Plan) error {
 			}
 		}
 	}
-	for _, l := range p.Leaves {
+	for _, l := range leaves {
 		if err := s.syncOwn(l); err != nil {
 			return err
 		}
+		s.written[l.ID] = l
+	}
+	if root {
+		r := p.Root
+		s.rootWritten = &r
 	}
 	return nil
 }
@@ -516,6 +557,7 @@ func (s *Shaper) deleteLink(name string) error {
 }
 
 func (s *Shaper) deleteIFBs() error {
+	s.forgetWritten()
 	var errs []error
 	for _, up := range s.cfg.Uplinks {
 		errs = append(errs, s.unredirect(up))

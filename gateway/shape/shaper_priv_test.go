@@ -145,3 +145,68 @@ func TestPrivilegedSweep(t *testing.T) {
 		t.Errorf("clsact left on the veth:\n%s", out)
 	}
 }
+
+// TestPrivilegedFairShareFollowsStarts: under a node cap, an experiment's
+// start halves the guaranteed rate of the one already running and its
+// stop gives it back (Apply writes only changed classes, so this proves
+// a change in another experiment's share is still written).
+func TestPrivilegedFairShareFollowsStarts(t *testing.T) {
+	lab := bwlab.New(t)
+	h := lab.Node.Handle()
+	second := "arkshare" + fmt.Sprint(time.Now().UnixNano()%1000)
+	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: second}, PeerName: second + "p"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if l, err := h.LinkByName(second); err == nil {
+			h.LinkDel(l)
+		}
+	})
+	const node = 10_000_000
+	s, err := NewShaper(ShaperConfig{NS: lab.Node.NS(), Uplinks: []string{bwlab.Uplink}, NodeBps: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	a := Spec{ID: "sha", HostIf: bwlab.HostIf, Slot: 3}
+	b := Spec{ID: "shb", HostIf: second, Slot: 4}
+	t.Cleanup(func() { s.Remove(ctx, b.ID); s.Remove(ctx, a.ID) })
+	rateOf := func(spec Spec) uint64 {
+		t.Helper()
+		ifb, err := h.LinkByName(DownIFB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs, err := h.ClassList(ifb, netlink.MakeHandle(DownMajor, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cs {
+			if hc, ok := c.(*netlink.HtbClass); ok && hc.Handle == netlink.MakeHandle(DownMajor, spec.Minor()) {
+				return hc.Rate
+			}
+		}
+		t.Fatalf("no class for %s", spec.ID)
+		return 0
+	}
+	if err := s.Apply(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	alone := rateOf(a)
+	if want := FrameRate(node, DefaultMTU); alone != want {
+		t.Fatalf("alone: rate %d B/s, want the whole cap %d", alone, want)
+	}
+	if err := s.Apply(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rateOf(a), FrameRate(node/2, DefaultMTU); got != want {
+		t.Errorf("with two: rate of the first %d B/s, want half the cap %d", got, want)
+	}
+	if err := s.Remove(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := rateOf(a); got != alone {
+		t.Errorf("after the second stopped: rate %d B/s, want %d back", got, alone)
+	}
+}
