@@ -34,8 +34,9 @@ func newCache(size int, maxTTL time.Duration) *cache {
 	return &cache{max: size, maxTTL: maxTTL, m: make(map[string]*cacheEntry, size), now: time.Now}
 }
 
-// get returns a copy of the cached answer with TTLs reduced by its age.
-func (c *cache) get(key []byte) []byte {
+// getInto returns a copy of the cached answer with TTLs reduced by its
+// age, appended to dst (normally empty, for its memory), or nil.
+func (c *cache) getInto(key, dst []byte) []byte {
 	if c == nil {
 		return nil
 	}
@@ -51,7 +52,7 @@ func (c *cache) get(key []byte) []byte {
 		return nil
 	}
 	age := uint32(now.Sub(e.stored) / time.Second)
-	out := append([]byte(nil), e.packed...)
+	out := append(dst[:0], e.packed...)
 	for _, off := range e.ttlOffs {
 		ttl := binary.BigEndian.Uint32(out[off:])
 		if ttl > age {

@@ -1,10 +1,12 @@
 package dnsproxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -89,6 +91,53 @@ func FuzzHandler(f *testing.F) {
 		}
 		if !tcp && len(out) > serverUDPSize {
 			t.Fatalf("UDP answer of %d bytes", len(out))
+		}
+	})
+}
+
+// FuzzPrepareInto checks the UDP loop's allocation-free answers against
+// the allocating path: prepareInto, writing into a reused (dirty) slot,
+// must answer exactly as prepare does, cache hits included.
+func FuzzPrepareInto(f *testing.F) {
+	seed := func(name string, qt uint16, edns bool) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qt)
+		if edns {
+			m.SetEdns0(1232, true)
+		}
+		b, _ := m.Pack()
+		return b
+	}
+	f.Add(seed("www.example.org.", dns.TypeA, false))
+	f.Add(seed("WWW.Example.org.", dns.TypeA, true))
+	f.Add(seed("evil-example.org.", dns.TypeA, true))
+	f.Add(seed("evil-example.org.", dns.TypeAAAA, false))
+	f.Add(seed("example.org.", dns.TypeAXFR, true))
+	f.Add([]byte{0xab, 0xcd, 0x28, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1})
+
+	p, err := New(Config{Experiment: "fuzz", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:9"},
+		Names: []string{"example.org."}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(p.Close)
+	now := time.Now()
+	p.cache.now = func() time.Time { return now } // the same TTLs in both answers
+	p.ex = answerExchanger{ttl: 3600}
+	for _, edns := range []bool{false, true} {
+		if p.handle(context.Background(), seed("www.example.org.", dns.TypeA, edns), false) == nil {
+			f.Fatal("no answer to fill the cache")
+		}
+	}
+	slot := make([]byte, serverUDPSize)
+	f.Fuzz(func(t *testing.T, req []byte) {
+		want, wj := p.prepare(req, false)
+		for i := range slot {
+			slot[i] = 0xee
+		}
+		got, gj := p.prepareInto(req, false, slot[:0])
+		if !bytes.Equal(got, want) || (gj == nil) != (wj == nil) {
+			t.Fatalf("prepareInto answered %x (job %v), prepare %x (job %v)", got, gj != nil, want, wj != nil)
 		}
 	})
 }

@@ -82,6 +82,13 @@ func (p *Proxy) handle(ctx context.Context, raw []byte, tcp bool) []byte {
 // nothing (both nil: not a query, or too broken to answer) or a job to
 // forward. It never contacts an upstream. raw is not retained.
 func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
+	return p.prepareInto(raw, tcp, nil)
+}
+
+// prepareInto is prepare writing the common immediate answers (refusals,
+// cache hits that fit) into dst's memory when they fit its capacity, so
+// the UDP loop answers them without allocating; resp may alias dst.
+func (p *Proxy) prepareInto(raw []byte, tcp bool, dst []byte) (resp []byte, j *job) {
 	if len(raw) < 12 || raw[2]&0x80 != 0 {
 		// Too short to carry an ID, or a response (never answer those:
 		// that is how loops start).
@@ -95,7 +102,7 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 	p.stats.queries.Add(1)
 	if p.limiter != nil && !p.limiter.Allow() {
 		p.stats.rateLimited.Add(1)
-		return refusal(&fq, dns.RcodeRefused, dns.ExtendedErrorCodeOther, p.rateText), nil
+		return appendRefusal(dst[:0], &fq, dns.RcodeRefused, dns.ExtendedErrorCodeOther, p.rateText), nil
 	}
 	var nb [256]byte
 	wire := nb[:fq.nameLen]
@@ -104,14 +111,14 @@ func (p *Proxy) prepare(raw []byte, tcp bool) (resp []byte, j *job) {
 	if !p.match.allowedWire(wire) {
 		p.stats.refused.Add(1)
 		p.alertDenied(wire, fq.qtype)
-		return refusal(&fq, p.denyRcode(), dns.ExtendedErrorCodeBlocked, blockedText), nil
+		return appendRefusal(dst[:0], &fq, p.denyRcode(), dns.ExtendedErrorCodeBlocked, blockedText), nil
 	}
 	p.stats.allowed.Add(1)
 	// Cache key on the stack: a hit allocates only the answer.
 	var kb [256 + 5]byte
 	key := append(append(append(kb[:0], wire...), fq.question[fq.nameLen:]...), fq.keyFlags())
 	size := fq.clientSize(tcp)
-	if out := p.cache.get(key); out != nil {
+	if out := p.cache.getInto(key, dst[:0]); out != nil {
 		p.stats.cacheHits.Add(1)
 		binary.BigEndian.PutUint16(out, fq.id)
 		copy(out[hdrLen:], fq.question) // same length: the names differ at most in case
@@ -204,7 +211,7 @@ func (p *Proxy) prepareMsg(raw []byte, tcp bool) (resp []byte, j *job) {
 
 // fromCache answers j from the cache, or returns nil.
 func (p *Proxy) fromCache(j *job) []byte {
-	out := p.cache.get([]byte(j.key))
+	out := p.cache.getInto([]byte(j.key), nil)
 	if out == nil {
 		return nil
 	}

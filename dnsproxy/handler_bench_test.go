@@ -52,3 +52,39 @@ func BenchmarkHandleCached(b *testing.B) {
 func BenchmarkHandleForwarded(b *testing.B) {
 	benchHandle(b, "www.example.org.", answerExchanger{ttl: 0})
 }
+
+// benchPrepareInto measures the UDP loop's inline path: the answer is
+// written into the slot buffer the loop owns.
+func benchPrepareInto(b *testing.B, name string, ex exchanger) {
+	p, err := New(Config{Experiment: "b1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:9"}, Names: []string{"example.org."},
+		AlertRate: 1e9, AlertBurst: 1 << 30})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	p.ex = ex
+	m := new(dns.Msg)
+	m.SetQuestion(name, dns.TypeA)
+	m.SetEdns0(1232, false)
+	raw, _ := m.Pack()
+	go func() { // drain alerts as Run would
+		for range p.alerts {
+		}
+	}()
+	if ex != nil { // fill the cache
+		p.handle(context.Background(), raw, false)
+	}
+	slot := make([]byte, 0, serverUDPSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if resp, _ := p.prepareInto(raw, false, slot); resp == nil {
+			b.Fatal("no answer")
+		}
+	}
+}
+
+func BenchmarkPrepareIntoRefused(b *testing.B) { benchPrepareInto(b, "www.denied.test.", nil) }
+func BenchmarkPrepareIntoCached(b *testing.B) {
+	benchPrepareInto(b, "www.example.org.", answerExchanger{ttl: 3600})
+}

@@ -428,9 +428,12 @@ func (p *Proxy) alertDenied(wire []byte, qtype uint16) {
 	}
 	p.alerted[string(key)] = now
 	p.alertMu.Unlock()
-	name, _, err := dns.UnpackDomainName(wire, 0)
+	// A copy: wire is usually on the caller's stack, and handing it to
+	// the parsers below would move it to the heap on every query.
+	w := append([]byte(nil), wire...)
+	name, _, err := dns.UnpackDomainName(w, 0)
 	if err != nil {
-		name = fmt.Sprintf("%q", wire)
+		name = fmt.Sprintf("%q", w)
 	}
 	fix := "declare the name (or a parent domain) in the manifest's dns list"
 	r := alert.Record{

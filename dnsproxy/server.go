@@ -47,8 +47,8 @@ func newBatchConn(c net.PacketConn, v6 bool) batchConn {
 }
 
 const (
-	udpReaders  = 2    // goroutines reading each UDP socket
-	udpBatch    = 16   // datagrams per recvmmsg
+	udpReaders  = 1    // goroutines reading each UDP socket
+	udpBatch    = 32   // datagrams per recvmmsg
 	udpQueryBuf = 4096 // bytes per query buffer: larger queries are dropped
 )
 
@@ -64,7 +64,9 @@ func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
 	for i := 0; i < udpBatch; i++ {
 		in.setBuf(i, buf[i*udpQueryBuf:(i+1)*udpQueryBuf:(i+1)*udpQueryBuf])
 	}
-	resps := make([][]byte, udpBatch) // keeps the answers alive until sent
+	// Immediate answers are written here, one slot per datagram of the
+	// batch (larger ones are allocated; the iovecs keep them alive).
+	ans := make([]byte, udpBatch*serverUDPSize)
 	for {
 		n, err := s.recvmmsg(in)
 		if err != nil {
@@ -87,12 +89,12 @@ func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
 			if !p.clientOK(src.Addr()) {
 				continue
 			}
-			resp, j := p.prepare(buf[i*udpQueryBuf:i*udpQueryBuf+int(h.Len)], false)
+			slot := ans[nout*serverUDPSize : nout*serverUDPSize : (nout+1)*serverUDPSize]
+			resp, j := p.prepareInto(buf[i*udpQueryBuf:i*udpQueryBuf+int(h.Len)], false, slot)
 			if resp != nil {
 				if len(resp) == 0 {
 					continue
 				}
-				resps[nout] = resp
 				out.setBuf(nout, resp)
 				out.setDest(nout, in, i)
 				nout++
@@ -123,7 +125,9 @@ func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
 			}
 			sent += k
 		}
-		clear(resps[:nout])
+		for i := 0; i < nout; i++ {
+			out.iovs[i].Base = nil // let allocated answers go
+		}
 	}
 }
 

@@ -42,6 +42,10 @@ type udpSock struct {
 	freed  bool // fd closed
 }
 
+// udpRcvBuf is the receive buffer asked for a listening socket (bytes of
+// queued datagrams, counted with their kernel overhead).
+const udpRcvBuf = 1 << 20
+
 // listenUDPSock opens a blocking UDP socket bound to ap (IP_FREEBIND, so a
 // tentative IPv6 gateway address can be bound). It must run in the target
 // network namespace (nsdo.In).
@@ -80,6 +84,13 @@ func listenUDPSock(ap netip.AddrPort) (*udpSock, error) {
 			return fail("IP_FREEBIND", err)
 		}
 		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.Unmap().As4()}
+	}
+	// A burst of queries (a client with many outstanding) must not
+	// overflow the default buffer (about 200 small datagrams) while the
+	// readers are busy answering the previous batch. Beyond rmem_max only
+	// with CAP_NET_ADMIN; otherwise the kernel's cap applies.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpRcvBuf) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpRcvBuf)
 	}
 	if err := unix.Bind(fd, sa); err != nil {
 		return fail("bind", err)

@@ -1,6 +1,9 @@
 package dnsproxy
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"slices"
+)
 
 // Fast paths on wire bytes. The common query — one question, an optional
 // OPT record without surprises — is parsed here without allocating, and
@@ -131,15 +134,16 @@ func (q *fastQuery) keyFlags() byte {
 	return f
 }
 
-// refusal builds an answer without records: the client's ID and question,
-// rcode, and (if the client used EDNS) an OPT record carrying an extended
-// error.
-func refusal(q *fastQuery, rcode int, edeCode uint16, edeText string) []byte {
+// appendRefusal appends to b (normally empty, for its memory) an answer
+// without records: the client's ID and question, rcode, and (if the client
+// used EDNS) an OPT record carrying an extended error.
+func appendRefusal(b []byte, q *fastQuery, rcode int, edeCode uint16, edeText string) []byte {
 	n := hdrLen + len(q.question)
 	if q.hasOPT {
 		n += 11 + 4 + 2 + len(edeText)
 	}
-	b := make([]byte, hdrLen, n)
+	b = slices.Grow(b[:0], n)[:hdrLen]
+	clear(b)
 	binary.BigEndian.PutUint16(b, q.id)
 	binary.BigEndian.PutUint16(b[2:], flagQR|flagRA|q.flags&(flagRD|flagCD)|uint16(rcode&0xf))
 	binary.BigEndian.PutUint16(b[4:], 1)
