@@ -16,9 +16,21 @@ import (
 // The applier: turns a Ruleset into google/nftables objects and sends them
 // as one batch. It holds no policy logic.
 
-// nftConn opens an nftables connection to the netns (None = current).
+// nftConn opens an nftables connection to the netns (None = current):
+// one socket per operation, made by a thread that enters the netns.
 func nftConn(ns netns.NsHandle) (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
+	return newNFTConn(ns)
+}
+
+// nftLasting is a connection that keeps one socket for all operations
+// (close it with CloseLasting): making a socket inside a netns costs
+// more than the transaction of an experiment's start.
+func nftLasting(ns netns.NsHandle) (*nftables.Conn, error) {
+	return newNFTConn(ns, nftables.AsLasting())
+}
+
+func newNFTConn(ns netns.NsHandle, extra ...nftables.ConnOption) (*nftables.Conn, error) {
+	opts := append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, extra...)
 	if ns.IsOpen() {
 		opts = append(opts, nftables.WithNetNSFd(int(ns)))
 	}
@@ -49,6 +61,11 @@ func applyRuleset(ns netns.NsHandle, rs *Ruleset) error {
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
 	}
+	return applyRulesetWith(c, ns, rs)
+}
+
+// applyRulesetWith is applyRuleset on connection c (made in ns).
+func applyRulesetWith(c *nftables.Conn, ns netns.NsHandle, rs *Ruleset) error {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: rs.Table}
 	c.AddTable(t)
 	c.DelTable(t)
@@ -219,6 +236,14 @@ func applyPlan(ns netns.NsHandle, p *Plan, next *Ruleset) error {
 	c, err := nftConn(ns)
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
+	}
+	return applyPlanWith(c, p, next)
+}
+
+// applyPlanWith is applyPlan on connection c.
+func applyPlanWith(c *nftables.Conn, p *Plan, next *Ruleset) error {
+	if p.Empty() {
+		return nil
 	}
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: next.Table}
 	chainRef := func(name string) *nftables.Chain { return &nftables.Chain{Table: t, Name: name} }

@@ -292,6 +292,9 @@ type expCompiler struct {
 	eff *configs.Effective
 	net *Net
 	fwd *Chain
+	// counters this experiment registered (their names carry its id, so
+	// the check need not scan every experiment's)
+	counters map[string]bool
 }
 
 func (c *expCompiler) id() string { return c.eff.ID }
@@ -304,7 +307,11 @@ func (c *expCompiler) addSet(s *Set) string {
 // drop ends a rule with counter, NFLOG and drop, and registers the counter.
 func (c *expCompiler) drop(rule string, match ...Expr) Rule {
 	name := CounterName(c.id(), rule)
-	if !slices.Contains(c.rs.Counters, name) {
+	if !c.counters[name] {
+		if c.counters == nil {
+			c.counters = map[string]bool{}
+		}
+		c.counters[name] = true
 		c.rs.Counters = append(c.rs.Counters, name)
 	}
 	return Rule{Name: rule, Exprs: append(match,

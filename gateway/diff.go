@@ -171,21 +171,71 @@ func sameSetType(a, b *Set) bool {
 	return a.Interval == b.Interval && a.VerdictMap == b.VerdictMap && slices.Equal(a.Fields, b.Fields)
 }
 
-func elemTexts(s *Set) map[string]Elem {
+// elemKeys maps each element's key (see elemKey) to the element.
+func elemKeys(s *Set) map[string]Elem {
 	m := make(map[string]Elem, len(s.Elems))
 	for _, e := range s.Elems {
-		m[e.render(s)] = e
+		m[elemKey(e)] = e
 	}
 	return m
+}
+
+// elemKey is an element as a comparable string: what identifies it, in
+// binary (rendering every element of every set as text was most of the
+// cost of a diff).
+func elemKey(e Elem) string {
+	b := make([]byte, 0, 64)
+	val := func(v Value) {
+		a := v.Addr.As16()
+		if v.Addr.Is4() {
+			b = append(b, 4)
+		} else if v.Addr.Is6() {
+			b = append(b, 6)
+		} else {
+			b = append(b, 0)
+		}
+		b = append(b, a[:]...)
+		b = append(b, byte(v.Num>>24), byte(v.Num>>16), byte(v.Num>>8), byte(v.Num))
+		if v.Prefix {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = append(b, byte(len(v.Str)))
+		b = append(b, v.Str...)
+	}
+	for _, v := range e.Key {
+		val(v)
+	}
+	b = append(b, '|')
+	for _, v := range e.End {
+		val(v)
+	}
+	b = append(b, '|')
+	b = append(b, e.Verdict.Kind...)
+	b = append(b, ':')
+	b = append(b, e.Verdict.Chain...)
+	return string(b)
+}
+
+// sameOrder reports whether both hold the same elements in the same order
+// (what Compile produces for an unchanged set): the cheap check first.
+func sameOrder(a, b *Set) bool {
+	return slices.EqualFunc(a.Elems, b.Elems, func(x, y Elem) bool {
+		return x.Verdict == y.Verdict && slices.Equal(x.Key, y.Key) && slices.Equal(x.End, y.End)
+	})
 }
 
 func sameElems(a, b *Set) bool {
 	if len(a.Elems) != len(b.Elems) {
 		return false
 	}
-	bt := elemTexts(b)
-	for t := range elemTexts(a) {
-		if _, ok := bt[t]; !ok {
+	if sameOrder(a, b) {
+		return true
+	}
+	bk := elemKeys(b)
+	for _, e := range a.Elems {
+		if _, ok := bk[elemKey(e)]; !ok {
 			return false
 		}
 	}
@@ -193,10 +243,13 @@ func sameElems(a, b *Set) bool {
 }
 
 // elemDiff returns the elements of old missing from next and those of next
-// missing from old, in rendered order (a map element whose verdict changed
+// missing from old, in a stable order (a map element whose verdict changed
 // is in both).
 func elemDiff(old, next *Set) (del, add []Elem) {
-	ot, nt := elemTexts(old), elemTexts(next)
+	if sameOrder(old, next) {
+		return nil, nil
+	}
+	ot, nt := elemKeys(old), elemKeys(next)
 	pick := func(from, other map[string]Elem) []Elem {
 		var keys []string
 		for t := range from {
@@ -219,11 +272,34 @@ func sameRules(a, b *Chain) bool {
 		return false
 	}
 	for i := range a.Rules {
-		if a.Rules[i].Render() != b.Rules[i].Render() {
+		if !sameRule(a.Rules[i], b.Rules[i]) {
 			return false
 		}
 	}
 	return true
+}
+
+func sameRule(a, b Rule) bool {
+	if a.Name != b.Name || len(a.Exprs) != len(b.Exprs) {
+		return false
+	}
+	for i := range a.Exprs {
+		if !sameExpr(a.Exprs[i], b.Exprs[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameExpr compares two expressions; all but Lookup are comparable
+// values.
+func sameExpr(a, b Expr) bool {
+	la, ok := a.(Lookup)
+	if !ok {
+		return a == b
+	}
+	lb, ok := b.(Lookup)
+	return ok && la.Set == lb.Set && la.Neq == lb.Neq && slices.Equal(la.Fields, lb.Fields)
 }
 
 // refersTo reports whether a rule of c looks up one of sets or counts in

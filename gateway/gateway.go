@@ -24,8 +24,11 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
+	"github.com/google/nftables"
 	"github.com/hashicorp/go-hclog"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/arkgw/arkgw/configs"
@@ -84,6 +87,10 @@ type Gateway struct {
 	exps map[string]*expState
 	// applied is the ruleset currently in the kernel (nil = no table).
 	applied *Ruleset
+	// nft is a lasting nftables connection in HostNS, host a netlink
+	// handle there (nil until needed).
+	nft  *nftables.Conn
+	host *netlink.Handle
 	// mutate, when set (tests), edits each compiled ruleset before it is
 	// applied.
 	mutate func(*Ruleset)
@@ -132,6 +139,20 @@ func New(cfg Config) (*Gateway, error) {
 		g.log.Warn("ipv6 is disabled on this node: experiments get ipv4 only")
 	}
 	return g, nil
+}
+
+// Close releases the gateway's netlink connection. Kernel state stays:
+// experiments keep running, fail-closed, until a restarted daemon adopts
+// or sweeps them.
+func (g *Gateway) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closeNFT()
+	if g.host != nil {
+		g.host.Close()
+		g.host = nil
+	}
+	return nil
 }
 
 // Uplink is the interface experiments are masqueraded out of.
@@ -205,8 +226,10 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		n.Addr6, n.GW6 = netip.Addr{}, netip.Addr{}
 	}
 
+	t0 := time.Now()
 	// Leftovers of an earlier run of this id would make the kernel refuse.
 	g.removeNetwork(id, nil)
+	tSwept := time.Now()
 
 	dir := g.nsDir(id)
 	h, err := nsholder.Create(nsholder.Config{Dir: dir, HostUID: uid, HostGID: uid, Binary: g.cfg.HolderBinary})
@@ -214,6 +237,7 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
 	n.Holder, n.NetNSPath, n.UserNSPath = h, h.NetNSPath(), h.UserNSPath()
+	tHolder := time.Now()
 	defer func() {
 		if err != nil {
 			g.removeNetwork(id, h)
@@ -229,6 +253,7 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		delete(g.exps, id)
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
+	tRules := time.Now()
 	if err := g.plumb(n); err != nil {
 		delete(g.exps, id)
 		if rerr := g.reload(); rerr != nil {
@@ -236,7 +261,8 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		}
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
-	log.Debug("experiment network up", "slot", slot, "addr4", addr4, "addr6", addr6, "if", n.HostIf)
+	log.Debug("experiment network up", "slot", slot, "addr4", addr4, "addr6", addr6, "if", n.HostIf,
+		"leftovers_ms", ms(tSwept.Sub(t0)), "holder_ms", ms(tHolder.Sub(tSwept)), "rules_ms", ms(tRules.Sub(tHolder)), "plumb_ms", ms(time.Since(tRules)))
 	return n, nil
 }
 
@@ -325,14 +351,37 @@ func (g *Gateway) reload() error {
 // table, the change needs it, or the kernel refused the change (its table
 // may have been altered behind our back). Either way it is atomic.
 func (g *Gateway) load(rs *Ruleset) error {
+	if g.nft == nil {
+		c, err := nftLasting(g.cfg.HostNS)
+		if err != nil {
+			return fmt.Errorf("nftables connection: %w", err)
+		}
+		g.nft = c
+	}
 	if p, ok := Diff(g.applied, rs); ok {
-		err := applyPlan(g.cfg.HostNS, p, rs)
+		err := applyPlanWith(g.nft, p, rs)
 		if err == nil {
 			return nil
 		}
 		g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
+		g.closeNFT() // a reply left unread must not confuse the next batch
+		if g.nft, err = nftLasting(g.cfg.HostNS); err != nil {
+			return fmt.Errorf("nftables connection: %w", err)
+		}
 	}
-	return applyRuleset(g.cfg.HostNS, rs)
+	err := applyRulesetWith(g.nft, g.cfg.HostNS, rs)
+	if err != nil {
+		g.closeNFT()
+	}
+	return err
+}
+
+// closeNFT drops the lasting nftables connection (made again when needed).
+func (g *Gateway) closeNFT() {
+	if g.nft != nil {
+		g.nft.CloseLasting()
+		g.nft = nil
+	}
 }
 
 func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
@@ -538,3 +587,5 @@ func (g *Gateway) DropCounter(id, rule string) (packets, bytes uint64, err error
 func (g *Gateway) DefaultRouters() []netip.Addr {
 	return append([]netip.Addr(nil), g.cfg.DefaultRouters...)
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

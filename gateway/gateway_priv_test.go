@@ -58,7 +58,8 @@ func newLab(t *testing.T) *lab {
 		t.Fatalf("default routers from the node's routes = %s", got)
 	}
 	l := &lab{w: w, g: g, group: group, run: run}
-	t.Cleanup(func() { l.assertClean(t) })
+	// The lab's gateway may have been replaced (a restart); both go.
+	t.Cleanup(func() { l.assertClean(t); l.g.Close(); g.Close() })
 	l.inetCp = w.Inet.Capture(t, netlab.InetIf)
 	return l
 }

@@ -27,14 +27,25 @@ func handleAt(ns netns.NsHandle) (*netlink.Handle, error) {
 
 // writeSysctl writes /proc/sys/<key> (dots as slashes) from a thread in ns:
 // /proc/sys/net resolves to the namespace of the thread that opens it.
-func writeSysctl(ns netns.NsHandle, key, val string) error {
+// writeSysctls writes several in one visit of ns (entering a netns costs a
+// thread switch and two setns calls).
+func writeSysctls(ns netns.NsHandle, kvs [][2]string) error {
 	return nsdo.In(ns, func() error {
-		p := filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/"))
-		if err := os.WriteFile(p, []byte(val), 0o644); err != nil {
-			return fmt.Errorf("sysctl %s=%s: %w", key, val, err)
+		for _, kv := range kvs {
+			p := filepath.Join("/proc/sys", strings.ReplaceAll(kv[0], ".", "/"))
+			if err := os.WriteFile(p, []byte(kv[1]), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err)
+			}
 		}
 		return nil
 	})
+}
+
+// procSysctl reads a sysctl of the calling thread's netns ("" if
+// unreadable).
+func procSysctl(key string) string {
+	b, _ := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
+	return strings.TrimSpace(string(b))
 }
 
 func readSysctl(ns netns.NsHandle, key string) (string, error) {
@@ -51,6 +62,19 @@ func prefixOf(a netip.Addr, bits int) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, a.BitLen())}
 }
 
+// hostHandle is the gateway's netlink handle in HostNS, kept (each handle
+// made in a netns costs a thread switch per socket). Callers hold g.mu.
+func (g *Gateway) hostHandle() (*netlink.Handle, error) {
+	if g.host == nil {
+		h, err := handleAt(g.cfg.HostNS)
+		if err != nil {
+			return nil, fmt.Errorf("netlink handle in host netns: %w", err)
+		}
+		g.host = h
+	}
+	return g.host, nil
+}
+
 // plumb creates the veth pair (peer made directly inside the experiment
 // netns as eth0), addresses, routes and sysctls on both sides.
 func (g *Gateway) plumb(n *Net) error {
@@ -59,12 +83,11 @@ func (g *Gateway) plumb(n *Net) error {
 		return fmt.Errorf("open netns %s: %w", n.NetNSPath, err)
 	}
 	defer expNS.Close()
-	host, err := handleAt(g.cfg.HostNS)
+	host, err := g.hostHandle()
 	if err != nil {
-		return fmt.Errorf("netlink handle in host netns: %w", err)
+		return err
 	}
-	defer host.Close()
-	inside, err := netlink.NewHandleAt(expNS)
+	inside, err := netlink.NewHandleAt(expNS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle in %s: %w", n.NetNSPath, err)
 	}
@@ -72,38 +95,42 @@ func (g *Gateway) plumb(n *Net) error {
 
 	// Node-wide forwarding. Enabling IPv6 forwarding makes the kernel
 	// ignore router advertisements unless accept_ra is 2: keep an uplink
-	// that learns its IPv6 route by SLAAC working.
+	// that learns its IPv6 route by SLAAC working. Read and written in one
+	// visit of the host netns.
 	has6 := n.Addr6.IsValid()
-	if v, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf.all.forwarding"); has6 && err == nil && v != "1" && g.cfg.Uplink != "" {
-		if ra, err := readSysctl(g.cfg.HostNS, "net.ipv6.conf."+g.cfg.Uplink+".accept_ra"); err == nil && ra == "1" {
-			if err := writeSysctl(g.cfg.HostNS, "net.ipv6.conf."+g.cfg.Uplink+".accept_ra", "2"); err != nil {
-				return err
+	if err := nsdo.In(g.cfg.HostNS, func() error {
+		var kvs [][2]string
+		if has6 && g.cfg.Uplink != "" && procSysctl("net.ipv6.conf.all.forwarding") != "1" &&
+			procSysctl("net.ipv6.conf."+g.cfg.Uplink+".accept_ra") == "1" {
+			kvs = append(kvs, [2]string{"net.ipv6.conf." + g.cfg.Uplink + ".accept_ra", "2"})
+		}
+		kvs = append(kvs, [2]string{"net.ipv4.ip_forward", "1"})
+		if has6 {
+			kvs = append(kvs, [2]string{"net.ipv6.conf.all.forwarding", "1"})
+		}
+		for _, kv := range kvs {
+			if procSysctl(kv[0]) == kv[1] {
+				continue
+			}
+			p := filepath.Join("/proc/sys", strings.ReplaceAll(kv[0], ".", "/"))
+			if err := os.WriteFile(p, []byte(kv[1]), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s=%s: %w", kv[0], kv[1], err)
 			}
 		}
-	}
-	for _, kv := range [][2]string{{"net.ipv4.ip_forward", "1"}, {"net.ipv6.conf.all.forwarding", "1"}} {
-		if !has6 && strings.Contains(kv[0], "ipv6") {
-			continue
-		}
-		if err := writeSysctl(g.cfg.HostNS, kv[0], kv[1]); err != nil {
-			return err
-		}
+		return nil
+	}); err != nil {
+		return err
 	}
 
 	// Inside first: no DAD on the new link, ICMP datagram sockets for the
 	// experiment's gids (written from the host user namespace, so in host
 	// gids).
-	for _, kv := range [][2]string{
-		{"net.ipv6.conf.default.accept_dad", "0"},
-		{"net.ipv6.conf.default.accept_ra", "0"},
-		{"net.ipv4.ping_group_range", fmt.Sprintf("%d %d", n.HostGID, n.HostGID+65535)},
-	} {
-		if !has6 && strings.Contains(kv[0], "ipv6") {
-			continue
-		}
-		if err := writeSysctl(expNS, kv[0], kv[1]); err != nil {
-			return fmt.Errorf("experiment netns: %w", err)
-		}
+	inKVs := [][2]string{{"net.ipv4.ping_group_range", fmt.Sprintf("%d %d", n.HostGID, n.HostGID+65535)}}
+	if has6 {
+		inKVs = append(inKVs, [2]string{"net.ipv6.conf.default.accept_dad", "0"}, [2]string{"net.ipv6.conf.default.accept_ra", "0"})
+	}
+	if err := writeSysctls(expNS, inKVs); err != nil {
+		return fmt.Errorf("experiment netns: %w", err)
 	}
 
 	la := netlink.NewLinkAttrs()
@@ -116,19 +143,14 @@ func (g *Gateway) plumb(n *Net) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", n.HostIf, err)
 	}
-	for _, kv := range [][2]string{
-		{"net.ipv6.conf." + n.HostIf + ".accept_dad", "0"},
-		{"net.ipv6.conf." + n.HostIf + ".accept_ra", "0"},
-		// Spoofed sources are checked by the ruleset; strict reverse-path
-		// filtering would drop the declared ones before it.
-		{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"},
-	} {
-		if !has6 && strings.Contains(kv[0], "ipv6") {
-			continue
-		}
-		if err := writeSysctl(g.cfg.HostNS, kv[0], kv[1]); err != nil {
-			return err
-		}
+	// Spoofed sources are checked by the ruleset; strict reverse-path
+	// filtering would drop the declared ones before it.
+	hostKVs := [][2]string{{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"}}
+	if has6 {
+		hostKVs = append(hostKVs, [2]string{"net.ipv6.conf." + n.HostIf + ".accept_dad", "0"}, [2]string{"net.ipv6.conf." + n.HostIf + ".accept_ra", "0"})
+	}
+	if err := writeSysctls(g.cfg.HostNS, hostKVs); err != nil {
+		return err
 	}
 	for _, a := range []struct {
 		addr netip.Addr

@@ -219,7 +219,9 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // Close releases node-wide resources (the experiments keep running).
-func (r *Runner) Close() error { return errors.Join(r.shaper.Close(), r.flowStore.Close()) }
+func (r *Runner) Close() error {
+	return errors.Join(r.shaper.Close(), r.flowStore.Close(), r.quota.Close(), r.gw.Close())
+}
 
 // Update replaces all rules in one transaction (policy reload) and applies
 // the new rate caps and daily budgets.
@@ -250,9 +252,14 @@ func limitsOf(eff *configs.Effective) (capBps, budget uint64) {
 // restart: both are idempotent and keep the kernel's counters).
 func (r *Runner) startBandwidth(ctx context.Context, eff *configs.Effective, net *gateway.Net) error {
 	cap, budget := limitsOf(eff)
+	t0 := time.Now()
 	if err := r.shaper.Apply(ctx, shape.Spec{ID: eff.ID, HostIf: net.HostIf, Slot: net.Slot, RateBps: cap}); err != nil {
 		return fmt.Errorf("experiment %s: rate limit: %w", eff.ID, err)
 	}
+	tShaped := time.Now()
+	defer func() {
+		r.log.Debug("bandwidth set up", "experiment", eff.ID, "shaping_ms", ms(tShaped.Sub(t0)), "accounting_ms", ms(time.Since(tShaped)))
+	}()
 	if r.acct == nil {
 		return nil
 	}

@@ -47,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -104,6 +105,13 @@ type Table struct {
 	cfg Config
 	log hclog.Logger
 	t   *nftables.Table
+
+	// One lasting netlink connection: making one inside the node's netns
+	// for every call (a thread that enters the netns, a new socket) was
+	// most of an experiment start's accounting time. mu serialises its
+	// users.
+	mu sync.Mutex
+	c  *nftables.Conn
 }
 
 // New returns a Table; nothing is changed in the kernel until Add.
@@ -115,16 +123,45 @@ func New(cfg Config) *Table {
 	return &Table{cfg: cfg, log: log.Named("quota"), t: &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}}
 }
 
+// conn returns the table's connection, held until release.
 func (t *Table) conn() (*nftables.Conn, error) {
-	var opts []nftables.ConnOption
+	t.mu.Lock()
+	if t.c != nil {
+		return t.c, nil
+	}
+	opts := []nftables.ConnOption{nftables.AsLasting()}
 	if t.cfg.NS.IsOpen() {
 		opts = append(opts, nftables.WithNetNSFd(int(t.cfg.NS)))
 	}
 	c, err := nftables.New(opts...)
 	if err != nil {
+		t.mu.Unlock()
 		return nil, fmt.Errorf("quota: nftables connection: %w", err)
 	}
+	t.c = c
 	return c, nil
+}
+
+// release ends a use of the connection; after a failed call it is
+// replaced, so that a reply left unread cannot confuse the next.
+func (t *Table) release(err *error) {
+	if *err != nil && t.c != nil {
+		t.c.CloseLasting()
+		t.c = nil
+	}
+	t.mu.Unlock()
+}
+
+// Close releases the netlink connection; the table stays in the kernel.
+func (t *Table) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.c == nil {
+		return nil
+	}
+	err := t.c.CloseLasting()
+	t.c = nil
+	return err
 }
 
 func objName(id, kind string) string { return id + "_" + kind }
@@ -182,6 +219,7 @@ func (t *Table) Add(e Exp) (created bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	defer t.release(&err)
 	have, err := t.existing(c)
 	if err != nil {
 		return false, err
@@ -262,7 +300,7 @@ func (t *Table) addRules(c *nftables.Conn, e Exp) {
 // transaction the experiment's rules are flushed, the quota deleted and
 // recreated with used, and the rules written again (the kernel cannot
 // change a quota's used bytes in place). Counters are untouched.
-func (t *Table) RestoreUsed(e Exp, used uint64) error {
+func (t *Table) RestoreUsed(e Exp, used uint64) (err error) {
 	if err := validate(e); err != nil {
 		return err
 	}
@@ -273,6 +311,7 @@ func (t *Table) RestoreUsed(e Exp, used uint64) error {
 	if err != nil {
 		return err
 	}
+	defer t.release(&err)
 	have, err := t.existing(c)
 	if err != nil {
 		return err
@@ -295,11 +334,12 @@ func (t *Table) RestoreUsed(e Exp, used uint64) error {
 
 // SetBudget changes the limit of an experiment's quota; used bytes stay.
 // The quota must exist (Add with a budget); to add or drop a quota, Add.
-func (t *Table) SetBudget(id string, bytes uint64) error {
+func (t *Table) SetBudget(id string, bytes uint64) (err error) {
 	c, err := t.conn()
 	if err != nil {
 		return err
 	}
+	defer t.release(&err)
 	c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(id, "quota"), Type: nftables.ObjTypeQuota,
 		Obj: &expr.Quota{Bytes: bytes, Over: true}})
 	if err := c.Flush(); err != nil {
@@ -310,11 +350,12 @@ func (t *Table) SetBudget(id string, bytes uint64) error {
 
 // ResetQuota sets the quota's used bytes to zero (day rollover) and
 // returns what it had used; read and reset are one atomic kernel operation.
-func (t *Table) ResetQuota(id string) (uint64, error) {
+func (t *Table) ResetQuota(id string) (_ uint64, err error) {
 	c, err := t.conn()
 	if err != nil {
 		return 0, err
 	}
+	defer t.release(&err)
 	o, err := c.ResetObject(&nftables.NamedObj{Table: t.t, Name: objName(id, "quota"), Type: nftables.ObjTypeQuota})
 	if err != nil {
 		return 0, fmt.Errorf("quota: reset quota of %q: %w", id, err)
@@ -328,11 +369,12 @@ func (t *Table) ResetQuota(id string) (uint64, error) {
 }
 
 // Read returns the counters of every experiment in the table.
-func (t *Table) Read() (map[string]Counts, error) {
+func (t *Table) Read() (_ map[string]Counts, err error) {
 	c, err := t.conn()
 	if err != nil {
 		return nil, err
 	}
+	defer t.release(&err)
 	have, err := t.existing(c)
 	if err != nil {
 		return nil, err
@@ -372,11 +414,12 @@ func (t *Table) Read() (map[string]Counts, error) {
 }
 
 // Remove deletes an experiment's rules, chains and objects (idempotent).
-func (t *Table) Remove(id string) error {
+func (t *Table) Remove(id string) (err error) {
 	c, err := t.conn()
 	if err != nil {
 		return err
 	}
+	defer t.release(&err)
 	have, err := t.existing(c)
 	if err != nil || have == nil {
 		return err
@@ -412,11 +455,12 @@ func (t *Table) IDs() ([]string, error) {
 }
 
 // Delete removes the whole table (arkgw cleanup; loses all counters).
-func (t *Table) Delete() error {
+func (t *Table) Delete() (err error) {
 	c, err := t.conn()
 	if err != nil {
 		return err
 	}
+	defer t.release(&err)
 	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
 		return nil
 	}
