@@ -144,7 +144,7 @@ func (m *Manager) poke() {
 // and records those it cannot adopt as lost (a failed Adopt removes what it
 // found).
 func (m *Manager) Recover(ctx context.Context) error {
-	list, err := m.store.List()
+	list, err := m.store.Active()
 	if err != nil {
 		return err
 	}
@@ -210,7 +210,7 @@ func (m *Manager) Run(ctx context.Context) error {
 
 func (m *Manager) tick(ctx context.Context) {
 	now := m.clock.Now()
-	list, err := m.store.List()
+	list, err := m.store.Active()
 	if err != nil {
 		m.log.Error("read state", "error", err)
 		return
@@ -394,7 +394,7 @@ func (m *Manager) StopAll(ctx context.Context, reason string) error {
 	if err := m.store.SetPaused(true); err != nil {
 		return err
 	}
-	list, err := m.store.List()
+	list, err := m.store.Active()
 	if err != nil {
 		return err
 	}

@@ -37,9 +37,13 @@ const (
 
 var (
 	bucketExperiments = []byte("experiments")
-	bucketMeta        = []byte("meta")
-	keyNextID         = []byte("next_id")
-	keyPaused         = []byte("paused")
+	// bucketActive indexes the planned and running experiments (id ->
+	// slot), so that allocating a slot and the scheduler's tick read those,
+	// not the whole history of a node.
+	bucketActive = []byte("active")
+	bucketMeta   = []byte("meta")
+	keyNextID    = []byte("next_id")
+	keyPaused    = []byte("paused")
 )
 
 // ErrNotFound is returned for an unknown experiment id.
@@ -101,7 +105,21 @@ func Open(dir string) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		if tx.Bucket(bucketActive) != nil {
+			return nil
+		}
+		// A state file from before the index: build it once.
+		active, err := tx.CreateBucket(bucketActive)
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketExperiments).ForEach(func(k, v []byte) error {
+			var e Experiment
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			return index(active, &e)
+		})
 	})
 	if err != nil {
 		db.Close()
@@ -134,14 +152,12 @@ func (s *Store) NewID() (id string, slot int, err error) {
 		}
 		id = fmt.Sprintf("x%d", n)
 		used := map[int]bool{}
-		err := tx.Bucket(bucketExperiments).ForEach(func(_, v []byte) error {
-			var e Experiment
-			if err := json.Unmarshal(v, &e); err != nil {
+		err := tx.Bucket(bucketActive).ForEach(func(_, v []byte) error {
+			var slot int
+			if err := json.Unmarshal(v, &slot); err != nil {
 				return err
 			}
-			if e.State != Completed {
-				used[e.Slot] = true
-			}
+			used[slot] = true
 			return nil
 		})
 		if err != nil {
@@ -155,15 +171,30 @@ func (s *Store) NewID() (id string, slot int, err error) {
 	return id, slot, err
 }
 
-// Put writes e (insert or replace).
-func (s *Store) Put(e *Experiment) error {
+// index records e in the active index, or removes it once completed.
+func index(active *bolt.Bucket, e *Experiment) error {
+	if e.State == Completed {
+		return active.Delete([]byte(e.ID))
+	}
+	v, _ := json.Marshal(e.Slot)
+	return active.Put([]byte(e.ID), v)
+}
+
+// put writes e and its index entry.
+func put(tx *bolt.Tx, e *Experiment) error {
 	v, err := json.Marshal(e)
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketExperiments).Put([]byte(e.ID), v)
-	})
+	if err := tx.Bucket(bucketExperiments).Put([]byte(e.ID), v); err != nil {
+		return err
+	}
+	return index(tx.Bucket(bucketActive), e)
+}
+
+// Put writes e (insert or replace).
+func (s *Store) Put(e *Experiment) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return put(tx, e) })
 }
 
 // Update applies fn to the stored experiment id atomically and returns the
@@ -171,8 +202,7 @@ func (s *Store) Put(e *Experiment) error {
 func (s *Store) Update(id string, fn func(*Experiment) error) (*Experiment, error) {
 	var out Experiment
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketExperiments)
-		v := b.Get([]byte(id))
+		v := tx.Bucket(bucketExperiments).Get([]byte(id))
 		if v == nil {
 			return fmt.Errorf("experiment %q: %w", id, ErrNotFound)
 		}
@@ -182,16 +212,35 @@ func (s *Store) Update(id string, fn func(*Experiment) error) (*Experiment, erro
 		if err := fn(&out); err != nil {
 			return err
 		}
-		nv, err := json.Marshal(&out)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(id), nv)
+		return put(tx, &out)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return &out, nil
+}
+
+// Active returns the planned and running experiments, in the order of
+// List.
+func (s *Store) Active() ([]*Experiment, error) {
+	var out []*Experiment
+	err := s.db.View(func(tx *bolt.Tx) error {
+		exps := tx.Bucket(bucketExperiments)
+		return tx.Bucket(bucketActive).ForEach(func(k, _ []byte) error {
+			v := exps.Get(k)
+			if v == nil {
+				return nil
+			}
+			var e Experiment
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, &e)
+			return nil
+		})
+	})
+	sortExperiments(out)
+	return out, err
 }
 
 // Get returns one experiment.
@@ -224,6 +273,13 @@ func (s *Store) List() ([]*Experiment, error) {
 			return nil
 		})
 	})
+	sortExperiments(out)
+	return out, err
+}
+
+// sortExperiments orders running, then planned, then completed, newest
+// first within each.
+func sortExperiments(out []*Experiment) {
 	rank := map[string]int{Running: 0, Planned: 1, Completed: 2}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -232,7 +288,6 @@ func (s *Store) List() ([]*Experiment, error) {
 		}
 		return a.Submitted.After(b.Submitted)
 	})
-	return out, err
 }
 
 // Paused reports whether the owner paused the node (no experiment starts).
