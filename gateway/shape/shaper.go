@@ -38,6 +38,11 @@ type Shaper struct {
 	// whenever the trees are (re)made.
 	written     map[string]Leaf
 	rootWritten *Class
+	// treesMade: the shared IFBs, their roots and the uplink's redirect
+	// were made (or found) by this shaper and nothing failed since; Apply
+	// then leaves them be (re-adding the uplink's filter on every start
+	// briefly let upload traffic past the node cap).
+	treesMade bool
 }
 
 // NewShaper opens a netlink handle in cfg.NS. Nothing is changed in the
@@ -80,10 +85,14 @@ func (s *Shaper) Apply(ctx context.Context, spec Spec) error {
 	if err != nil {
 		return err
 	}
-	if err := s.ensureTrees(plan); err != nil {
-		return err
+	if !s.treesMade {
+		if err := s.ensureTrees(plan); err != nil {
+			return err
+		}
+		s.treesMade = true
 	}
 	if err := s.syncClasses(plan); err != nil {
+		s.treesMade = false
 		return err
 	}
 	if err := s.attach(spec); err != nil {
@@ -558,6 +567,7 @@ func (s *Shaper) deleteLink(name string) error {
 
 func (s *Shaper) deleteIFBs() error {
 	s.forgetWritten()
+	s.treesMade = false
 	var errs []error
 	for _, up := range s.cfg.Uplinks {
 		errs = append(errs, s.unredirect(up))
