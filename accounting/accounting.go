@@ -68,6 +68,7 @@ const (
 type Kernel interface {
 	Add(e quota.Exp) (created bool, err error)
 	Read() (map[string]quota.Counts, error)
+	ReadOne(id string) (quota.Counts, error)
 	ResetQuota(id string) (uint64, error)
 	SetBudget(id string, bytes uint64) error
 	Remove(id string) error
@@ -265,11 +266,10 @@ func (a *Accountant) Track(ctx context.Context, e Exp) error {
 	if err != nil {
 		return fmt.Errorf("accounting: track %q: %w", e.ID, err)
 	}
-	cs, err := a.cfg.Kernel.Read()
+	c, err := a.cfg.Kernel.ReadOne(e.ID)
 	if err != nil {
 		return fmt.Errorf("accounting: track %q: %w", e.ID, err)
 	}
-	c := cs[e.ID]
 	switch {
 	case created:
 		ent.st.BaseUp, ent.st.BaseDown = 0, 0

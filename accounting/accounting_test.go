@@ -43,6 +43,11 @@ func (f *fakeKernel) Read() (map[string]quota.Counts, error) {
 	}
 	return m, nil
 }
+func (f *fakeKernel) ReadOne(id string) (quota.Counts, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.counts[id], nil
+}
 func (f *fakeKernel) ResetQuota(id string) (uint64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -206,6 +206,37 @@ func (t *Table) existing(c *nftables.Conn) (map[string]nftables.Obj, error) {
 	return m, nil
 }
 
+// objectsOf returns those of the experiment's objects that exist, each
+// asked for by name (a dump of the whole table grows with the number of
+// experiments).
+func (t *Table) objectsOf(c *nftables.Conn, id string) (map[string]nftables.Obj, error) {
+	m := map[string]nftables.Obj{}
+	for _, k := range []string{"up", "down", "drop", "quota"} {
+		typ := nftables.ObjTypeCounter
+		if k == "quota" {
+			typ = nftables.ObjTypeQuota
+		}
+		o, err := c.GetObject(&nftables.NamedObj{Table: t.t, Name: objName(id, k), Type: typ})
+		if notExist(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("quota: look up %s in %s: %w", objName(id, k), TableName, err)
+		}
+		if o != nil {
+			m[objName(id, k)] = o
+		}
+	}
+	return m, nil
+}
+
+// notExist reports a missing object or table. google/nftables v0.3 formats
+// the netlink error of a single-object lookup with %v, so the errno
+// survives only as text.
+func notExist(err error) bool {
+	return err != nil && (errors.Is(err, unix.ENOENT) || strings.HasSuffix(err.Error(), unix.ENOENT.Error()))
+}
+
 // Add installs (or re-adopts) an experiment's counters, quota and rules in
 // one transaction. Counters that already exist (the table survived a daemon
 // restart) keep counting: created reports whether they were made new, in
@@ -220,7 +251,7 @@ func (t *Table) Add(e Exp) (created bool, err error) {
 		return false, err
 	}
 	defer t.release(&err)
-	have, err := t.existing(c)
+	have, err := t.objectsOf(c, e.ID)
 	if err != nil {
 		return false, err
 	}
@@ -379,6 +410,25 @@ func (t *Table) Read() (_ map[string]Counts, err error) {
 	if err != nil {
 		return nil, err
 	}
+	return countsOf(have), nil
+}
+
+// ReadOne returns one experiment's counters (zero when it has none).
+func (t *Table) ReadOne(id string) (_ Counts, err error) {
+	c, err := t.conn()
+	if err != nil {
+		return Counts{}, err
+	}
+	defer t.release(&err)
+	objs, err := t.objectsOf(c, id)
+	if err != nil {
+		return Counts{}, err
+	}
+	return countsOf(objs)[id], nil
+}
+
+// countsOf groups named counter and quota objects by experiment.
+func countsOf(have map[string]nftables.Obj) map[string]Counts {
 	out := map[string]Counts{}
 	for name, o := range have {
 		i := strings.LastIndexByte(name, '_')
@@ -386,7 +436,10 @@ func (t *Table) Read() (_ map[string]Counts, err error) {
 			continue
 		}
 		id, kind := name[:i], name[i+1:]
-		no := o.(*nftables.NamedObj)
+		no, ok := o.(*nftables.NamedObj)
+		if !ok {
+			continue
+		}
 		cnt := out[id]
 		switch v := no.Obj.(type) {
 		case *expr.Counter:
@@ -410,7 +463,7 @@ func (t *Table) Read() (_ map[string]Counts, err error) {
 		}
 		out[id] = cnt
 	}
-	return out, nil
+	return out
 }
 
 // Remove deletes an experiment's rules, chains and objects (idempotent).
