@@ -173,6 +173,7 @@ type perfResult struct {
 	lost     int
 	done     int
 	cpuUS    float64 // resolver CPU microseconds per answered query
+	clientUS float64 // dnsperf's CPU microseconds per answered query
 }
 
 var (
@@ -231,6 +232,8 @@ func dnsperf(t *testing.T, w *expWorld, pid, port int, datafile, mode string) pe
 	}
 	if r.done > 0 {
 		r.cpuUS = cpu * 1e6 / float64(r.done)
+		ps := cmd.ProcessState
+		r.clientUS = (ps.UserTime() + ps.SystemTime()).Seconds() * 1e6 / float64(r.done)
 	}
 	var lat []float64
 	sc := bufio.NewScanner(strings.NewReader(s))

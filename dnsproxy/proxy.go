@@ -262,18 +262,35 @@ func (p *Proxy) listen(addr string) error {
 	}
 	lc := net.ListenConfig{Control: freebind}
 	for try := 0; ; try++ {
-		var us *udpSock
+		var us []*udpSock
 		var tl net.Listener
 		err := nsdo.In(p.cfg.NS, func() error {
-			var err error
-			us, err = listenUDPSock(ap)
-			if err != nil {
-				return err
+			if ap.Port() == 0 {
+				// A free port, chosen on UDP, one socket (a SO_REUSEPORT
+				// socket binding port 0 could land in another group of
+				// the same user on that port).
+				us0, err := listenUDPSock(ap, false)
+				if err != nil {
+					return err
+				}
+				us = []*udpSock{us0}
+				tap := netip.AddrPortFrom(ap.Addr(), us0.local.Port())
+				if tl, err = lc.Listen(context.Background(), "tcp", tap.String()); err != nil {
+					us0.close()
+					return fmt.Errorf("listen tcp %s: %w", tap, err)
+				}
+				return nil
 			}
-			tl, err = lc.Listen(context.Background(), "tcp", netip.AddrPortFrom(ap.Addr(), us.local.Port()).String())
-			if err != nil {
-				us.close()
-				return fmt.Errorf("listen tcp %s: %w", netip.AddrPortFrom(ap.Addr(), us.local.Port()), err)
+			// The TCP listener first: it is exclusive, so a second proxy
+			// given the same address fails here instead of joining the
+			// UDP sockets' SO_REUSEPORT group.
+			var err error
+			if tl, err = lc.Listen(context.Background(), "tcp", ap.String()); err != nil {
+				return fmt.Errorf("listen tcp %s: %w", ap, err)
+			}
+			if us, err = listenUDPGroup(ap, udpReaders); err != nil {
+				tl.Close()
+				return err
 			}
 			return nil
 		})
@@ -283,9 +300,9 @@ func (p *Proxy) listen(addr string) error {
 			}
 			return err
 		}
-		p.udp = append(p.udp, us)
+		p.udp = append(p.udp, us...)
 		p.tcp = append(p.tcp, tl.(*net.TCPListener))
-		p.addrs = append(p.addrs, netip.AddrPortFrom(ap.Addr(), us.local.Port()))
+		p.addrs = append(p.addrs, netip.AddrPortFrom(ap.Addr(), us[0].local.Port()))
 		return nil
 	}
 }
@@ -318,13 +335,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.alertLoop(ctx)
 	}()
 	for _, uc := range p.udp {
-		for i := 0; i < udpReaders; i++ {
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				p.serveUDP(ctx, uc)
-			}()
-		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.serveUDP(ctx, uc)
+		}()
 	}
 	for _, tl := range p.tcp {
 		p.wg.Add(1)

@@ -47,7 +47,7 @@ func newBatchConn(c net.PacketConn, v6 bool) batchConn {
 }
 
 const (
-	udpReaders  = 1    // goroutines reading each UDP socket
+	udpReaders  = 2    // sockets (each with one reader) per listening address
 	udpBatch    = 32   // datagrams per recvmmsg
 	udpQueryBuf = 4096 // bytes per query buffer: larger queries are dropped
 )

@@ -3,6 +3,7 @@ package dnsproxy
 import (
 	"encoding/binary"
 	"fmt"
+	"golang.org/x/net/bpf"
 	"net/netip"
 	"os"
 	"sync"
@@ -49,7 +50,7 @@ const udpRcvBuf = 1 << 20
 // listenUDPSock opens a blocking UDP socket bound to ap (IP_FREEBIND, so a
 // tentative IPv6 gateway address can be bound). It must run in the target
 // network namespace (nsdo.In).
-func listenUDPSock(ap netip.AddrPort) (*udpSock, error) {
+func listenUDPSock(ap netip.AddrPort, reusePort bool) (*udpSock, error) {
 	a := ap.Addr()
 	v6 := a.Is6() && !a.Is4In6()
 	family := unix.AF_INET
@@ -92,6 +93,11 @@ func listenUDPSock(ap netip.AddrPort) (*udpSock, error) {
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpRcvBuf) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, udpRcvBuf)
 	}
+	if reusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail("SO_REUSEPORT", err)
+		}
+	}
 	if err := unix.Bind(fd, sa); err != nil {
 		return fail("bind", err)
 	}
@@ -127,6 +133,55 @@ func listenUDPSock(ap netip.AddrPort) (*udpSock, error) {
 		return fail("epoll descriptor", err)
 	}
 	return s, nil
+}
+
+// listenUDPGroup opens n sockets on ap (the same port when ap's is 0),
+// each to be read by its own goroutine. With n > 1 they form a SO_REUSEPORT
+// group whose datagrams are spread by the CPU that received them (a
+// classic BPF program), not by a hash of the source: one client with a
+// single socket is served by as many readers as the CPUs it sends from,
+// and the readers never contend for one socket. Other processes can join
+// the group only with the same user id (root, for port 53).
+func listenUDPGroup(ap netip.AddrPort, n int) ([]*udpSock, error) {
+	first, err := listenUDPSock(ap, n > 1)
+	if err != nil {
+		return nil, err
+	}
+	group := []*udpSock{first}
+	fail := func(err error) ([]*udpSock, error) {
+		for _, s := range group {
+			s.close()
+		}
+		return nil, err
+	}
+	for i := 1; i < n; i++ {
+		s, err := listenUDPSock(netip.AddrPortFrom(ap.Addr(), first.local.Port()), true)
+		if err != nil {
+			return fail(err)
+		}
+		group = append(group, s)
+	}
+	if n > 1 {
+		prog, err := bpf.Assemble([]bpf.Instruction{
+			bpf.LoadExtension{Num: bpf.ExtCPUID},
+			bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: uint32(n)},
+			bpf.RetA{},
+		})
+		if err != nil {
+			return fail(fmt.Errorf("reuseport program: %w", err))
+		}
+		filter := make([]unix.SockFilter, len(prog))
+		for i, ins := range prog {
+			filter[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+		}
+		fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+		if err := unix.SetsockoptSockFprog(first.fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog); err != nil {
+			// Without it the kernel spreads by a hash of the source: still
+			// correct, only less even for a single client.
+			_ = err
+		}
+	}
+	return group, nil
 }
 
 func boolInt(b bool) int {
