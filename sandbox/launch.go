@@ -56,7 +56,34 @@ const cloneflags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | un
 // new namespaces and starts draining its output -> the daemon moves the
 // init into the cgroup and writes "go" -> the init finishes the sandbox,
 // starts the command and reports "ok" (or the error) on a report pipe.
-func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
+func Launch(ctx context.Context, spec Spec) (*Sandbox, error) {
+	pd, err := Prepare(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return pd.Start(ctx)
+}
+
+// Pending is a prepared sandbox: its init is in its namespaces and cgroup
+// and has built the root; the command has not started. Start or Abort it.
+type Pending struct {
+	spec Spec
+	p    *prepared
+	log  hclog.Logger
+	proc *nsholder.Process
+	cg   cgroupCtl
+	cfgW *os.File // the init waits for the "go" byte on it
+	repR *os.File // its report
+
+	t0                                        time.Time
+	tCgroup, tPrep, tSpawn, tPlaced, released time.Duration
+}
+
+// Prepare does all of a launch up to the command's start, so that the
+// caller can set up what must be in place before the command runs (its
+// shaping and accounting) while the init builds the sandbox. On error
+// nothing is left behind.
+func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 	t0 := time.Now()
 	p, err := prepare(&spec)
 	if err != nil {
@@ -245,11 +272,39 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	if err := cg.Add(proc.PID); err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 	}
-	tPlaced := time.Since(t0)
-	if _, err := cfgW.Write([]byte{'g'}); err != nil {
+	pd = &Pending{spec: spec, p: p, log: log, proc: proc, cg: cg, cfgW: cfgW, repR: repR,
+		t0: t0, tCgroup: tCgroup, tPrep: tPrep, tSpawn: tSpawn, tPlaced: time.Since(t0)}
+	toClose = nil // the Pending owns the pipes now
+	return pd, nil
+}
+
+// Abort ends a prepared sandbox that will not start: the init exits when
+// its configuration pipe closes, then its cgroup goes.
+func (pd *Pending) Abort() {
+	pd.cfgW.Close()
+	pd.repR.Close()
+	pd.cg.Kill()
+	pd.proc.Wait()
+	pd.cg.Kill()
+	pd.cg.Delete()
+}
+
+// Start lets the init start the command and returns once it was executed
+// (or failed to start: then nothing is left behind). ctx bounds the start
+// only; the run is bounded by the spec's Limits.MaxHours and Stop.
+func (pd *Pending) Start(ctx context.Context) (sb *Sandbox, err error) {
+	spec, p, log, proc, cg, t0 := pd.spec, pd.p, pd.log, pd.proc, pd.cg, pd.t0
+	defer func() {
+		if err != nil {
+			pd.Abort()
+		}
+	}()
+	defer pd.repR.Close()
+	pd.released = time.Since(t0)
+	if _, err := pd.cfgW.Write([]byte{'g'}); err != nil {
 		return nil, fmt.Errorf("sandbox %s: release init: %w", spec.ID, err)
 	}
-	cfgW.Close()
+	pd.cfgW.Close()
 
 	type rep struct {
 		line string
@@ -257,7 +312,7 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 	}
 	rc := make(chan rep, 1)
 	go func() {
-		l, err := bufio.NewReader(repR).ReadString('\n')
+		l, err := bufio.NewReader(pd.repR).ReadString('\n')
 		rc <- rep{l, err}
 	}()
 	var r rep
@@ -279,8 +334,9 @@ func Launch(ctx context.Context, spec Spec) (sb *Sandbox, err error) {
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go sb.monitor()
-	log.Debug("sandbox started", "pid", proc.PID, "root", p.root, "cgroup_created", tCgroup,
-		"prepared", tPrep, "spawned", tSpawn, "placed", tPlaced, "executed", time.Since(t0), "init", strings.TrimSpace(initTimes))
+	log.Debug("sandbox started", "pid", proc.PID, "root", p.root, "cgroup_created", pd.tCgroup,
+		"prepared", pd.tPrep, "spawned", pd.tSpawn, "placed", pd.tPlaced, "released", pd.released, "executed", time.Since(t0),
+		"init", strings.TrimSpace(initTimes))
 	return sb, nil
 }
 
