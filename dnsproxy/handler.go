@@ -29,7 +29,7 @@ type Stats struct {
 	Malformed        uint64 // unparseable messages (answered FORMERR or dropped)
 	NotImplemented   uint64 // opcodes other than QUERY, zone transfers
 	Mismatched       uint64 // upstream answers dropped: unknown ID or wrong question
-	Overload         uint64 // queries dropped: too many in flight
+	Overload         uint64 // queries dropped: too many in flight, or answers the send buffer had no room for
 	UpstreamErrors   uint64 // failed upstream attempts (timeouts, closed connections)
 	TCPFallbacks     uint64 // truncated UDP answers retried over TCP
 	Truncated        uint64 // answers truncated to the client's size

@@ -72,6 +72,9 @@ func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
 		if err != nil {
 			var errno unix.Errno
 			if !errors.As(err, &errno) || ctx.Err() != nil {
+				if ctx.Err() == nil && !s.isClosed() {
+					p.log.Error("udp reader stopped", "addr", s.local.String(), "error", err)
+				}
 				return // closed
 			}
 			// A socket error (an ICMP error queued on it, ENOMEM): the
@@ -120,6 +123,12 @@ func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
 		}
 		for sent := 0; sent < nout; {
 			k, err := s.sendmmsg(out, sent, nout)
+			if err == unix.EAGAIN {
+				// The send buffer stayed full (sendmmsg waited for it once):
+				// drop the rest of the batch rather than stall the reader.
+				p.stats.overload.Add(uint64(nout - sent))
+				break
+			}
 			if err != nil || k <= 0 {
 				k = 1 // skip the datagram that failed (e.g. EPERM from a firewall)
 			}

@@ -3,13 +3,14 @@ package dnsproxy
 import (
 	"encoding/binary"
 	"fmt"
-	"golang.org/x/net/bpf"
 	"net/netip"
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,7 +48,7 @@ type udpSock struct {
 // queued datagrams, counted with their kernel overhead).
 const udpRcvBuf = 1 << 20
 
-// listenUDPSock opens a blocking UDP socket bound to ap (IP_FREEBIND, so a
+// listenUDPSock opens a non-blocking UDP socket bound to ap (IP_FREEBIND, so a
 // tentative IPv6 gateway address can be bound). It must run in the target
 // network namespace (nsdo.In).
 func listenUDPSock(ap netip.AddrPort, reusePort bool) (*udpSock, error) {
@@ -75,11 +76,10 @@ func listenUDPSock(ap netip.AddrPort, reusePort bool) (*udpSock, error) {
 		if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
 			return fail("IPV6_FREEBIND", err)
 		}
-		s6 := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
-		if z := a.Zone(); z != "" {
+		if a.Zone() != "" {
 			return fail("zone", fmt.Errorf("scoped address %q: give a global or unique-local address", a))
 		}
-		sa = s6
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
 	} else {
 		if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_FREEBIND, 1); err != nil {
 			return fail("IP_FREEBIND", err)
@@ -132,6 +132,11 @@ func listenUDPSock(ap netip.AddrPort, reusePort bool) (*udpSock, error) {
 		s.ep.Close()
 		return fail("epoll descriptor", err)
 	}
+	if err := s.ep.SetReadDeadline(time.Time{}); err != nil {
+		// Not in Go's poller: a read would block a thread, not wait.
+		s.ep.Close()
+		return fail("epoll descriptor not pollable", err)
+	}
 	return s, nil
 }
 
@@ -175,11 +180,9 @@ func listenUDPGroup(ap netip.AddrPort, n int) ([]*udpSock, error) {
 			filter[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
 		}
 		fprog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
-		if err := unix.SetsockoptSockFprog(first.fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog); err != nil {
-			// Without it the kernel spreads by a hash of the source: still
-			// correct, only less even for a single client.
-			_ = err
-		}
+		// Without the program the kernel spreads by a hash of the source:
+		// still correct, only less even for a single client.
+		_ = unix.SetsockoptSockFprog(first.fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &fprog)
 	}
 	return group, nil
 }
@@ -201,6 +204,13 @@ func (s *udpSock) shutdown() {
 	}
 	s.closed = true
 	s.ep.Close()
+}
+
+// isClosed reports whether shutdown was called.
+func (s *udpSock) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 // close shuts the socket down and releases the descriptor. Only call it
