@@ -147,12 +147,21 @@ func New(cfg Config) (*Gateway, error) {
 func (g *Gateway) Close() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	var err error
+	// With no experiment and no "ark*" link left the table goes too (with
+	// links left, for example ones a sweep kept for a later adoption, it
+	// stays and drops their traffic).
+	if links, lerr := arkLinks(g.cfg.HostNS); len(g.exps) == 0 && lerr == nil && len(links) == 0 {
+		if err = deleteTable(g.cfg.HostNS, TableName); err == nil {
+			g.applied = nil
+		}
+	}
 	g.closeNFT()
 	if g.host != nil {
 		g.host.Close()
 		g.host = nil
 	}
-	return nil
+	return err
 }
 
 // Uplink is the interface experiments are masqueraded out of.
@@ -231,29 +240,44 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 	g.removeNetwork(id, nil)
 	tSwept := time.Now()
 
-	dir := g.nsDir(id)
-	h, err := nsholder.Create(nsholder.Config{Dir: dir, HostUID: uid, HostGID: uid, Binary: g.cfg.HolderBinary})
-	if err != nil {
-		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+	// The namespaces are made while the rules load: neither needs the
+	// other (the rules name the interface, which plumb creates after both,
+	// so they hold from the first packet the veth carries).
+	type made struct {
+		h   *nsholder.Holder
+		err error
 	}
-	n.Holder, n.NetNSPath, n.UserNSPath = h, h.NetNSPath(), h.UserNSPath()
+	holder := make(chan made, 1)
+	go func() {
+		h, err := nsholder.Create(nsholder.Config{Dir: g.nsDir(id), HostUID: uid, HostGID: uid, Binary: g.cfg.HolderBinary})
+		holder <- made{h, err}
+	}()
+	g.exps[id] = &expState{eff: eff, net: n}
+	rulesErr := g.reload()
+	tRules := time.Now()
+	m := <-holder
 	tHolder := time.Now()
+	h := m.h
 	defer func() {
 		if err != nil {
 			g.removeNetwork(id, h)
 		}
 	}()
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	// Rules first: they name the interface, so they hold from the first
-	// packet the new veth carries (there is no unfiltered window).
-	g.exps[id] = &expState{eff: eff, net: n}
-	if err := g.reload(); err != nil {
+	if rulesErr != nil {
 		delete(g.exps, id)
-		return nil, fmt.Errorf("gateway add %q: %w", id, err)
+		return nil, fmt.Errorf("gateway add %q: %w", id, rulesErr)
 	}
-	tRules := time.Now()
+	if m.err == nil {
+		m.err = ctx.Err()
+	}
+	if m.err != nil {
+		delete(g.exps, id)
+		if rerr := g.reload(); rerr != nil {
+			g.log.Error("restore ruleset after failed add", "experiment", id, "error", rerr)
+		}
+		return nil, fmt.Errorf("gateway add %q: %w", id, m.err)
+	}
+	n.Holder, n.NetNSPath, n.UserNSPath = h, h.NetNSPath(), h.UserNSPath()
 	if err := g.plumb(n); err != nil {
 		delete(g.exps, id)
 		if rerr := g.reload(); rerr != nil {
@@ -262,7 +286,7 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
 	log.Debug("experiment network up", "slot", slot, "addr4", addr4, "addr6", addr6, "if", n.HostIf,
-		"leftovers_ms", ms(tSwept.Sub(t0)), "holder_ms", ms(tHolder.Sub(tSwept)), "rules_ms", ms(tRules.Sub(tHolder)), "plumb_ms", ms(time.Since(tRules)))
+		"leftovers_ms", ms(tSwept.Sub(t0)), "rules_ms", ms(tRules.Sub(tSwept)), "holder_ms", ms(tHolder.Sub(tSwept)), "plumb_ms", ms(time.Since(tHolder)))
 	return n, nil
 }
 
@@ -314,24 +338,11 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 	return n, nil
 }
 
-// reload compiles every known experiment and replaces the table. With no
-// experiment left the table is deleted, unless "ark<id>" links remain (for
-// example kept by Sweep until Adopt takes them over): then the empty
-// ruleset stays, which drops everything from and to them (fail closed).
+// reload compiles every known experiment and loads the result. With no
+// experiment left the table stays, empty of experiments (an empty ruleset
+// drops everything from and to "ark*" links, fail-closed): making it anew
+// for the next start costs more than keeping it. Close removes it.
 func (g *Gateway) reload() error {
-	if len(g.exps) == 0 {
-		links, err := arkLinks(g.cfg.HostNS)
-		if err != nil {
-			return err
-		}
-		if len(links) == 0 {
-			if err := deleteTable(g.cfg.HostNS, TableName); err != nil {
-				return err
-			}
-			g.applied = nil
-			return nil
-		}
-	}
 	rs, err := Compile(g.compileInput(g.exps))
 	if err != nil {
 		return err
@@ -471,12 +482,6 @@ func (g *Gateway) removeLocked(id string) error {
 	}
 	if err := g.removeNetwork(id, h); err != nil {
 		errs = append(errs, fmt.Errorf("gateway remove %q: %w", id, err))
-	}
-	if len(g.exps) == 0 {
-		// The last link is gone: the table can go too.
-		if err := g.reload(); err != nil {
-			errs = append(errs, fmt.Errorf("gateway remove %q: rules: %w", id, err))
-		}
 	}
 	return errors.Join(errs...)
 }

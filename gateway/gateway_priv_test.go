@@ -75,6 +75,13 @@ func (l *lab) assertClean(t *testing.T) {
 	if err := l.g.Sweep(ctx, nil); err != nil {
 		t.Errorf("sweep: %v", err)
 	}
+	// The table outlives the last experiment while the gateway is open.
+	if out := l.w.Node.Run(t, "nft", "list", "tables"); !strings.Contains(out, "inet "+TableName+"\n") {
+		t.Errorf("table gone with the gateway still open: %s", out)
+	}
+	if err := l.g.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
 	out := l.w.Node.Run(t, "nft", "list", "tables")
 	if strings.Contains(out, "arkgw") {
 		t.Errorf("tables left: %s", out)
