@@ -199,7 +199,7 @@ func testLogger() hclog.Logger {
 	if err != nil {
 		return hclog.NewNullLogger()
 	}
-	return hclog.New(&hclog.LoggerOptions{Output: f, Level: hclog.Info})
+	return hclog.New(&hclog.LoggerOptions{Output: f, Level: hclog.Debug})
 }
 
 // stop stops every experiment, then the daemon. Idempotent.
@@ -337,20 +337,34 @@ func (nd *node) waitAlert(t *testing.T, id string, match func(alert.Record) bool
 	return alert.Record{}
 }
 
-// kernelLeftovers lists arkgw objects in the node namespace.
-func kernelLeftovers(t *testing.T, w *netlab.World) string {
+// kernelLeftovers lists arkgw objects in the node namespace: of the given
+// experiments (the daemon still runs, its base tables stay), or with no
+// ids, any at all (the daemon has stopped with no experiment left).
+func kernelLeftovers(t *testing.T, w *netlab.World, ids ...string) string {
 	t.Helper()
+	mine := func(s string) bool {
+		if len(ids) == 0 {
+			return strings.Contains(s, "ark")
+		}
+		for _, id := range ids {
+			if strings.Contains(s, `"ark`+id+`"`) || strings.Contains(s, "_"+id+" ") || strings.HasSuffix(s, "_"+id) ||
+				s == "ark"+id {
+				return true
+			}
+		}
+		return false
+	}
 	var left []string
 	links, _ := w.Node.Handle().LinkList()
 	for _, l := range links {
-		if strings.HasPrefix(l.Attrs().Name, "ark") {
-			left = append(left, "link "+l.Attrs().Name)
+		if n := l.Attrs().Name; strings.HasPrefix(n, "ark") && mine(n) {
+			left = append(left, "link "+n)
 		}
 	}
 	out, _ := w.Node.RunE(context.Background(), "nft", "list", "ruleset")
 	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "iifname \"ark") || strings.Contains(line, "chain exp_") {
-			left = append(left, "nft: "+strings.TrimSpace(line))
+		if line = strings.TrimSpace(line); mine(line) {
+			left = append(left, "nft: "+line)
 		}
 	}
 	return strings.Join(left, "\n")
@@ -423,7 +437,7 @@ func TestPrivilegedEndToEnd(t *testing.T) {
 	if x.Reason != store.ReasonStoppedStaff {
 		t.Errorf("reason %q", x.Reason)
 	}
-	if left := kernelLeftovers(t, w); left != "" {
+	if left := kernelLeftovers(t, w, id); left != "" {
 		t.Errorf("left in the kernel after stop:\n%s", left)
 	}
 	// Who sent this? The stop removed the experiment's conntrack entries, so

@@ -220,7 +220,16 @@ func (r *Runner) Run(ctx context.Context) error {
 
 // Close releases node-wide resources (the experiments keep running).
 func (r *Runner) Close() error {
-	return errors.Join(r.shaper.Close(), r.flowStore.Close(), r.quota.Close(), r.gw.Close())
+	r.mu.Lock()
+	idle := len(r.instances) == 0
+	r.mu.Unlock()
+	var errs []error
+	if idle {
+		// No experiment left to keep counting: the accounting table goes
+		// (the gateway's Close does the same for its own).
+		errs = append(errs, r.quota.Delete())
+	}
+	return errors.Join(append(errs, r.shaper.Close(), r.flowStore.Close(), r.quota.Close(), r.gw.Close())...)
 }
 
 // Update replaces all rules in one transaction (policy reload) and applies
