@@ -245,7 +245,10 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 	proc, err = spec.Holder.Spawn(nsholder.SpawnRequest{
 		Path:       reexec.Self,
 		Args:       []string{sandboxinit.Name},
-		Env:        []string{},
+		// One P: the init is a small single-purpose process, and every
+		// thread the runtime starts is one more for the capability drop
+		// (all threads) to reach. Not the command's environment.
+		Env:        []string{"GOMAXPROCS=1"},
 		Cloneflags: cloneflags,
 		ExtraFiles: extra,
 		ResultPipe: true,

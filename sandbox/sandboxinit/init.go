@@ -126,12 +126,14 @@ func initMain() {
 	}
 	tRestricted := time.Since(t0)
 	// Before the fork keep only what the child needs to become the
-	// experiment uid with its ambient set; after it, CAP_KILL only.
+	// experiment uid with its ambient set; after it, CAP_KILL only. The
+	// first reduction is of this thread only: the command is forked from
+	// it and inherits its sets, and the second reaches every thread.
 	keep := uint64(1<<unix.CAP_KILL | 1<<unix.CAP_SETUID | 1<<unix.CAP_SETGID)
 	for _, c := range cmd.SysProcAttr.AmbientCaps {
 		keep |= 1 << c
 	}
-	if err := dropInitCaps(keep); err != nil {
+	if err := unix.Capset(capsOf(keep)); err != nil {
 		fail("reduce the init's capabilities", err)
 	}
 	if err := cmd.Start(); err != nil {
@@ -456,20 +458,26 @@ func capNumbers(names []string) ([]capability.Cap, error) {
 // binaries (test binaries), where only this thread — the one /proc/1/status
 // shows — drops them.
 func dropInitCaps(keep uint64) error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	data[0].Effective = uint32(keep)
-	data[0].Permitted = uint32(keep)
-	data[1].Effective = uint32(keep >> 32)
-	data[1].Permitted = uint32(keep >> 32)
-	_, _, e := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	hdr, data := capsOf(keep)
+	_, _, e := syscall.AllThreadsSyscall(unix.SYS_CAPSET, uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(data)), 0)
 	if e == syscall.ENOTSUP {
-		return unix.Capset(&hdr, &data[0])
+		return unix.Capset(hdr, data)
 	}
 	if e != 0 {
 		return e
 	}
 	return nil
+}
+
+// capsOf is capset's argument for effective = permitted = keep.
+func capsOf(keep uint64) (*unix.CapUserHeader, *unix.CapUserData) {
+	hdr := &unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	data := make([]unix.CapUserData, 2)
+	data[0].Effective = uint32(keep)
+	data[0].Permitted = uint32(keep)
+	data[1].Effective = uint32(keep >> 32)
+	data[1].Permitted = uint32(keep >> 32)
+	return hdr, &data[0]
 }
 
 // restrict applies everything inherited by the command: rlimits, nice, the
