@@ -141,6 +141,16 @@ func TestPrivilegedSpawnCaptureStatus(t *testing.T) {
 	if err != nil || fst.Code != 7 || fst.Stdout.Dropped != st.Stdout.Dropped {
 		t.Fatalf("status file %+v, %v", fst, err)
 	}
+	// A result of tens of KiB comes back whole: its reply is far larger
+	// than the readers' usual buffer.
+	big := `{"k":"` + strings.Repeat("r", 60<<10) + `"}`
+	p, err = h.Spawn(SpawnRequest{Path: "/bin/sh", Args: []string{"sh", "-c", "printf '%s' \"$0\" >&3", big}, ResultPipe: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err = p.Wait(); err != nil || string(st.Result) != big {
+		t.Fatalf("large result: %d bytes back, want %d (%v)", len(st.Result), len(big), err)
+	}
 	// a failing start is reported
 	if _, err := h.Spawn(SpawnRequest{Path: "/nonexistent", Args: []string{"x"}}); err == nil {
 		t.Fatal("spawn of a missing binary succeeded")

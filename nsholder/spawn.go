@@ -143,7 +143,37 @@ type replyMsg struct {
 	Exit *ExitStatus `json:"exit,omitempty"`
 }
 
+// maxMsg bounds one message (a spawn request, or an exit status with up
+// to 64 KiB of result).
 const maxMsg = 1 << 20
+
+// msgBuf returns a buffer for the next message on c: buf when it fits,
+// else one of the message's size. A reader that waits with a 1 MiB buffer
+// each (one per experiment, on both sides) held most of a busy daemon's
+// memory; messages are a few hundred bytes.
+func msgBuf(c *net.UnixConn, buf []byte) ([]byte, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var n int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		// MSG_TRUNC: the length of the whole datagram, not what fits.
+		n, _, rerr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC)
+		return rerr != unix.EAGAIN
+	})
+	if err != nil {
+		return nil, err
+	}
+	if rerr != nil {
+		return nil, rerr
+	}
+	if n <= len(buf) {
+		return buf, nil
+	}
+	return make([]byte, min(n, maxMsg)), nil
+}
 
 // ErrNoHolder is returned by Spawn when the holder process is gone or
 // released.
@@ -234,8 +264,12 @@ func (h *Holder) forget(id uint64) {
 // them all when the socket ends.
 func (h *Holder) readReplies(ctl *net.UnixConn) {
 	defer close(h.readerDone)
-	buf := make([]byte, maxMsg)
+	small := make([]byte, 4096)
 	for {
+		buf, err := msgBuf(ctl, small)
+		if err != nil {
+			break
+		}
 		n, _, _, _, err := ctl.ReadMsgUnix(buf, nil)
 		if err != nil || n == 0 {
 			break
@@ -323,9 +357,13 @@ func serveSpawns(ctlFile *os.File) {
 		io.Copy(io.Discard, os.Stdin)
 		s.creatorGone()
 	}()
-	buf := make([]byte, maxMsg)
+	small := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(64*4))
 	for {
+		buf, err := msgBuf(s.ctl, small)
+		if err != nil {
+			break
+		}
 		n, oobn, _, _, err := s.ctl.ReadMsgUnix(buf, oob)
 		if err != nil || n == 0 {
 			break

@@ -45,6 +45,63 @@ type procDaemon struct {
 	w                         *netlab.World
 	cmd                       *exec.Cmd
 	log                       *os.File
+	stopped                   bool // the test stopped it itself
+}
+
+// startProcNode builds the real binary (with arkgw-init and pcap beside
+// it) and starts it as the daemon of w's node with a fresh state
+// directory. At cleanup its experiments are stopped, then the daemon, and
+// its log is shown if the test failed.
+func startProcNode(t *testing.T, w *netlab.World, name string, group int) (*procDaemon, *node) {
+	t.Helper()
+	bin := buildArkgw(t)
+	state := t.TempDir()
+	os.MkdirAll(filepath.Join(state, "containers"), 0o755)
+	os.Symlink(containerRoot(t), filepath.Join(state, "containers", "ark-2026.1"))
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	web := ln.Addr().String()
+	ln.Close()
+	config := filepath.Join(state, "node.toml")
+	os.WriteFile(config, []byte(fmt.Sprintf("node = %q\nstate_dir = %q\nuplink = \"eth0\"\n[web]\nlisten = %q\n[dns]\nupstreams = [%q]\n[alerts]\nnflog_group = %d\n",
+		name, state, web, netlab.DNS4, group)), 0o644)
+	// Its log: the state dir's, or ARKGW_TEST_LOG's file (benchmarks,
+	// debugging; ARKGW_LOG_LEVEL=debug reaches the daemon too).
+	logPath := filepath.Join(state, "daemon.log")
+	if p := os.Getenv("ARKGW_TEST_LOG"); p != "" {
+		logPath = p
+	}
+	logf, _ := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := os.ReadFile(logf.Name())
+			t.Logf("daemon log:\n%s", strings.TrimSpace(string(out)))
+		}
+		logf.Close()
+	})
+	// The real binary uses the production cgroup parent: remove it once
+	// the daemon stopped (cleanups run last-registered first), if empty.
+	t.Cleanup(func() {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/arkgw")
+		for _, d := range dirs {
+			os.Remove(d)
+		}
+	})
+	p := &procDaemon{bin: bin, config: config, sock: filepath.Join(state, "arkgw.sock"), runDir: filepath.Join(state, "run"), w: w, log: logf}
+	p.start(t)
+	c := daemon.NewClient(p.sock)
+	t.Cleanup(func() {
+		if !p.stopped {
+			// Whatever happened, leave nothing: stop experiments, then the daemon.
+			if list, err := c.List(); err == nil {
+				for _, x := range list {
+					c.Stop(x.ID)
+				}
+			}
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			p.cmd.Wait()
+		}
+	})
+	return p, &node{w: w, state: state, client: c}
 }
 
 func (p *procDaemon) start(t *testing.T) {
@@ -100,50 +157,9 @@ func TestPrivilegedCrashRecovery(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: builds netlab namespaces and runs sandboxes")
 	}
-	bin := buildArkgw(t)
 	w := netlab.NewWorld(t)
-	state := t.TempDir()
-	os.MkdirAll(filepath.Join(state, "containers"), 0o755)
-	os.Symlink(containerRoot(t), filepath.Join(state, "containers", "ark-2026.1"))
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	web := ln.Addr().String()
-	ln.Close()
-	config := filepath.Join(state, "node.toml")
-	os.WriteFile(config, []byte(fmt.Sprintf("node = \"crash\"\nstate_dir = %q\nuplink = \"eth0\"\n[web]\nlisten = %q\n[dns]\nupstreams = [%q]\n[alerts]\nnflog_group = %d\n",
-		state, web, netlab.DNS4, 3000+os.Getpid()%1000)), 0o644)
-	logf, _ := os.Create(filepath.Join(state, "daemon.log"))
-	defer logf.Close()
-	t.Cleanup(func() {
-		if t.Failed() {
-			out, _ := os.ReadFile(logf.Name())
-			t.Logf("daemon log:\n%s", strings.TrimSpace(string(out)))
-		}
-	})
-	p := &procDaemon{bin: bin, config: config, sock: filepath.Join(state, "arkgw.sock"), runDir: filepath.Join(state, "run"), w: w, log: logf}
-	p.start(t)
-	c := daemon.NewClient(p.sock)
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			// Whatever happened, leave nothing: stop experiments, then the daemon.
-			if list, err := c.List(); err == nil {
-				for _, x := range list {
-					c.Stop(x.ID)
-				}
-			}
-			p.cmd.Process.Signal(syscall.SIGTERM)
-			p.cmd.Wait()
-		}
-	})
-	nd := &node{w: w, state: state, client: c}
-	// The real binary uses the production cgroup parent: remove it if the
-	// test left it empty (rmdir refuses a parent that is in use).
-	t.Cleanup(func() {
-		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/arkgw")
-		for _, d := range dirs {
-			os.Remove(d)
-		}
-	})
+	p, nd := startProcNode(t, w, "crash", 3000+os.Getpid()%1000)
+	c, state, logf := nd.client, nd.state, p.log
 
 	script := `while true; do arkprobe tcp 203.0.113.10:22 >/dev/null; echo tick; sleep 1; done`
 	ids := []string{nd.submit(t, fmt.Sprintf(probeManifest, script)), nd.submit(t, fmt.Sprintf(probeManifest, script))}
@@ -206,7 +222,7 @@ func TestPrivilegedCrashRecovery(t *testing.T) {
 		out, _ := os.ReadFile(logf.Name())
 		t.Errorf("daemon exit after SIGTERM: %v\n%s", err, out)
 	}
-	stopped = true
+	p.stopped = true
 	if left := kernelLeftovers(t, w); left != "" {
 		t.Errorf("left in the kernel:\n%s", left)
 	}
