@@ -34,7 +34,7 @@ func newDescs(exp string) []metricDesc {
 		d("cache_hits_total", "Queries answered from the cache.", func(s Stats) uint64 { return s.CacheHits }),
 		d("malformed_total", "Unparseable messages.", func(s Stats) uint64 { return s.Malformed }),
 		d("mismatched_answers_total", "Upstream answers dropped for an unknown ID or a wrong question.", func(s Stats) uint64 { return s.Mismatched }),
-		d("overload_total", "Queries dropped because too many were in flight.", func(s Stats) uint64 { return s.Overload }),
+		d("overload_total", "Queries dropped because too many were in flight, or answers dropped because the send buffer stayed full.", func(s Stats) uint64 { return s.Overload }),
 		d("tcp_fallbacks_total", "Truncated upstream answers retried over TCP.", func(s Stats) uint64 { return s.TCPFallbacks }),
 		d("alerts_dropped_total", "Alerts lost because the alert sink fell behind.", func(s Stats) uint64 { return s.AlertsDropped }),
 	}
