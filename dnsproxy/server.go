@@ -58,17 +58,8 @@ const (
 // sendmmsg; forwarded queries get a goroutine each (bounded by MaxInflight:
 // beyond that queries are dropped and counted, as a loaded resolver would).
 func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
-	in := newMmsgBatch(udpBatch)
-	out := newMmsgBatch(udpBatch)
-	buf := make([]byte, udpBatch*udpQueryBuf)
-	for i := 0; i < udpBatch; i++ {
-		in.setBuf(i, buf[i*udpQueryBuf:(i+1)*udpQueryBuf:(i+1)*udpQueryBuf])
-	}
-	// Immediate answers are written here, one slot per datagram of the
-	// batch (larger ones are allocated; the iovecs keep them alive).
-	ans := make([]byte, udpBatch*serverUDPSize)
 	for {
-		n, err := s.recvmmsg(in)
+		b, n, err := s.recvBatch()
 		if err != nil {
 			var errno unix.Errno
 			if !errors.As(err, &errno) || ctx.Err() != nil {
@@ -81,62 +72,92 @@ func (p *Proxy) serveUDP(ctx context.Context, s *udpSock) {
 			// next read goes on.
 			continue
 		}
-		nout := 0
-		for i := 0; i < n; i++ {
-			h := &in.hdrs[i]
-			src, ok := in.source(i)
-			if !ok || h.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				p.stats.malformed.Add(1)
-				continue
-			}
-			if !p.clientOK(src.Addr()) {
-				continue
-			}
-			slot := ans[nout*serverUDPSize : nout*serverUDPSize : (nout+1)*serverUDPSize]
-			resp, j := p.prepareInto(buf[i*udpQueryBuf:i*udpQueryBuf+int(h.Len)], false, slot)
-			if resp != nil {
-				if len(resp) == 0 {
-					continue
-				}
-				out.setBuf(nout, resp)
-				out.setDest(nout, in, i)
-				nout++
-				continue
-			}
-			if j == nil {
-				continue
-			}
-			select {
-			case p.inflight <- struct{}{}:
-			default:
-				p.stats.overload.Add(1)
-				continue
-			}
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				defer func() { <-p.inflight }()
-				if resp := p.forward(ctx, j); len(resp) > 0 {
-					_ = s.sendTo(resp, src)
-				}
-			}()
+		p.answerBatch(ctx, s, b, n)
+		udpBatches.Put(b)
+	}
+}
+
+// udpBatchBufs is what a UDP reader needs while it answers one batch. A
+// reader that waits holds none: they come from a pool shared by every
+// proxy of the daemon, so that memory follows the queries in flight, not
+// the number of experiments (about 170 KiB per listening socket, four per
+// experiment, otherwise).
+type udpBatchBufs struct {
+	in, out *mmsgBatch
+	buf     []byte // udpBatch queries of udpQueryBuf bytes, read into
+	// ans holds immediate answers, one slot per datagram of the batch
+	// (larger ones are allocated; the iovecs keep them alive).
+	ans []byte
+}
+
+var udpBatches = sync.Pool{New: func() any {
+	b := &udpBatchBufs{in: newMmsgBatch(udpBatch), out: newMmsgBatch(udpBatch),
+		buf: make([]byte, udpBatch*udpQueryBuf), ans: make([]byte, udpBatch*serverUDPSize)}
+	for i := 0; i < udpBatch; i++ {
+		b.in.setBuf(i, b.buf[i*udpQueryBuf:(i+1)*udpQueryBuf:(i+1)*udpQueryBuf])
+	}
+	return b
+}}
+
+// answerBatch answers the n datagrams of b: immediate answers together in
+// one sendmmsg, forwarded queries in goroutines of their own.
+func (p *Proxy) answerBatch(ctx context.Context, s *udpSock, b *udpBatchBufs, n int) {
+	in, out, buf, ans := b.in, b.out, b.buf, b.ans
+	nout := 0
+	for i := 0; i < n; i++ {
+		h := &in.hdrs[i]
+		src, ok := in.source(i)
+		if !ok || h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+			p.stats.malformed.Add(1)
+			continue
 		}
-		for sent := 0; sent < nout; {
-			k, err := s.sendmmsg(out, sent, nout)
-			if err == unix.EAGAIN {
-				// The send buffer stayed full (sendmmsg waited for it once):
-				// drop the rest of the batch rather than stall the reader.
-				p.stats.overload.Add(uint64(nout - sent))
-				break
-			}
-			if err != nil || k <= 0 {
-				k = 1 // skip the datagram that failed (e.g. EPERM from a firewall)
-			}
-			sent += k
+		if !p.clientOK(src.Addr()) {
+			continue
 		}
-		for i := 0; i < nout; i++ {
-			out.iovs[i].Base = nil // let allocated answers go
+		slot := ans[nout*serverUDPSize : nout*serverUDPSize : (nout+1)*serverUDPSize]
+		resp, j := p.prepareInto(buf[i*udpQueryBuf:i*udpQueryBuf+int(h.Len)], false, slot)
+		if resp != nil {
+			if len(resp) == 0 {
+				continue
+			}
+			out.setBuf(nout, resp)
+			out.setDest(nout, in, i)
+			nout++
+			continue
 		}
+		if j == nil {
+			continue
+		}
+		select {
+		case p.inflight <- struct{}{}:
+		default:
+			p.stats.overload.Add(1)
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer func() { <-p.inflight }()
+			if resp := p.forward(ctx, j); len(resp) > 0 {
+				_ = s.sendTo(resp, src)
+			}
+		}()
+	}
+	for sent := 0; sent < nout; {
+		k, err := s.sendmmsg(out, sent, nout)
+		if err == unix.EAGAIN {
+			// The send buffer stayed full (sendmmsg waited for it once):
+			// drop the rest of the batch rather than stall the reader.
+			p.stats.overload.Add(uint64(nout - sent))
+			break
+		}
+		if err != nil || k <= 0 {
+			k = 1 // skip the datagram that failed (e.g. EPERM from a firewall)
+		}
+		sent += k
+	}
+	for i := 0; i < nout; i++ {
+		out.iovs[i].Base = nil // let allocated answers go
 	}
 }
 

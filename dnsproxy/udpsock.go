@@ -285,38 +285,52 @@ func (b *mmsgBatch) setBuf(i int, buf []byte) {
 	b.iovs[i].SetLen(len(buf))
 }
 
-// recvmmsg reads up to len(b.hdrs) datagrams into the buffers set with
-// setBuf, waiting (in Go's poller, on the epoll descriptor) until there is
-// at least one. After shutdown it returns os.ErrClosed (or another error
-// of a closed file).
-func (s *udpSock) recvmmsg(b *mmsgBatch) (int, error) {
-	for i := range b.hdrs {
-		h := &b.hdrs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-		h.Namelen = unix.SizeofSockaddrInet6
-		h.Flags = 0
-		b.hdrs[i].Len = 0
-	}
+// recvBatch waits (in Go's poller, on the epoll descriptor) until at
+// least one datagram is queued, then reads up to udpBatch of them into
+// buffers taken from the pool only then; the caller puts them back. After
+// shutdown it returns os.ErrClosed (or another error of a closed file).
+func (s *udpSock) recvBatch() (*udpBatchBufs, int, error) {
 	var (
+		b     *udpBatchBufs
 		n     uintptr
 		errno unix.Errno
 	)
 	err := s.rc.Read(func(uintptr) bool {
+		if b == nil {
+			b = udpBatches.Get().(*udpBatchBufs)
+		}
+		for i := range b.in.hdrs {
+			h := &b.in.hdrs[i].Hdr
+			h.Name = (*byte)(unsafe.Pointer(&b.in.names[i]))
+			h.Namelen = unix.SizeofSockaddrInet6
+			h.Flags = 0
+			b.in.hdrs[i].Len = 0
+		}
 		for {
-			n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&b.hdrs[0])),
-				uintptr(len(b.hdrs)), unix.MSG_DONTWAIT, 0, 0)
+			n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&b.in.hdrs[0])),
+				uintptr(len(b.in.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 			if errno != unix.EINTR {
-				return errno != unix.EAGAIN
+				break
 			}
 		}
+		if errno == unix.EAGAIN {
+			// Nothing yet: wait without the buffers.
+			udpBatches.Put(b)
+			b = nil
+			return false
+		}
+		return true
 	})
+	if err == nil && errno != 0 {
+		err = errno
+	}
 	if err != nil {
-		return 0, err
+		if b != nil {
+			udpBatches.Put(b)
+		}
+		return nil, 0, err
 	}
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
+	return b, int(n), nil
 }
 
 // source returns the sender of datagram i of the last recvmmsg.
