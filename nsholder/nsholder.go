@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,7 +58,7 @@ type Holder struct {
 	stdin io.WriteCloser
 
 	mu         sync.Mutex
-	ctl        *net.UnixConn // control socket for Spawn; nil once released
+	ctl        *seqConn // control socket for Spawn; nil once released
 	nextID     uint64
 	pending    map[uint64]*pending
 	readerDone chan struct{}
@@ -142,16 +141,14 @@ func Create(cfg Config) (h *Holder, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("nsholder %s: control socket pair: %w", cfg.Dir, err)
 	}
-	mine, theirs := os.NewFile(uintptr(pair[0]), "nsholder-ctl"), os.NewFile(uintptr(pair[1]), "nsholder-ctl-holder")
+	theirs := os.NewFile(uintptr(pair[1]), "nsholder-ctl-holder")
 	defer theirs.Close()
 	cmd.ExtraFiles = []*os.File{theirs}
-	conn, err := net.FileConn(mine)
-	mine.Close()
+	conn, err := newSeqConn(pair[0], "nsholder-ctl")
 	if err != nil {
-		theirs.Close()
-		return nil, fmt.Errorf("nsholder %s: control socket: %w", cfg.Dir, err)
+		return nil, fmt.Errorf("nsholder %s: %w", cfg.Dir, err)
 	}
-	h.ctl = conn.(*net.UnixConn)
+	h.ctl = conn
 	h.readerDone = make(chan struct{})
 	go h.readReplies(h.ctl)
 	stdin, err := cmd.StdinPipe()
@@ -265,5 +262,5 @@ func RemoveDir(dir string) error {
 // closed) and every spawned process ended.
 func holderMain() {
 	os.Stdout.WriteString("ready\n")
-	serveSpawns(os.NewFile(3, "nsholder-ctl"))
+	serveSpawns(3)
 }

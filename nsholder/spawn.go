@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -147,34 +146,6 @@ type replyMsg struct {
 // to 64 KiB of result).
 const maxMsg = 1 << 20
 
-// msgBuf returns a buffer for the next message on c: buf when it fits,
-// else one of the message's size. A reader that waits with a 1 MiB buffer
-// each (one per experiment, on both sides) held most of a busy daemon's
-// memory; messages are a few hundred bytes.
-func msgBuf(c *net.UnixConn, buf []byte) ([]byte, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var n int
-	var rerr error
-	err = rc.Read(func(fd uintptr) bool {
-		// MSG_TRUNC: the length of the whole datagram, not what fits.
-		n, _, rerr = unix.Recvfrom(int(fd), nil, unix.MSG_PEEK|unix.MSG_TRUNC)
-		return rerr != unix.EAGAIN
-	})
-	if err != nil {
-		return nil, err
-	}
-	if rerr != nil {
-		return nil, rerr
-	}
-	if n <= len(buf) {
-		return buf, nil
-	}
-	return make([]byte, min(n, maxMsg)), nil
-}
-
 // ErrNoHolder is returned by Spawn when the holder process is gone or
 // released.
 var ErrNoHolder = errors.New("nsholder: holder not running")
@@ -225,7 +196,7 @@ func (h *Holder) Spawn(req SpawnRequest) (*Process, error) {
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
-	_, _, err = ctl.WriteMsgUnix(b, oob, nil)
+	err = ctl.send(b, oob)
 	// keep the files alive until the kernel duplicated them
 	for _, f := range append([]*os.File{req.Stdin, req.Stdout, req.Stderr, req.Status}, req.ExtraFiles...) {
 		if f != nil {
@@ -262,15 +233,15 @@ func (h *Holder) forget(id uint64) {
 // readReplies runs for the life of the control socket: it routes the
 // holder's messages to the waiting Spawn and Process values, and fails
 // them all when the socket ends.
-func (h *Holder) readReplies(ctl *net.UnixConn) {
+func (h *Holder) readReplies(ctl *seqConn) {
 	defer close(h.readerDone)
 	small := make([]byte, 4096)
 	for {
-		buf, err := msgBuf(ctl, small)
+		buf, err := ctl.msgBuf(small)
 		if err != nil {
 			break
 		}
-		n, _, _, _, err := ctl.ReadMsgUnix(buf, nil)
+		n, _, err := ctl.recv(buf, nil)
 		if err != nil || n == 0 {
 			break
 		}
@@ -314,7 +285,7 @@ func (h *Holder) readReplies(ctl *net.UnixConn) {
 // ---- holder side ----
 
 type holderState struct {
-	ctl      *net.UnixConn
+	ctl      *seqConn
 	wmu      sync.Mutex
 	mu       sync.Mutex
 	active   int
@@ -324,7 +295,7 @@ type holderState struct {
 func (s *holderState) send(r replyMsg) {
 	b, _ := json.Marshal(r)
 	s.wmu.Lock()
-	s.ctl.Write(b)
+	s.ctl.send(b, nil)
 	s.wmu.Unlock()
 }
 
@@ -345,14 +316,13 @@ func (s *holderState) creatorGone() {
 	s.maybeExit()
 }
 
-func serveSpawns(ctlFile *os.File) {
-	c, err := net.FileConn(ctlFile)
-	ctlFile.Close()
+func serveSpawns(ctlFD int) {
+	c, err := newSeqConn(ctlFD, "nsholder-ctl")
 	if err != nil {
 		io.Copy(io.Discard, os.Stdin)
 		os.Exit(0)
 	}
-	s := &holderState{ctl: c.(*net.UnixConn), lifeline: true}
+	s := &holderState{ctl: c, lifeline: true}
 	go func() {
 		io.Copy(io.Discard, os.Stdin)
 		s.creatorGone()
@@ -360,11 +330,11 @@ func serveSpawns(ctlFile *os.File) {
 	small := make([]byte, 4096)
 	oob := make([]byte, unix.CmsgSpace(64*4))
 	for {
-		buf, err := msgBuf(s.ctl, small)
+		buf, err := s.ctl.msgBuf(small)
 		if err != nil {
 			break
 		}
-		n, oobn, _, _, err := s.ctl.ReadMsgUnix(buf, oob)
+		n, oobn, err := s.ctl.recv(buf, oob)
 		if err != nil || n == 0 {
 			break
 		}

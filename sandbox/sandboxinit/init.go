@@ -514,9 +514,8 @@ func restrict(c *Config) error {
 	if err != nil {
 		return err
 	}
-	if err := cp.Load(); err != nil {
-		return fmt.Errorf("read capabilities: %w", err)
-	}
+	// Applying the bounding set needs no Load (a parse of
+	// /proc/self/status): the library reads what it must itself.
 	cp.Clear(capability.BOUNDING)
 	cp.Set(capability.BOUNDING, caps...)
 	if err := cp.Apply(capability.BOUNDING); err != nil {
