@@ -233,18 +233,18 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 		*b.fd = 2 + len(extra)
 	}
 	p.cfg.ResultFD = 3 + len(extra)
-	cfgJSON, err := json.Marshal(p.cfg)
+	cfgBytes, err := p.cfg.Encode()
 	if err != nil {
 		return nil, err
 	}
-	if _, err := cfgW.Write(append(cfgJSON, '\n')); err != nil {
+	if _, err := cfgW.Write(cfgBytes); err != nil {
 		return nil, fmt.Errorf("sandbox %s: write init config: %w", spec.ID, err)
 	}
 
 	tPrep := time.Since(t0)
 	proc, err = spec.Holder.Spawn(nsholder.SpawnRequest{
-		Path:       reexec.Self,
-		Args:       []string{sandboxinit.Name},
+		Path: reexec.Self,
+		Args: []string{sandboxinit.Name},
 		// One P: the init is a small single-purpose process, and every
 		// thread the runtime starts is one more for the capability drop
 		// (all threads) to reach. Not the command's environment.

@@ -19,9 +19,11 @@ package sandboxinit
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -70,7 +72,53 @@ type Config struct {
 	CPUSeconds uint64   `json:"cpu_seconds"`
 	Nice       int      `json:"nice"`
 	Caps       []string `json:"caps"`
-	Seccomp    []uint64 `json:"seccomp"` // packed BPF program: op<<48 | jt<<40 | jf<<32 | k
+	// Seccomp is the packed BPF program (op<<48 | jt<<40 | jf<<32 | k).
+	// It travels after the JSON line in binary (see Encode): as JSON
+	// numbers it was a third of the init's start-up decoding.
+	Seccomp []uint64 `json:"-"`
+}
+
+// Encode is the configuration as the init reads it: one JSON line, then
+// the seccomp program as a little-endian uint32 count and that many
+// little-endian uint64s.
+func (c *Config) Encode() ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, '\n')
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(c.Seccomp)))
+	for _, x := range c.Seccomp {
+		b = binary.LittleEndian.AppendUint64(b, x)
+	}
+	return b, nil
+}
+
+// maxSeccomp bounds the program (the kernel's BPF_MAXINSNS).
+const maxSeccomp = 4096
+
+// decodeConfig reads what Encode wrote.
+func decodeConfig(rd *bufio.Reader) (Config, error) {
+	var c Config
+	line, err := rd.ReadBytes('\n')
+	if err != nil {
+		return c, err
+	}
+	if err := json.Unmarshal(line, &c); err != nil {
+		return c, err
+	}
+	var n uint32
+	if err := binary.Read(rd, binary.LittleEndian, &n); err != nil {
+		return c, fmt.Errorf("seccomp program length: %w", err)
+	}
+	if n > maxSeccomp {
+		return c, fmt.Errorf("seccomp program of %d instructions", n)
+	}
+	c.Seccomp = make([]uint64, n)
+	if err := binary.Read(rd, binary.LittleEndian, c.Seccomp); err != nil {
+		return c, fmt.Errorf("seccomp program: %w", err)
+	}
+	return c, nil
 }
 
 // stage is where the new root is assembled, in the init's private mount
@@ -90,12 +138,11 @@ func initMain() {
 	closeFrom3OnExec()
 	cfgPipe := os.NewFile(3, "config")
 	rd := bufio.NewReader(cfgPipe)
-	line, err := rd.ReadBytes('\n')
-	if err != nil {
-		os.Exit(125)
+	cfg, err := decodeConfig(rd)
+	if errors.Is(err, io.EOF) {
+		os.Exit(125) // the daemon gave up before sending it
 	}
-	var cfg Config
-	if err := json.Unmarshal(line, &cfg); err != nil {
+	if err != nil {
 		fail("decode config", err)
 	}
 	if cfg.ReportFD != 4 {
@@ -139,14 +186,19 @@ func initMain() {
 	if err := cmd.Start(); err != nil {
 		fail("start "+cfg.Args[0], err)
 	}
-	if err := dropInitCaps(1 << unix.CAP_KILL); err != nil {
-		cmd.Process.Kill()
-		fail("drop the init's capabilities", err)
-	}
-	// "ok" and where the init's time went (logged at debug level)
+	// "ok" (the command runs) and where the init's time went (logged at
+	// debug level); then the init's own drop to CAP_KILL, which the
+	// command runs alongside of either way. Should it fail (it does not),
+	// the run ends: the command is killed and the reason is in its
+	// stderr.
 	fmt.Fprintf(report, "ok config=%v built=%v released=%v prepared=%v restricted=%v executed=%v\n",
 		tCfg, tBuilt, tGo, tPrepared, tRestricted, time.Since(t0))
 	report.Close()
+	if err := dropInitCaps(1 << unix.CAP_KILL); err != nil {
+		cmd.Process.Kill()
+		fmt.Fprintf(os.Stderr, "arkgw sandbox init: drop the init's capabilities: %v; the command was killed\n", err)
+		os.Exit(125)
+	}
 	// Forwarding starts after the report, off the launch's path (starting
 	// the runtime's signal machinery costs about half a millisecond). A
 	// signal before that ends the init by Go's default action, and the
@@ -530,7 +582,7 @@ func restrict(c *Config) error {
 // loadSeccomp installs a packed program on every thread of the process
 // (TSYNC); restrict set no_new_privs before.
 func loadSeccomp(packed []uint64) error {
-	if len(packed) == 0 || len(packed) > 4096 {
+	if len(packed) == 0 || len(packed) > maxSeccomp {
 		return fmt.Errorf("seccomp: program of %d instructions", len(packed))
 	}
 	filter := make([]unix.SockFilter, len(packed))
