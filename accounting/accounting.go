@@ -283,7 +283,9 @@ func (a *Accountant) Track(ctx context.Context, e Exp) error {
 	a.log.Info("accounting", "experiment", e.ID, "day", ent.st.Day, "up", ent.st.Up, "down", ent.st.Down,
 		"counters_created", created, "budget", e.BudgetBytes)
 	a.update(ctx, ent, c, now)
-	return a.persistLocked(now)
+	// Only this experiment's record: the others are saved by the poll
+	// (writing all of them made a start slower the more ran).
+	return a.persistLocked(now, ent)
 }
 
 // Untrack reads the experiment's counters a last time, saves them and
@@ -296,12 +298,10 @@ func (a *Accountant) Untrack(ctx context.Context, id string) error {
 		return a.cfg.Kernel.Remove(id)
 	}
 	now := a.cfg.Clock()
-	if cs, err := a.cfg.Kernel.Read(); err == nil {
-		if c, ok := cs[id]; ok {
-			a.update(ctx, ent, c, now)
-		}
+	if c, err := a.cfg.Kernel.ReadOne(id); err == nil {
+		a.update(ctx, ent, c, now)
 	}
-	err := a.persistLocked(now)
+	err := a.persistLocked(now, ent)
 	delete(a.exps, id)
 	return errors.Join(err, a.cfg.Kernel.Remove(id))
 }
@@ -507,10 +507,19 @@ func (a *Accountant) Persist() error {
 	return a.persistLocked(a.cfg.Clock())
 }
 
-func (a *Accountant) persistLocked(now time.Time) error {
+// persistLocked saves the given entries, or all of them (and notes the
+// time) when none are given.
+func (a *Accountant) persistLocked(now time.Time, only ...*entry) error {
+	ents := only
+	if len(ents) == 0 {
+		for _, ent := range a.exps {
+			ents = append(ents, ent)
+		}
+	}
 	err := a.cfg.DB.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket([]byte(Bucket))
-		for id, ent := range a.exps {
+		for _, ent := range ents {
+			id := ent.exp.ID
 			v, _ := json.Marshal(ent.st)
 			if err := b.Put([]byte(id), v); err != nil {
 				return err
@@ -526,7 +535,9 @@ func (a *Accountant) persistLocked(now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("accounting: save counters to the store: %w", err)
 	}
-	a.lastPersist = now
+	if len(only) == 0 {
+		a.lastPersist = now
+	}
 	return nil
 }
 
