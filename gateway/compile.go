@@ -101,6 +101,40 @@ type CompileInput struct {
 	DefaultRouters []netip.Addr
 	NFLOGGroup     uint16
 	Exps           []CompileExp
+	// Cache, when set, keeps each experiment's objects from one Compile to
+	// the next and reuses them while its policy and network (the same
+	// pointers) and the node inputs above are unchanged: a start then
+	// compiles one experiment, not all, and Diff passes over the reused
+	// objects at a pointer comparison. The objects it hands out must not
+	// be modified.
+	Cache *CompileCache
+}
+
+// CompileCache holds compiled experiments between Compiles (see
+// CompileInput.Cache). The zero value is ready to use; it is not safe for
+// concurrent use.
+type CompileCache struct {
+	uplink  string
+	routers []netip.Addr
+	group   uint16
+	frags   map[string]*fragment
+}
+
+// fragment is one experiment's compiled objects.
+type fragment struct {
+	eff *configs.Effective
+	net *Net
+	rs  *Ruleset // its counters, sets and chains only
+}
+
+// fragments returns the cache's map for in, emptied when a node input
+// changed.
+func (c *CompileCache) fragments(in CompileInput) map[string]*fragment {
+	if c.frags == nil || c.uplink != in.Uplink || c.group != in.NFLOGGroup || !slices.Equal(c.routers, in.DefaultRouters) {
+		c.frags = map[string]*fragment{}
+		c.uplink, c.group, c.routers = in.Uplink, in.NFLOGGroup, slices.Clone(in.DefaultRouters)
+	}
+	return c.frags
 }
 
 // CompileExp is one experiment: its policy and its network.
@@ -177,6 +211,11 @@ func Compile(in CompileInput) (*Ruleset, error) {
 	}
 	rs.Chains = append(rs.Chains, post)
 
+	var cached map[string]*fragment
+	keep := map[string]bool{}
+	if in.Cache != nil {
+		cached = in.Cache.fragments(in)
+	}
 	seenIf := map[string]string{}
 	for _, x := range exps {
 		if x.Eff == nil || x.Net == nil {
@@ -190,10 +229,23 @@ func Compile(in CompileInput) (*Ruleset, error) {
 			return nil, fmt.Errorf("compile: experiments %q and %q share interface %q", other, id, x.Net.HostIf)
 		}
 		seenIf[x.Net.HostIf] = id
-		c := &expCompiler{rs: rs, in: in, eff: x.Eff, net: x.Net}
-		if err := c.compile(); err != nil {
-			return nil, fmt.Errorf("compile experiment %q: %w", id, err)
+		var frag *Ruleset
+		if f := cached[id]; f != nil && f.eff == x.Eff && f.net == x.Net {
+			frag = f.rs
+		} else {
+			frag = &Ruleset{}
+			c := &expCompiler{rs: frag, globals: rs, in: in, eff: x.Eff, net: x.Net}
+			if err := c.compile(); err != nil {
+				return nil, fmt.Errorf("compile experiment %q: %w", id, err)
+			}
 		}
+		if cached != nil {
+			cached[id] = &fragment{eff: x.Eff, net: x.Net, rs: frag}
+			keep[id] = true
+		}
+		rs.Counters = append(rs.Counters, frag.Counters...)
+		rs.Sets = append(rs.Sets, frag.Sets...)
+		rs.Chains = append(rs.Chains, frag.Chains...)
 		ifv := Value{Str: x.Net.HostIf}
 		from.Elems = append(from.Elems, Elem{Key: []Value{ifv}, Verdict: Verdict{Kind: "jump", Chain: "fwd_" + id}})
 		to.Elems = append(to.Elems, Elem{Key: []Value{ifv}, Verdict: Verdict{Kind: "jump", Chain: "ret_" + id}})
@@ -209,6 +261,11 @@ func Compile(in CompileInput) (*Ruleset, error) {
 		}
 		if x.Net.Addr6.IsValid() {
 			exp6.Elems = append(exp6.Elems, Elem{Key: []Value{{Addr: x.Net.Addr6}}})
+		}
+	}
+	for id := range cached {
+		if !keep[id] {
+			delete(cached, id)
 		}
 	}
 	return rs, nil
@@ -287,11 +344,12 @@ func prefixElems(ps []netip.Prefix) []Elem {
 }
 
 type expCompiler struct {
-	rs  *Ruleset
-	in  CompileInput
-	eff *configs.Effective
-	net *Net
-	fwd *Chain
+	rs      *Ruleset // the experiment's own objects go here
+	globals *Ruleset // the node-wide sets (routers) are read here
+	in      CompileInput
+	eff     *configs.Effective
+	net     *Net
+	fwd     *Chain
 	// counters this experiment registered (their names carry its id, so
 	// the check need not scan every experiment's)
 	counters map[string]bool
@@ -344,8 +402,8 @@ func (c *expCompiler) compile() error {
 	add(c.drop(RulePeer, arkOut))
 
 	// 2. Reserved destinations, except the node's default routers.
-	rt4 := c.rs.SetByName(setRouters4)
-	rt6 := c.rs.SetByName(setRouters6)
+	rt4 := c.globals.SetByName(setRouters4)
+	rt6 := c.globals.SetByName(setRouters6)
 	r4 := []Expr{nfproto(4), Lookup{Fields: []Field{FIPDaddr}, Set: setReserved4}}
 	if len(rt4.Elems) > 0 {
 		r4 = append(r4, Lookup{Fields: []Field{FIPDaddr}, Set: setRouters4, Neq: true})

@@ -78,6 +78,7 @@ func Diff(old, next *Ruleset) (p *Plan, ok bool) {
 	for _, s := range sortedSets(next.Sets) {
 		o := oldSets[s.Name]
 		switch {
+		case o == s: // reused by the compile cache: unchanged
 		case o == nil:
 			p.AddSets = append(p.AddSets, s)
 		case !sameSetType(o, s) || (s.Interval && !sameElems(o, s)):
@@ -126,7 +127,7 @@ func Diff(old, next *Ruleset) (p *Plan, ok bool) {
 			p.RuleChains = append(p.RuleChains, c)
 		case o.Hook != c.Hook || o.Type != c.Type || o.Priority != c.Priority:
 			return nil, false
-		case !sameRules(o, c) || refersTo(o, gone, delCounter):
+		case (o != c && !sameRules(o, c)) || refersTo(o, gone, delCounter):
 			p.FlushChains = append(p.FlushChains, c.Name)
 			p.RuleChains = append(p.RuleChains, c)
 		}

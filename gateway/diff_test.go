@@ -36,7 +36,12 @@ func diffSteps(t testing.TB) [][]CompileExp {
 
 func compileExps(t testing.TB, exps []CompileExp) *Ruleset {
 	t.Helper()
-	rs, err := Compile(CompileInput{Uplink: "eth0", NFLOGGroup: 5, DefaultRouters: []netip.Addr{addr("192.168.77.1")}, Exps: exps})
+	return compileCached(t, exps, nil)
+}
+
+func compileCached(t testing.TB, exps []CompileExp, cache *CompileCache) *Ruleset {
+	t.Helper()
+	rs, err := Compile(CompileInput{Uplink: "eth0", NFLOGGroup: 5, DefaultRouters: []netip.Addr{addr("192.168.77.1")}, Exps: exps, Cache: cache})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,8 +135,9 @@ func TestPrivilegedDiffMatchesReplace(t *testing.T) {
 		return normalizeListing(t, out)
 	}
 	var applied *Ruleset
+	var cache CompileCache // as the gateway does
 	for i, exps := range diffSteps(t) {
-		rs := compileExps(t, exps)
+		rs := compileCached(t, exps, &cache)
 		if applied == nil {
 			if err := applyRuleset(inPlace, rs); err != nil {
 				t.Fatal(err)
@@ -195,4 +201,33 @@ func normalizeListing(t *testing.T, js []byte) string {
 	}
 	sort.Strings(lines)
 	return strings.Join(lines, "\n")
+}
+
+// The cache reuses an unchanged experiment's objects, recompiles a changed
+// one, forgets a removed one, and starts over when a node input changes;
+// the result is always what a compile without it gives.
+func TestCompileCache(t *testing.T) {
+	var cache CompileCache
+	for i, exps := range diffSteps(t) {
+		with, without := compileCached(t, exps, &cache), compileExps(t, exps)
+		if a, b := with.Render(), without.Render(); a != b {
+			t.Fatalf("step %d: cached compile differs:\n%s\nwant\n%s", i, a, b)
+		}
+		if len(cache.frags) != len(exps) {
+			t.Errorf("step %d: %d experiments cached, %d compiled", i, len(cache.frags), len(exps))
+		}
+	}
+	steps := diffSteps(t)
+	a := compileCached(t, steps[1], &cache)
+	b := compileCached(t, steps[1], &cache)
+	if a.ChainByName("fwd_e1") != b.ChainByName("fwd_e1") {
+		t.Error("an unchanged experiment was compiled again")
+	}
+	c, err := Compile(CompileInput{Uplink: "eth1", NFLOGGroup: 5, Exps: steps[1], Cache: &cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ChainByName("fwd_e1") == b.ChainByName("fwd_e1") {
+		t.Error("a node input changed but the cached objects were reused")
+	}
 }

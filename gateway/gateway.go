@@ -87,6 +87,8 @@ type Gateway struct {
 	exps map[string]*expState
 	// applied is the ruleset currently in the kernel (nil = no table).
 	applied *Ruleset
+	// cache keeps compiled experiments between reloads (under mu).
+	cache CompileCache
 	// nft is a lasting nftables connection in HostNS, host a netlink
 	// handle there (nil until needed).
 	nft  *nftables.Conn
@@ -397,6 +399,9 @@ func (g *Gateway) closeNFT() {
 
 func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
 	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, NFLOGGroup: g.cfg.NFLOGGroup}
+	if g.mutate == nil { // a test's mutation must not reach cached objects
+		in.Cache = &g.cache
+	}
 	for _, st := range exps {
 		in.Exps = append(in.Exps, CompileExp{Eff: st.eff, Net: st.net})
 	}
