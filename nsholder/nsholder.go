@@ -70,6 +70,10 @@ func (h *Holder) UserNSPath() string { return filepath.Join(h.cfg.Dir, "user") }
 // NetNSPath is the persisted network namespace file.
 func (h *Holder) NetNSPath() string { return filepath.Join(h.cfg.Dir, "net") }
 
+// HostIDs are the host uid and gid that uid/gid 0 of the namespace map to
+// (the holder's, and the sandbox init's, credentials on the host).
+func (h *Holder) HostIDs() (uid, gid uint32) { return h.cfg.HostUID, h.cfg.HostGID }
+
 // PID of the holder process, 0 once released.
 func (h *Holder) PID() int {
 	if h.cmd == nil || h.cmd.Process == nil {

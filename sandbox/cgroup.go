@@ -108,6 +108,10 @@ type cgStats struct {
 // cgroupCtl is one experiment's cgroup.
 type cgroupCtl interface {
 	Add(pid int) error
+	// Delegate lets host uid/gid write the cgroup's v1 "tasks" files (the
+	// sandbox init then moves itself in) and returns them; nil where the
+	// init cannot (cgroup v2: the daemon moves it).
+	Delegate(uid, gid int) ([]string, error)
 	Kill() error // SIGKILL every process and wait until the cgroup is empty
 	Stats() cgStats
 	Delete() error
@@ -256,6 +260,32 @@ func (c *cgroupV1) Missing() []string { return c.missing }
 
 func (c *cgroupV1) Empty() bool { return len(c.procs()) == 0 }
 
+// v1TasksFiles are the "tasks" files of cgroup rel in every v1 controller
+// arkgw uses that this kernel has (as newCgroupV1 makes them), nil on a
+// cgroup v2 host.
+func v1TasksFiles(rel string) []string {
+	if cgroupMode() == cgroups.Unified {
+		return nil
+	}
+	var out []string
+	for _, s := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
+		if v1Available(s) {
+			out = append(out, filepath.Join(v1Root, s, rel, "tasks"))
+		}
+	}
+	return out
+}
+
+func (c *cgroupV1) Delegate(uid, gid int) ([]string, error) {
+	files := v1TasksFiles(c.rel)
+	for _, f := range files {
+		if err := os.Chown(f, uid, gid); err != nil {
+			return nil, fmt.Errorf("delegate %s: %w", f, err)
+		}
+	}
+	return files, nil
+}
+
 func (c *cgroupV1) Add(pid int) error {
 	if err := c.cg.Add(cgroup1.Process{Pid: pid}); err != nil {
 		return fmt.Errorf("move pid %d into cgroup %s: %w", pid, c.rel, err)
@@ -377,6 +407,8 @@ func (c *cgroupV2) Empty() bool {
 	ps, err := readPids(filepath.Join(c.path, "cgroup.procs"))
 	return err != nil || len(ps) == 0
 }
+
+func (c *cgroupV2) Delegate(uid, gid int) ([]string, error) { return nil, nil }
 
 func (c *cgroupV2) Add(pid int) error {
 	if err := c.m.AddProc(uint64(pid)); err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -272,8 +273,22 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 	if err := awaitCgroup(); err != nil {
 		return nil, err
 	}
-	if err := cg.Add(proc.PID); err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	// The init moves itself into the cgroup ('c') where it can: a move
+	// by the daemon waits for an RCU grace period (see sandboxinit's
+	// placeSelf). Else ('p') the daemon moves it.
+	placed := byte('c')
+	uid, gid := spec.Holder.HostIDs()
+	if files, err := cg.Delegate(int(uid), int(gid)); err != nil || len(files) == 0 || !slices.Equal(files, p.cfg.CgroupTasks) {
+		if err != nil {
+			log.Debug("cgroup not delegated to the init; moving it", "error", err)
+		}
+		if err := cg.Add(proc.PID); err != nil {
+			return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+		}
+		placed = 'p'
+	}
+	if _, err := cfgW.Write([]byte{placed}); err != nil {
+		return nil, fmt.Errorf("sandbox %s: release init into its cgroup: %w", spec.ID, err)
 	}
 	pd = &Pending{spec: spec, p: p, log: log, proc: proc, cg: cg, cfgW: cfgW, repR: repR,
 		t0: t0, tCgroup: tCgroup, tPrep: tPrep, tSpawn: tSpawn, tPlaced: time.Since(t0)}

@@ -6,9 +6,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
 )
@@ -182,5 +185,41 @@ func TestPrivilegedPcapBinds(t *testing.T) {
 	res, out, errOut := tr.run(t)
 	if !res.Exited || !strings.Contains(out, "pcap-ran") || !strings.Contains(out, "connect-pcap ok") {
 		t.Fatalf("%+v\n%s\n%s", res, out, errOut)
+	}
+}
+
+// On cgroup v1 the init moves itself into the experiment's cgroup (the
+// daemon made the tasks files its own), and the command runs there.
+func TestPrivilegedInitJoinsItsCgroup(t *testing.T) {
+	tr := newSpec(t, "/bin/sh", "-c", "cat /proc/self/cgroup; exec sleep 30")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sb, err := Launch(ctx, tr.spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Stop(context.Background())
+	files := v1TasksFiles(cgroupRel(tr.parent, tr.spec.ID))
+	if len(files) == 0 {
+		t.Skip("cgroup v2 host: the daemon moves the init")
+	}
+	uid, _ := tr.spec.Holder.HostIDs()
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil || st.Uid != uid {
+			t.Errorf("%s: owner %d (%v), want the init's host uid %d", f, st.Uid, err, uid)
+		}
+		b, _ := os.ReadFile(f)
+		if !slices.Contains(strings.Fields(string(b)), fmt.Sprint(sb.PID)) {
+			t.Errorf("%s lacks the init's pid %d: %q", f, sb.PID, b)
+		}
+	}
+	// The command: in the pids cgroup (its own namespace root, "/").
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(tr.read("stdout"), "pids:/\n") {
+		if time.Now().After(deadline) {
+			t.Fatalf("command's /proc/self/cgroup: %q", tr.read("stdout"))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -203,6 +203,7 @@ func prepare(s *Spec) (*prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", s.ID, err)
 	}
+	rel := cgroupRel(s.CgroupParent, s.ID)
 	p := &prepared{
 		root: root,
 		cfg: sandboxinit.Config{
@@ -224,10 +225,12 @@ func prepare(s *Spec) (*prepared, error) {
 			Nice:       10,
 			Caps:       netCaps,
 			Seccomp:    filter,
+			// the init joins its cgroup itself where it can (v1)
+			CgroupTasks: v1TasksFiles(rel),
 		},
 		res:       ComputeResources(s.Limits, s.PidsMax),
 		timeout:   wallClock(s.Limits.MaxHours),
-		cgroupRel: cgroupRel(s.CgroupParent, s.ID),
+		cgroupRel: rel,
 	}
 	return p, nil
 }

@@ -72,6 +72,10 @@ type Config struct {
 	CPUSeconds uint64   `json:"cpu_seconds"`
 	Nice       int      `json:"nice"`
 	Caps       []string `json:"caps"`
+	// CgroupTasks are the experiment cgroup's v1 "tasks" files, one per
+	// controller: when the daemon sends 'c' it has made them the init's
+	// to write, and the init moves itself in (see placeSelf).
+	CgroupTasks []string `json:"cgroup_tasks,omitempty"`
 	// Seccomp is the packed BPF program (op<<48 | jt<<40 | jf<<32 | k).
 	// It travels after the JSON line in binary (see Encode): as JSON
 	// numbers it was a third of the init's start-up decoding.
@@ -149,11 +153,23 @@ func initMain() {
 		fail("config", fmt.Errorf("report fd %d", cfg.ReportFD))
 	}
 	tCfg := time.Since(t0)
+	// The cgroup: 'p' = the daemon placed us, 'c' = it is ready for us
+	// to move in ourselves (before the pivot hides /sys/fs/cgroup).
+	switch b, err := rd.ReadByte(); {
+	case err != nil:
+		os.Exit(125) // the daemon gave up
+	case b == 'c':
+		if err := placeSelf(cfg.CgroupTasks); err != nil {
+			fail("join the experiment's cgroup", err)
+		}
+	case b != 'p':
+		fail("config", fmt.Errorf("cgroup byte %q", b))
+	}
 	if err := buildRoot(&cfg); err != nil {
 		fail("build root", err)
 	}
 	tBuilt := time.Since(t0)
-	// Wait until the daemon placed us in the cgroup.
+	// Wait until the daemon lets the command start.
 	if b, err := rd.ReadByte(); err != nil || b != 'g' {
 		os.Exit(125)
 	}
@@ -229,6 +245,32 @@ type Status struct {
 	Exited bool `json:"exited"`
 	Code   int  `json:"code"`
 	Signal int  `json:"signal"`
+}
+
+// placeSelf moves the calling thread into the cgroup of each v1 "tasks"
+// file. Written by the thread itself ("0"), a move takes no global lock;
+// moving another process (the daemon writing the init's pid) takes
+// cgroup_threadgroup_rwsem for writing, which waits for an RCU grace
+// period when no move happened lately: about 10 ms of every experiment's
+// start. Only this thread moves, the one the command is forked from (its
+// children start in its cgroup); the runtime's other threads stay where
+// they were, and die with it when the cgroup is killed.
+func placeSelf(tasks []string) error {
+	if len(tasks) == 0 {
+		return errors.New("no cgroup tasks files given")
+	}
+	for _, p := range tasks {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		_, err = f.WriteString("0")
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // reap waits for every child (pid 1 inherits orphans) until the command
