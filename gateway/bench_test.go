@@ -93,7 +93,7 @@ func TestBenchGateway(t *testing.T) {
 
 	// Alternate short runs so that load from elsewhere on the machine
 	// hits both sides alike; compare medians.
-	const secs, rounds = 1, 9
+	const secs, rounds = 3, 7
 	var withs, withouts []float64
 	rs := l.g.Ruleset()
 	for round := 0; round < rounds; round++ {
