@@ -226,16 +226,11 @@ func (s *Store) Active() ([]*Experiment, error) {
 	var out []*Experiment
 	err := s.db.View(func(tx *bolt.Tx) error {
 		exps := tx.Bucket(bucketExperiments)
+		add := appendTo(&out)
 		return tx.Bucket(bucketActive).ForEach(func(k, _ []byte) error {
-			v := exps.Get(k)
-			if v == nil {
-				return nil
+			if v := exps.Get(k); v != nil {
+				return add(k, v)
 			}
-			var e Experiment
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			out = append(out, &e)
 			return nil
 		})
 	})
@@ -264,17 +259,22 @@ func (s *Store) Get(id string) (*Experiment, error) {
 func (s *Store) List() ([]*Experiment, error) {
 	var out []*Experiment
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketExperiments).ForEach(func(_, v []byte) error {
-			var e Experiment
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
-			}
-			out = append(out, &e)
-			return nil
-		})
+		return tx.Bucket(bucketExperiments).ForEach(appendTo(&out))
 	})
 	sortExperiments(out)
 	return out, err
+}
+
+// appendTo decodes each record it is given and appends it to out.
+func appendTo(out *[]*Experiment) func(_, v []byte) error {
+	return func(_, v []byte) error {
+		var e Experiment
+		if err := json.Unmarshal(v, &e); err != nil {
+			return err
+		}
+		*out = append(*out, &e)
+		return nil
+	}
 }
 
 // sortExperiments orders running, then planned, then completed, newest
