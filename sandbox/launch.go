@@ -53,10 +53,12 @@ const cloneflags = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | un
 // Sequence: validate and compute (prepare) -> create the cgroup (in the
 // background, until the init is placed) -> open the output/status files
 // and O_PATH handles of the bind sources -> send the init's
-// configuration into a pipe -> the holder spawns the init in
-// new namespaces and starts draining its output -> the daemon moves the
-// init into the cgroup and writes "go" -> the init finishes the sandbox,
-// starts the command and reports "ok" (or the error) on a report pipe.
+// configuration into a pipe -> the holder spawns the init in new
+// namespaces and starts draining its output -> the daemon makes the
+// cgroup's v1 tasks files the init's and writes 'c' (the init moves
+// itself in), or moves it and writes 'p' -> (Prepare ends; Start:) the
+// daemon writes 'g' -> the init finishes the sandbox, starts the command
+// and reports "ok" (or the error) on a report pipe.
 func Launch(ctx context.Context, spec Spec) (*Sandbox, error) {
 	pd, err := Prepare(ctx, spec)
 	if err != nil {
