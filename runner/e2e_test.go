@@ -157,13 +157,17 @@ nflog_group = %d
 	}
 	n.Web.Listen = listen // tests use port 0: they run side by side
 	sock := filepath.Join(state, "arkgw.sock")
+	// Registered before the daemon's own clean-up, so it runs after it
+	// (last in, first out): the parent can go once the experiments did.
+	cgParent := testCgroupParent(t)
+	pcap, helper := pcapBinary(t), helperBinary(t) // here: t.Fatal only in the test's goroutine
 	ctx, cancel := context.WithCancel(context.Background())
 	nd := &node{w: w, state: state, client: daemon.NewClient(sock), cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		nd.done <- daemon.Run(ctx, daemon.Config{
 			Policy: &daemon.Policy{Node: n}, Socket: sock, Logger: testLogger(),
 			NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
-				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcapBinary(t), HelperBinary: helperBinary(t), CgroupParent: testCgroupParent(t)})
+				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcap, HelperBinary: helper, CgroupParent: cgParent})
 			},
 		}, nil)
 	}()
