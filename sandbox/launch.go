@@ -280,14 +280,18 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 	// placeSelf). Else ('p') the daemon moves it.
 	placed := byte('c')
 	uid, gid := spec.Holder.HostIDs()
-	if files, err := cg.Delegate(int(uid), int(gid)); err != nil || len(files) == 0 || !slices.Equal(files, p.cfg.CgroupTasks) {
+	if len(p.cfg.CgroupTasks) == 0 {
+		placed = 'p'
+	} else if files, err := cg.Delegate(int(uid), int(gid)); err != nil || !slices.Equal(files, p.cfg.CgroupTasks) {
 		if err != nil {
 			log.Debug("cgroup not delegated to the init; moving it", "error", err)
 		}
+		placed = 'p'
+	}
+	if placed == 'p' {
 		if err := cg.Add(proc.PID); err != nil {
 			return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 		}
-		placed = 'p'
 	}
 	if _, err := cfgW.Write([]byte{placed}); err != nil {
 		return nil, fmt.Errorf("sandbox %s: release init into its cgroup: %w", spec.ID, err)

@@ -189,8 +189,20 @@ func TestPrivilegedPcapBinds(t *testing.T) {
 }
 
 // On cgroup v1 the init moves itself into the experiment's cgroup (the
-// daemon made the tasks files its own), and the command runs there.
+// daemon made the tasks files its own); where it cannot (cgroup v2: run
+// here by setting placeByDaemon) the daemon moves it. Either way the init
+// and the command run in the cgroup.
 func TestPrivilegedInitJoinsItsCgroup(t *testing.T) {
+	for _, byDaemon := range []bool{false, true} {
+		t.Run(fmt.Sprintf("by_daemon=%v", byDaemon), func(t *testing.T) {
+			placeByDaemon = byDaemon
+			defer func() { placeByDaemon = false }()
+			testInitJoinsItsCgroup(t, byDaemon)
+		})
+	}
+}
+
+func testInitJoinsItsCgroup(t *testing.T, byDaemon bool) {
 	tr := newSpec(t, "/bin/sh", "-c", "cat /proc/self/cgroup; exec sleep 30")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -204,10 +216,14 @@ func TestPrivilegedInitJoinsItsCgroup(t *testing.T) {
 		t.Skip("cgroup v2 host: the daemon moves the init")
 	}
 	uid, _ := tr.spec.Holder.HostIDs()
+	want := uid
+	if byDaemon {
+		want = 0 // not delegated
+	}
 	for _, f := range files {
 		var st unix.Stat_t
-		if err := unix.Stat(f, &st); err != nil || st.Uid != uid {
-			t.Errorf("%s: owner %d (%v), want the init's host uid %d", f, st.Uid, err, uid)
+		if err := unix.Stat(f, &st); err != nil || st.Uid != want {
+			t.Errorf("%s: owner %d (%v), want %d", f, st.Uid, err, want)
 		}
 		b, _ := os.ReadFile(f)
 		if !slices.Contains(strings.Fields(string(b)), fmt.Sprint(sb.PID)) {
