@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -58,6 +59,66 @@ func Follow(ctx context.Context, path string, since time.Time, fn LineFunc) erro
 		case <-tick.C:
 		}
 	}
+}
+
+// rotatedAfter opens the rotated files newer than the one t followed (its
+// inode t.ino) and older than the one it follows next (inode next),
+// oldest first. The writer may rotate again meanwhile (it renames path.i
+// to path.i+1 from the top down, then path to path.1), so the files are
+// opened in one pass and told apart by inode, not by name: a file seen
+// twice (before and after a rename) counts once, files newer than next
+// are left for the next poll, and the pass is repeated while the followed
+// file is not found (a rename in flight leaves a gap). A lookup by name
+// after the pass had lost a whole file's records when a rotation came in
+// between.
+func (t *tailer) rotatedAfter(next uint64) []*os.File {
+	for attempt := 0; attempt < 5; attempt++ {
+		if attempt > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		var files []*os.File // newest first
+		seen := map[uint64]bool{}
+		found := false
+		for i, miss := 1, 0; i <= maxRotated && miss < 3; i++ {
+			g, err := os.Open(RotatedName(t.path, i))
+			if err != nil {
+				miss++
+				continue
+			}
+			miss = 0
+			gi := inode(g)
+			if gi == t.ino {
+				g.Close()
+				found = true
+				break
+			}
+			if seen[gi] {
+				g.Close()
+				continue
+			}
+			seen[gi] = true
+			if gi == next {
+				// Rotated already: what came before it is newer.
+				for _, h := range files {
+					h.Close()
+				}
+				files = files[:0]
+				g.Close()
+				continue
+			}
+			files = append(files, g)
+		}
+		// Not found after a few passes: the followed file is gone (rotated
+		// past Keep), so every rotated file older than next is newer.
+		if found || attempt == 4 {
+			slices.Reverse(files)
+			return files
+		}
+		for _, h := range files {
+			h.Close()
+		}
+	}
+	return nil
 }
 
 func readAll(path string, since time.Time, fn LineFunc, cur *tailer) error {
@@ -236,39 +297,9 @@ func (t *tailer) poll() error {
 		f.Close()
 		return err
 	}
-	// While the writer renames path.i to path.i+1 one of the names is
-	// briefly missing: look past gaps, and again after a moment.
-	k := 0
-	for attempt := 0; attempt < 5 && k == 0; attempt++ {
-		if attempt > 0 {
-			time.Sleep(5 * time.Millisecond)
-		}
-		for i, miss := 1, 0; i <= maxRotated && miss < 3; i++ {
-			g, err := os.Open(RotatedName(t.path, i))
-			if err != nil {
-				miss++
-				continue
-			}
-			miss = 0
-			gi := inode(g)
-			g.Close()
-			if gi == t.ino {
-				k = i
-				break
-			}
-		}
-	}
-	for i := k - 1; i >= 1; i-- {
-		g, err := os.Open(RotatedName(t.path, i))
-		if err != nil {
-			continue
-		}
-		if inode(g) == ino {
-			g.Close()
-			continue
-		}
+	for _, g := range t.rotatedAfter(ino) {
 		mid := &tailer{path: g.Name(), since: t.since, fn: t.fn, f: g, buf: t.buf}
-		err = mid.drain(true)
+		err := mid.drain(true)
 		g.Close()
 		if err != nil {
 			f.Close()
