@@ -20,13 +20,15 @@ func (a answerExchanger) exchange(_ context.Context, query, _ []byte) ([]byte, e
 	return b, err
 }
 
-func benchHandle(b *testing.B, name string, ex exchanger) {
+// benchProxy is a proxy answering from ex (nil: no upstream) and a query
+// for name; the proxy is closed when the benchmark ends.
+func benchProxy(b *testing.B, name string, ex exchanger) (*Proxy, []byte) {
 	p, err := New(Config{Experiment: "b1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:9"}, Names: []string{"example.org."},
 		AlertRate: 1e9, AlertBurst: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Close()
+	b.Cleanup(func() { p.Close() })
 	p.ex = ex
 	m := new(dns.Msg)
 	m.SetQuestion(name, dns.TypeA)
@@ -36,6 +38,11 @@ func benchHandle(b *testing.B, name string, ex exchanger) {
 		for range p.alerts {
 		}
 	}()
+	return p, raw
+}
+
+func benchHandle(b *testing.B, name string, ex exchanger) {
+	p, raw := benchProxy(b, name, ex)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -56,21 +63,7 @@ func BenchmarkHandleForwarded(b *testing.B) {
 // benchPrepareInto measures the UDP loop's inline path: the answer is
 // written into the slot buffer the loop owns.
 func benchPrepareInto(b *testing.B, name string, ex exchanger) {
-	p, err := New(Config{Experiment: "b1", Listen: []string{"127.0.0.1:0"}, Upstreams: []string{"127.0.0.1:9"}, Names: []string{"example.org."},
-		AlertRate: 1e9, AlertBurst: 1 << 30})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
-	p.ex = ex
-	m := new(dns.Msg)
-	m.SetQuestion(name, dns.TypeA)
-	m.SetEdns0(1232, false)
-	raw, _ := m.Pack()
-	go func() { // drain alerts as Run would
-		for range p.alerts {
-		}
-	}()
+	p, raw := benchProxy(b, name, ex)
 	if ex != nil { // fill the cache
 		p.handle(context.Background(), raw, false)
 	}
