@@ -27,7 +27,7 @@ func TestPrivilegedShellIDAndRoot(t *testing.T) {
 }
 
 func testShellIDAndRoot(t *testing.T, holder string) {
-	tr := newSpec(t, "/bin/sh", "-c", "id; ls /; cat /experiment/hello.txt; hostname; cat /etc/resolv.conf; echo err >&2")
+	tr := newSpec(t, "/bin/sh", "-c", "id; ls /; cat /experiment/hello.txt; hostname; cat /etc/resolv.conf; read -r st < /proc/self/stat; set -- $st; echo nice=${19}; echo err >&2")
 	if holder == "self" {
 		tr.spec.Holder = newHolderOf(t, "")
 	}
@@ -35,7 +35,7 @@ func testShellIDAndRoot(t *testing.T, holder string) {
 	if !res.Exited || res.Code != 0 {
 		t.Fatalf("result %+v, stdout %q stderr %q", res, out, errOut)
 	}
-	for _, want := range []string{"uid=1000(ark) gid=1000(ark) groups=1000(ark)", "experiment\n", "proc\n", "hello\n", "ark-" + tr.spec.ID} {
+	for _, want := range []string{"uid=1000(ark) gid=1000(ark) groups=1000(ark)", "experiment\n", "proc\n", "hello\n", "ark-" + tr.spec.ID, "nice=10\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, out)
 		}
