@@ -19,7 +19,6 @@ package sandboxinit
 
 import (
 	"bufio"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -46,83 +45,38 @@ const Name = "arkgw-sandbox-init"
 
 func init() { reexec.Register(Name, initMain) }
 
-// Config travels as one JSON line on fd 3, followed by the byte 'g'
-// once the daemon placed the init in its cgroup.
+// Config is what the daemon tells the init, on fd 3 (see Encode); the
+// bytes 'c' or 'p' and then 'g' follow on the same pipe.
 type Config struct {
-	ID         string   `json:"id"`
-	ReportFD   int      `json:"report_fd"`
-	ResultFD   int      `json:"result_fd"`
-	RootFD     int      `json:"root_fd"`
-	FilesFD    int      `json:"files_fd,omitempty"`
-	PcapBinFD  int      `json:"pcap_bin_fd,omitempty"`
-	PcapSockFD int      `json:"pcap_sock_fd,omitempty"`
-	TmpfsBytes int64    `json:"tmpfs_bytes"`
-	HasFiles   bool     `json:"has_files"`
-	HasPcapBin bool     `json:"has_pcap_bin"`
-	HasPcapSck bool     `json:"has_pcap_sock"`
-	Hostname   string   `json:"hostname"`
-	ResolvConf string   `json:"resolv_conf"`
-	Hosts      string   `json:"hosts"`
-	Args       []string `json:"args"`
-	Env        []string `json:"env"`
-	Dir        string   `json:"dir"`
-	UID        uint32   `json:"uid"`
-	GID        uint32   `json:"gid"`
-	NoFile     uint64   `json:"nofile"`
-	CPUSeconds uint64   `json:"cpu_seconds"`
-	Nice       int      `json:"nice"`
-	Caps       []string `json:"caps"`
+	ID         string
+	ReportFD   int
+	ResultFD   int
+	RootFD     int
+	FilesFD    int
+	PcapBinFD  int
+	PcapSockFD int
+	TmpfsBytes int64
+	HasFiles   bool
+	HasPcapBin bool
+	HasPcapSck bool
+	Hostname   string
+	ResolvConf string
+	Hosts      string
+	Args       []string
+	Env        []string
+	Dir        string
+	UID        uint32
+	GID        uint32
+	NoFile     uint64
+	CPUSeconds uint64
+	Nice       int
+	Caps       []string
 	// CgroupTasks are the experiment cgroup's v1 "tasks" files, one per
 	// controller: when the daemon sends 'c' it has made them the init's
 	// to write, and the init moves itself in (see placeSelf).
-	CgroupTasks []string `json:"cgroup_tasks,omitempty"`
+	CgroupTasks []string
 	// Seccomp is the packed BPF program (op<<48 | jt<<40 | jf<<32 | k).
-	// It travels after the JSON line in binary (see Encode): as JSON
-	// numbers it was a third of the init's start-up decoding.
-	Seccomp []uint64 `json:"-"`
-}
-
-// Encode is the configuration as the init reads it: one JSON line, then
-// the seccomp program as a little-endian uint32 count and that many
-// little-endian uint64s.
-func (c *Config) Encode() ([]byte, error) {
-	b, err := json.Marshal(c)
-	if err != nil {
-		return nil, err
-	}
-	b = append(b, '\n')
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(c.Seccomp)))
-	for _, x := range c.Seccomp {
-		b = binary.LittleEndian.AppendUint64(b, x)
-	}
-	return b, nil
-}
-
-// maxSeccomp bounds the program (the kernel's BPF_MAXINSNS).
-const maxSeccomp = 4096
-
-// decodeConfig reads what Encode wrote.
-func decodeConfig(rd *bufio.Reader) (Config, error) {
-	var c Config
-	line, err := rd.ReadBytes('\n')
-	if err != nil {
-		return c, err
-	}
-	if err := json.Unmarshal(line, &c); err != nil {
-		return c, err
-	}
-	var n uint32
-	if err := binary.Read(rd, binary.LittleEndian, &n); err != nil {
-		return c, fmt.Errorf("seccomp program length: %w", err)
-	}
-	if n > maxSeccomp {
-		return c, fmt.Errorf("seccomp program of %d instructions", n)
-	}
-	c.Seccomp = make([]uint64, n)
-	if err := binary.Read(rd, binary.LittleEndian, c.Seccomp); err != nil {
-		return c, fmt.Errorf("seccomp program: %w", err)
-	}
-	return c, nil
+	Seccomp []uint64
 }
 
 // stage is where the new root is assembled, in the init's private mount
