@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -149,13 +148,14 @@ func initMain() {
 	// CAP_SYS_NICE: to lower the command's priority once it runs (its
 	// uid is not ours). The child loses it with its uid change.
 	keep := uint64(1<<unix.CAP_KILL | 1<<unix.CAP_SETUID | 1<<unix.CAP_SETGID | 1<<unix.CAP_SYS_NICE)
-	for _, c := range cmd.SysProcAttr.AmbientCaps {
+	for _, c := range cmd.attr.Sys.AmbientCaps {
 		keep |= 1 << c
 	}
 	if err := unix.Capset(capsOf(keep)); err != nil {
 		fail("reduce the init's capabilities", err)
 	}
-	if err := cmd.Start(); err != nil {
+	pid, err := cmd.start()
+	if err != nil {
 		fail("start "+cfg.Args[0], err)
 	}
 	// Nice is given to the command's process group once it runs, not
@@ -163,8 +163,8 @@ func initMain() {
 	// 1-3 ms instead of 0.3-0.7 here, a third of the launch. (A child
 	// that the command forks and moves out of its group within those
 	// microseconds keeps nice 0; the cgroup's CPU limit holds either way.)
-	if err := unix.Setpriority(unix.PRIO_PGRP, cmd.Process.Pid, cfg.Nice); err != nil && err != unix.ESRCH {
-		cmd.Process.Kill()
+	if err := unix.Setpriority(unix.PRIO_PGRP, pid, cfg.Nice); err != nil && err != unix.ESRCH {
+		unix.Kill(pid, unix.SIGKILL)
 		fail("nice "+strconv.Itoa(cfg.Nice), err)
 	}
 	// "ok" (the command runs) and where the init's time went (logged at
@@ -176,7 +176,7 @@ func initMain() {
 		tCfg, tBuilt, tGo, tPrepared, tRestricted, time.Since(t0))
 	report.Close()
 	if err := dropInitCaps(1 << unix.CAP_KILL); err != nil {
-		cmd.Process.Kill()
+		unix.Kill(pid, unix.SIGKILL)
 		fmt.Fprintf(os.Stderr, "arkgw sandbox init: drop the init's capabilities: %v; the command was killed\n", err)
 		os.Exit(125)
 	}
@@ -188,10 +188,10 @@ func initMain() {
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	go func() {
 		for s := range sigs {
-			cmd.Process.Signal(s)
+			unix.Kill(pid, s.(syscall.Signal))
 		}
 	}()
-	st := reap(cmd.Process.Pid)
+	st := reap(pid)
 	if res := os.NewFile(uintptr(cfg.ResultFD), "result"); res != nil {
 		b, _ := json.Marshal(st)
 		res.Write(b)
@@ -451,8 +451,30 @@ func buildDev(dev string) error {
 	return nil
 }
 
+// command is the experiment's command, started with syscall.ForkExec: the
+// first os.StartProcess of a process first probes pidfd support with
+// several syscalls and a clone of its own, and os/exec adds little the
+// init needs.
+type command struct {
+	path  string
+	argv  []string
+	attr  syscall.ProcAttr
+	stdin *os.File
+}
+
+// start forks and executes the command; it returns once the exec
+// succeeded, or its error.
+func (c *command) start() (int, error) {
+	pid, err := syscall.ForkExec(c.path, c.argv, &c.attr)
+	c.stdin.Close()
+	if err != nil {
+		return 0, fmt.Errorf("fork/exec %s: %w", c.path, err)
+	}
+	return pid, nil
+}
+
 // prepareCommand resolves the command inside the new root.
-func prepareCommand(c *Config) (*exec.Cmd, error) {
+func prepareCommand(c *Config) (*command, error) {
 	path := c.Args[0]
 	if !strings.Contains(path, "/") {
 		found := ""
@@ -482,14 +504,19 @@ func prepareCommand(c *Config) (*exec.Cmd, error) {
 	for i, cp := range caps {
 		amb[i] = uintptr(cp)
 	}
-	cmd := &exec.Cmd{Path: path, Args: c.Args, Env: c.Env, Dir: c.Dir,
-		Stdin: nil, Stdout: os.Stdout, Stderr: os.Stderr}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Credential:  &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{c.GID}},
-		AmbientCaps: amb,
-		Setsid:      true,
+	// stdin is the sandbox's /dev/null (the init's own is the host's).
+	stdin, err := os.Open("/dev/null")
+	if err != nil {
+		return nil, err
 	}
-	return cmd, nil
+	return &command{path: path, argv: c.Args, stdin: stdin, attr: syscall.ProcAttr{
+		Dir: c.Dir, Env: c.Env, Files: []uintptr{stdin.Fd(), 1, 2},
+		Sys: &syscall.SysProcAttr{
+			Credential:  &syscall.Credential{Uid: c.UID, Gid: c.GID, Groups: []uint32{c.GID}},
+			AmbientCaps: amb,
+			Setsid:      true,
+		},
+	}}, nil
 }
 
 func capNumbers(names []string) ([]capability.Cap, error) {
