@@ -112,6 +112,27 @@ func TestPrivilegedEscapeTmpfsSize(t *testing.T) {
 	}
 }
 
+// /dev holds the harmless devices only, they work, and it is read-only;
+// /dev/shm is the run's own and writable; new device nodes cannot be made.
+func TestPrivilegedEscapeDev(t *testing.T) {
+	tr := newSpec(t, "/bin/sh", "-c", `echo "ls: $(ls /dev | tr '\n' ' ')"; echo x > /dev/null && echo null-ok
+echo "urandom: $(head -c 16 /dev/urandom | wc -c)"; echo "zero: $(head -c 5 /dev/zero | wc -c)"
+echo y > /dev/full 2>/dev/null || echo full-refuses
+touch /dev/x 2>/dev/null || echo dev-ro; mkdir /dev/d 2>/dev/null || echo dev-mkdir-ro
+echo z > /dev/shm/z && echo shm-ok; ls /dev/pts | grep -q ptmx && echo pts-ok
+mknod /tmp/sda b 8 0 2>&1; grep ' /dev ' /proc/mounts`)
+	res, out, errOut := tr.run(t)
+	if !res.Exited || res.Code != 0 {
+		t.Fatalf("result %+v\n%s\n%s", res, out, errOut)
+	}
+	for _, want := range []string{"ls: fd full null ptmx pts random shm stderr stdin stdout tty urandom zero \n",
+		"null-ok", "urandom: 16", "zero: 5", "full-refuses", "dev-ro", "dev-mkdir-ro", "shm-ok", "pts-ok", "mknod: /tmp/sda: Operation not permitted", " ro,"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 // A memory hog is OOM-killed and it is recorded.
 func TestPrivilegedEscapeMemoryOOM(t *testing.T) {
 	tr := newSpec(t, probeName, "hog")

@@ -44,6 +44,7 @@ func (c *Config) fields(f fieldCodec) {
 	f.int(&c.FilesFD)
 	f.int(&c.PcapBinFD)
 	f.int(&c.PcapSockFD)
+	f.int(&c.DevFD)
 	f.i64(&c.TmpfsBytes)
 	f.bool(&c.HasFiles)
 	f.bool(&c.HasPcapBin)

@@ -12,7 +12,7 @@ import (
 )
 
 func sampleConfig() Config {
-	return Config{ID: "x1", ReportFD: 4, ResultFD: 7, RootFD: 5, FilesFD: 6, PcapBinFD: -1, TmpfsBytes: 8 << 20,
+	return Config{ID: "x1", ReportFD: 4, ResultFD: 7, RootFD: 5, FilesFD: 6, PcapBinFD: -1, DevFD: 8, TmpfsBytes: 8 << 20,
 		HasFiles: true, Hostname: "ark-x1", ResolvConf: "nameserver 10.250.0.1\n", Hosts: "127.0.0.1 localhost\n",
 		Args: []string{"/bin/true", "a b", ""}, Env: []string{"PATH=/bin"}, Dir: "/experiment",
 		UID: 1000, GID: 1000, NoFile: 1024, CPUSeconds: 1<<40 + 3, Nice: 10, Caps: []string{"CAP_NET_RAW"},

@@ -54,6 +54,7 @@ type Config struct {
 	FilesFD    int
 	PcapBinFD  int
 	PcapSockFD int
+	DevFD      int // /dev, made by the daemon (a detached mount)
 	TmpfsBytes int64
 	HasFiles   bool
 	HasPcapBin bool
@@ -345,7 +346,7 @@ func buildRoot(c *Config) error {
 	if err := unix.Mount("proc", in("proc"), "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
 	}
-	if err := buildDev(in("dev")); err != nil {
+	if err := buildDev(c, in("dev")); err != nil {
 		return err
 	}
 	if c.TmpfsBytes > 0 {
@@ -411,26 +412,11 @@ func buildRoot(c *Config) error {
 	return unix.Chdir("/")
 }
 
-// buildDev makes a minimal /dev: a tmpfs with the harmless host device
-// nodes bind-mounted in (mknod is not allowed in a user namespace), a new
-// devpts instance, /dev/shm, and the usual symlinks; then read-only.
-func buildDev(dev string) error {
-	if err := unix.Mount("tmpfs", dev, "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
-		return fmt.Errorf("mount /dev tmpfs: %w", err)
-	}
-	for _, n := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
-		p := filepath.Join(dev, n)
-		if err := os.WriteFile(p, nil, 0o666); err != nil {
-			return err
-		}
-		if err := unix.Mount("/dev/"+n, p, "", unix.MS_BIND, ""); err != nil {
-			return fmt.Errorf("bind /dev/%s: %w", n, err)
-		}
-	}
-	for _, d := range []string{"pts", "shm"} {
-		if err := os.Mkdir(filepath.Join(dev, d), 0o755); err != nil {
-			return err
-		}
+// buildDev attaches the daemon's /dev (device nodes and symlinks,
+// read-only) and mounts the run's own devpts instance and /dev/shm on it.
+func buildDev(c *Config, dev string) error {
+	if err := attach(c.DevFD, dev); err != nil {
+		return fmt.Errorf("/dev: %w", err)
 	}
 	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
 		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
@@ -438,15 +424,6 @@ func buildDev(dev string) error {
 	}
 	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=16m,mode=1777"); err != nil {
 		return fmt.Errorf("mount /dev/shm: %w", err)
-	}
-	for l, t := range map[string]string{"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
-		"stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"} {
-		if err := os.Symlink(t, filepath.Join(dev, l)); err != nil {
-			return err
-		}
-	}
-	if err := unix.Mount("", dev, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
-		return fmt.Errorf("remount /dev read-only: %w", err)
 	}
 	return nil
 }
