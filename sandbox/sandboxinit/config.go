@@ -162,17 +162,10 @@ func (d *decoder) uv() uint64 {
 	return x
 }
 
+// v reads what binary.AppendVarint wrote: a zig-zag uvarint.
 func (d *decoder) v() int64 {
-	if d.err != nil {
-		return 0
-	}
-	x, n := binary.Varint(d.b)
-	if n <= 0 {
-		d.err = errTruncated
-		return 0
-	}
-	d.b = d.b[n:]
-	return x
+	u := d.uv()
+	return int64(u>>1) ^ -int64(u&1)
 }
 
 // count is a length prefix of items of at least size bytes each, checked
