@@ -8,8 +8,9 @@
 // PID namespace with it.
 //
 // Every step that changes the process happens on the main thread, locked:
-// the bounding set, nice value and the seccomp "no new privs" bit are
-// per-thread, and the command is forked from this thread.
+// the cgroup move, the cgroup namespace, capabilities, the bounding set and
+// the seccomp "no new privs" bit are per-thread, and the command is forked
+// from this thread.
 //
 // It is its own package, importing little beyond the standard library, so
 // that the small helper binary (cmd/arkgw-init) carries it: a Go binary's
@@ -548,8 +549,8 @@ func capsOf(keep uint64) (*unix.CapUserHeader, *unix.CapUserData) {
 // last, seccomp (TSYNC: all of the init's threads).
 func restrict(c *Config) error {
 	lim := func(res int, v uint64) error {
-		// syscall.Setrlimit, not unix: it also stops os/exec from
-		// restoring the NOFILE limit Go found at start in the child.
+		// syscall.Setrlimit, not unix: it also stops syscall.ForkExec
+		// from restoring the NOFILE limit Go found at start in the child.
 		if err := syscall.Setrlimit(res, &syscall.Rlimit{Cur: v, Max: v}); err != nil {
 			return fmt.Errorf("setrlimit %d=%d: %w", res, v, err)
 		}
