@@ -119,10 +119,10 @@ func (w *statusWaiter) poll() {
 // goneCgroup stands in for a cgroup that no longer exists.
 type goneCgroup struct{}
 
-func (goneCgroup) Add(int) error                       { return errors.New("cgroup gone") }
-func (goneCgroup) Delegate(int, int) ([]string, error) { return nil, errors.New("cgroup gone") }
-func (goneCgroup) Kill() error                         { return nil }
-func (goneCgroup) Stats() cgStats                      { return cgStats{} }
-func (goneCgroup) Delete() error                       { return nil }
-func (goneCgroup) Missing() []string                   { return nil }
-func (goneCgroup) Empty() bool                         { return true }
+func (goneCgroup) Add(int) error                     { return errors.New("cgroup gone") }
+func (goneCgroup) Delegate(int, int, []string) error { return errors.New("cgroup gone") }
+func (goneCgroup) Kill() error                       { return nil }
+func (goneCgroup) Stats() cgStats                    { return cgStats{} }
+func (goneCgroup) Delete() error                     { return nil }
+func (goneCgroup) Missing() []string                 { return nil }
+func (goneCgroup) Empty() bool                       { return true }

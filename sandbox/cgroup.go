@@ -108,10 +108,10 @@ type cgStats struct {
 // cgroupCtl is one experiment's cgroup.
 type cgroupCtl interface {
 	Add(pid int) error
-	// Delegate lets host uid/gid write the cgroup's v1 "tasks" files (the
-	// sandbox init then moves itself in) and returns them; nil where the
-	// init cannot (cgroup v2: the daemon moves it).
-	Delegate(uid, gid int) ([]string, error)
+	// Delegate lets host uid/gid write the cgroup's v1 "tasks" files,
+	// as prepare listed them for the init (which then moves itself in);
+	// an error where the init cannot (cgroup v2: the daemon moves it).
+	Delegate(uid, gid int, tasks []string) error
 	Kill() error // SIGKILL every process and wait until the cgroup is empty
 	Stats() cgStats
 	Delete() error
@@ -276,14 +276,13 @@ func v1TasksFiles(rel string) []string {
 	return out
 }
 
-func (c *cgroupV1) Delegate(uid, gid int) ([]string, error) {
-	files := v1TasksFiles(c.rel)
-	for _, f := range files {
+func (c *cgroupV1) Delegate(uid, gid int, tasks []string) error {
+	for _, f := range tasks {
 		if err := os.Chown(f, uid, gid); err != nil {
-			return nil, fmt.Errorf("delegate %s: %w", f, err)
+			return fmt.Errorf("delegate %s: %w", f, err)
 		}
 	}
-	return files, nil
+	return nil
 }
 
 func (c *cgroupV1) Add(pid int) error {
@@ -408,7 +407,9 @@ func (c *cgroupV2) Empty() bool {
 	return err != nil || len(ps) == 0
 }
 
-func (c *cgroupV2) Delegate(uid, gid int) ([]string, error) { return nil, nil }
+func (c *cgroupV2) Delegate(int, int, []string) error {
+	return errors.New("cgroup v2 has no tasks files to delegate")
+}
 
 func (c *cgroupV2) Add(pid int) error {
 	if err := c.m.AddProc(uint64(pid)); err != nil {

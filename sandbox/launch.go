@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -291,10 +290,8 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 	uid, gid := spec.Holder.HostIDs()
 	if len(p.cfg.CgroupTasks) == 0 {
 		placed = 'p'
-	} else if files, err := cg.Delegate(int(uid), int(gid)); err != nil || !slices.Equal(files, p.cfg.CgroupTasks) {
-		if err != nil {
-			log.Debug("cgroup not delegated to the init; moving it", "error", err)
-		}
+	} else if err := cg.Delegate(int(uid), int(gid), p.cfg.CgroupTasks); err != nil {
+		log.Debug("cgroup not delegated to the init; moving it", "error", err)
 		placed = 'p'
 	}
 	if placed == 'p' {
