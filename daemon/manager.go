@@ -234,8 +234,7 @@ func (m *Manager) start(ctx context.Context, x *store.Experiment) {
 	log := m.log.With("experiment", x.ID)
 	eff, err := m.effective(x)
 	if err != nil {
-		log.Warn("experiment refused at start", "error", err)
-		m.complete(x.ID, store.ReasonRefused, err.Error(), Result{})
+		m.failStart(x.ID, err)
 		return
 	}
 	now := m.clock.Now().UTC()
@@ -252,17 +251,38 @@ func (m *Manager) start(ctx context.Context, x *store.Experiment) {
 	}
 	dir := m.ExperimentDir(x.ID)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		m.complete(x.ID, store.ReasonRefused, err.Error(), Result{})
+		m.failStart(x.ID, fmt.Errorf("make experiment directory: %w", err))
 		return
 	}
 	inst, err := m.runner.Start(ctx, eff, x.Slot, dir)
 	if err != nil {
-		log.Error("experiment failed to start", "error", err)
-		m.complete(x.ID, store.ReasonRefused, err.Error(), Result{})
+		m.failStart(x.ID, err)
 		return
 	}
 	log.Info("experiment started", "title", eff.Title, "deadline", now.Add(time.Duration(eff.Limits.MaxHours*float64(time.Hour))))
 	m.track(x.ID, eff, inst)
+}
+
+// ExitStartFailed is the exit code recorded for an experiment whose command
+// never ran (refused or failed at start), as container runtimes use 125 for
+// "the container could not be started": never 0, never a code the
+// experiment's own command could be blamed for.
+const ExitStartFailed = 125
+
+// failStart records why an experiment could not start where every view
+// finds it: the record (reason, detail, exit 125) and the experiment's own
+// stderr file, so `arkgw logs ID --stderr` says it too.
+func (m *Manager) failStart(id string, cause error) {
+	m.log.Error("experiment failed to start", "experiment", id, "error", cause)
+	dir := m.ExperimentDir(id)
+	if err := os.MkdirAll(dir, 0o755); err == nil {
+		f, err := os.OpenFile(filepath.Join(dir, "stderr"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err == nil {
+			fmt.Fprintf(f, "arkgw: experiment %s failed to start: %v\n", id, cause)
+			f.Close()
+		}
+	}
+	m.complete(id, store.ReasonRefused, cause.Error(), Result{ExitCode: ExitStartFailed})
 }
 
 func (m *Manager) track(id string, eff *configs.Effective, inst Instance) {

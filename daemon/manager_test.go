@@ -260,6 +260,14 @@ func TestStopAndStartFailure(t *testing.T) {
 	if got.Reason != store.ReasonRefused || !strings.Contains(got.Detail, "add veth") {
 		t.Fatalf("failed start recorded as %+v", got)
 	}
+	if got.ExitCode != ExitStartFailed {
+		t.Errorf("failed start recorded exit %d, want %d (never 0: the command did not run)", got.ExitCode, ExitStartFailed)
+	}
+	// The experiment's stderr says why, for `arkgw logs ID --stderr`.
+	b, err := os.ReadFile(filepath.Join(m.ExperimentDir(y.ID), "stderr"))
+	if err != nil || !strings.Contains(string(b), "failed to start") || !strings.Contains(string(b), "add veth: file exists") {
+		t.Errorf("stderr of a failed start = %q, %v; want the reason", b, err)
+	}
 }
 
 func TestRecoverAdoptsOrCleansUp(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/store"
 )
 
 // socketFlag adds --socket to a command's flags.
@@ -122,6 +123,9 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 			when = "ends in " + x.Deadline.Sub(now).Truncate(time.Second).String()
 		default:
 			when = x.Reason
+			if x.Reason == store.ReasonRefused || x.Reason == store.ReasonLost || x.Reason == store.ReasonPolicy {
+				when += ": " + clip(x.Detail, 100)
+			}
 			if x.ExitCode != 0 {
 				when += fmt.Sprintf(" (exit %d)", x.ExitCode)
 			}
@@ -172,10 +176,25 @@ func runLogs(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: arkgw logs ID [--stderr]")
 		return 2
 	}
-	out, err := daemon.NewClient(*sock).Logs(pos[0], *stderr)
+	c := daemon.NewClient(*sock)
+	out, err := c.Logs(pos[0], *stderr)
 	if err != nil {
 		return fail(err)
 	}
 	os.Stdout.Write(out)
+	// A command that never ran has no output to explain itself: say why
+	// (its stderr stream carries the same line, written by the daemon).
+	if x, err := c.Get(pos[0]); err == nil && x.State == store.Completed && x.Reason == store.ReasonRefused && !*stderr {
+		fmt.Fprintf(os.Stderr, "arkgw: experiment %s failed to start (exit %d): %s\n", x.ID, x.ExitCode, x.Detail)
+	}
 	return 0
+}
+
+// clip shortens s to at most n runes for a table cell.
+func clip(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }
