@@ -23,6 +23,7 @@ const (
 	pathPause       = "/api/v1/pause"
 	pathResume      = "/api/v1/resume"
 	pathFlows       = "/api/v1/flows"
+	pathNode        = "/api/v1/node"
 	maxManifest     = 1 << 20
 )
 
@@ -90,6 +91,9 @@ func (d *Daemon) apiHandler() http.Handler {
 	mux.HandleFunc("GET "+pathAlerts, d.handleAlerts)
 	mux.HandleFunc("POST "+pathPause, d.handlePause)
 	mux.HandleFunc("POST "+pathResume, d.handleResume)
+	mux.HandleFunc("GET "+pathNode, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, d.mgr.Policy().Info())
+	})
 	mux.HandleFunc("GET /api/v1/version", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"version": Version})
 	})

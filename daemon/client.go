@@ -124,3 +124,12 @@ func (c *Client) Raw(path string) ([]byte, error) {
 	var b []byte
 	return b, c.do("GET", path, nil, &b)
 }
+
+// Node asks the daemon where its policy and alerts are.
+func (c *Client) Node() (*NodeInfo, error) {
+	var out NodeInfo
+	if err := c.do("GET", pathNode, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,15 +14,39 @@ import (
 // It is immutable: a reload builds a new one.
 type Policy struct {
 	Node *configs.NodePolicy
+	// Path is the file it was read from ("" = the built-in defaults) and
+	// Text that file's bytes: the CLI asks the daemon for both, so `arkgw
+	// check` on a node judges by the policy actually in force.
+	Path string
+	Text []byte
 }
 
 // LoadPolicy reads and validates node.toml.
 func LoadPolicy(path string) (*Policy, error) {
-	n, err := configs.LoadNode(path)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read node policy: %w", err)
+	}
+	n, err := configs.ParseNode(path, data)
 	if err != nil {
 		return nil, err
 	}
-	return &Policy{Node: n}, nil
+	return &Policy{Node: n, Path: path, Text: data}, nil
+}
+
+// NodeInfo is GET /api/v1/node: where the running daemon's policy and
+// alerts are, for a CLI that was given no --config.
+type NodeInfo struct {
+	ConfigPath string `json:"config_path"` // "" = the built-in defaults
+	Policy     string `json:"policy"`      // the file's text as loaded
+	AlertsFile string `json:"alerts_file"`
+	StateDir   string `json:"state_dir"`
+	Node       string `json:"node"`
+}
+
+// Info describes the policy for NodeInfo.
+func (p *Policy) Info() NodeInfo {
+	return NodeInfo{ConfigPath: p.Path, Policy: string(p.Text), AlertsFile: p.AlertsFile(), StateDir: p.StateDir(), Node: p.NodeName()}
 }
 
 // NodeName is the name used in alerts and on the page.

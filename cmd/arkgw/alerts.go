@@ -12,32 +12,21 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
-	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/configs"
 )
 
-// defaultAlertsFile is where the daemon writes alerts unless the node policy
-// says otherwise ([alerts].file).
-const defaultAlertsFile = "/var/lib/arkgw/alerts.jsonl"
-
 // runAlerts implements `arkgw alerts [--follow] [--json] [--since T]
-// [--experiment ID] [--file PATH]`. It reads the alerts file itself (with its
-// rotated predecessors), so it works while the daemon is down.
-// alertsFileOfNode is the alerts file the node policy names, so staff need
-// no flag on a node whose state_dir or [alerts].file is not the default.
-func alertsFileOfNode(config string) string {
-	if p, err := daemon.LoadPolicy(config); err == nil {
-		return p.AlertsFile()
-	}
-	return defaultAlertsFile
-}
-
+// [--experiment ID] [--file PATH] [--config node.toml]`. It reads the alerts
+// file itself (with its rotated predecessors), so it works while the daemon
+// is down.
 func runAlerts(args []string) int {
 	fs := flag.NewFlagSet("alerts", flag.ContinueOnError)
 	follow := fs.Bool("follow", false, "keep printing new alerts as they are written (like tail -F)")
 	asJSON := fs.Bool("json", false, "print the raw JSON lines")
 	since := fs.String("since", "", "only alerts from this time on: RFC 3339 time, date, or a duration such as 10m")
 	exp := fs.String("experiment", "", "only alerts of this experiment id")
-	file := fs.String("file", alertsFileOfNode(defaultConfig), "alerts file written by the daemon (default: the node policy's)")
+	src := nodeFlags(fs)
+	file := fs.String("file", "", "alerts file written by the daemon (default: the node policy's [alerts].file)")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: arkgw alerts [--follow] [--json] [--since T] [--experiment ID] [--file PATH]")
 		fs.PrintDefaults()
@@ -51,6 +40,19 @@ func runAlerts(args []string) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "arkgw alerts: unexpected argument %q\n", fs.Arg(0))
 		return 2
+	}
+	if *file == "" {
+		// Works while the daemon is down: the policy file names the alerts
+		// file even when no daemon answers.
+		pol, source, err := resolveNode(*src.config, *src.socket, configs.DefaultNodePath)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "arkgw alerts: node policy is invalid: %v; or name the file with --file\n", err)
+			return 2
+		}
+		*file = pol.AlertsFile()
+		if !*asJSON {
+			fmt.Fprintf(os.Stderr, "arkgw alerts: %s (node policy: %s)\n", *file, source)
+		}
 	}
 	from, err := alert.ParseSince(*since, time.Now())
 	if err != nil {

@@ -26,9 +26,10 @@ func runCheck(args []string) int {
 func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) int {
 	fl := flag.NewFlagSet("arkgw check", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	nodePath := fl.String("node", "", "node policy file (default "+defaultNode+" if it exists, else the built-in defaults)")
+	src := nodeFlags(fl)
+	fl.StringVar(src.config, "node", "", "the same as --config")
 	fl.Usage = func() {
-		fmt.Fprintln(stderr, "usage: arkgw check MANIFEST.toml [--node node.toml]")
+		fmt.Fprintln(stderr, "usage: arkgw check MANIFEST.toml [--config node.toml]")
 		fl.PrintDefaults()
 	}
 	// Accept the flag before or after the manifest.
@@ -51,28 +52,12 @@ func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) 
 		return 2
 	}
 
-	var node *configs.NodePolicy
-	var source string
-	switch {
-	case *nodePath != "":
-		n, err := configs.LoadNode(*nodePath)
-		if err != nil {
-			fmt.Fprintf(stderr, "arkgw check: node policy %s is invalid:\n%v\n", *nodePath, err)
-			return 2
-		}
-		node, source = n, *nodePath
-	default:
-		n, err := configs.LoadNode(defaultNode)
-		switch {
-		case err == nil:
-			node, source = n, defaultNode
-		case errors.Is(err, fs.ErrNotExist):
-			node, source = configs.DefaultNode(), "built-in defaults ("+defaultNode+" does not exist)"
-		default:
-			fmt.Fprintf(stderr, "arkgw check: node policy %s is invalid:\n%v\n", defaultNode, err)
-			return 2
-		}
+	pol, source, err := resolveNode(*src.config, *src.socket, defaultNode)
+	if err != nil {
+		fmt.Fprintf(stderr, "arkgw check: node policy is invalid:\n%v\n", err)
+		return 2
 	}
+	node := pol.Node
 
 	m, err := configs.LoadManifest(pos[0])
 	if err != nil {

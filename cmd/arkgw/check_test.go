@@ -11,6 +11,8 @@ import (
 // (the effective policy printed), 1 refused (one line per conflict, naming
 // the field and the fix), 2 unreadable input.
 func TestCheckExitCodes(t *testing.T) {
+	t.Setenv("ARKGW_SOCKET", filepath.Join(t.TempDir(), "no-daemon.sock"))
+	t.Setenv("ARKGW_CONFIG", "")
 	node := filepath.Join("..", "..", "configs", "node.toml")
 	ex := func(name string) string { return filepath.Join("..", "..", "configs", "examples", name) }
 	cases := []struct {

@@ -55,14 +55,19 @@ func dispatch(args []string) int {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   arkgw run    [--config /etc/arkgw/node.toml]   the daemon, started at node boot
-  arkgw check  MANIFEST.toml [--node node.toml]  validate against the node policy
+  arkgw check  MANIFEST.toml [--config F]        validate against the node policy
   arkgw submit MANIFEST.toml                     schedule an experiment; prints its id
   arkgw list   [--json]                          planned, running, completed
   arkgw stop   ID                                stop now
   arkgw logs   ID [--stderr]                     collected stdout (or stderr)
-  arkgw alerts [--follow] [--json] [--since T]   violation alerts
+  arkgw alerts [--follow] [--json] [--since T]   violation alerts (works while the daemon is down)
   arkgw flows  [--dst P] [--port N] [--at T]     which experiment sent this?
   arkgw cleanup [--config node.toml]             remove kernel state no experiment owns
   arkgw version
+
+The node policy (check, alerts, run, cleanup): --config F, else $ARKGW_CONFIG,
+else the running daemon's, else /etc/arkgw/node.toml, else the built-in
+defaults; check and alerts say which they used. --socket (or $ARKGW_SOCKET)
+names the daemon's socket (default /run/arkgw/arkgw.sock).
 `)
 }

@@ -30,6 +30,21 @@ func newLogger() hclog.Logger {
 	})
 }
 
+// configPath fills in the daemon's policy file: --config, else
+// $ARKGW_CONFIG, else the default path. explicit: the user named one, so a
+// missing file is an error rather than the built-in defaults.
+func configPath(p *string) (explicit bool) {
+	switch {
+	case *p != "":
+		return true
+	case os.Getenv("ARKGW_CONFIG") != "":
+		*p = os.Getenv("ARKGW_CONFIG")
+		return true
+	}
+	*p = defaultConfig
+	return false
+}
+
 // loadPolicy reads node.toml; a missing file at the default path means the
 // built-in defaults (said in the log).
 func loadPolicy(path string, explicit bool, log hclog.Logger) (*daemon.Policy, error) {
@@ -42,14 +57,13 @@ func loadPolicy(path string, explicit bool, log hclog.Logger) (*daemon.Policy, e
 
 func runDaemon(args []string) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	cfgPath := fs.String("config", defaultConfig, "node policy file")
+	cfgPath := fs.String("config", "", "node policy file (default: $ARKGW_CONFIG, else "+defaultConfig+")")
 	sock := socketFlag(fs)
 	runDir := fs.String("run-dir", "/run/arkgw", "runtime state that ends with a reboot (namespace mounts)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	explicit := false
-	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	explicit := configPath(cfgPath)
 	log := newLogger()
 	pol, err := loadPolicy(*cfgPath, explicit, log)
 	if err != nil {
@@ -99,13 +113,14 @@ func runDaemon(args []string) int {
 // the store does not list as running. The daemon must be stopped.
 func runCleanup(args []string) int {
 	fs := flag.NewFlagSet("cleanup", flag.ContinueOnError)
-	cfgPath := fs.String("config", defaultConfig, "node policy file")
+	cfgPath := fs.String("config", "", "node policy file (default: $ARKGW_CONFIG, else "+defaultConfig+")")
 	runDir := fs.String("run-dir", "/run/arkgw", "runtime state directory of the daemon")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	explicit := configPath(cfgPath)
 	log := newLogger()
-	pol, err := loadPolicy(*cfgPath, false, log)
+	pol, err := loadPolicy(*cfgPath, explicit, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "arkgw:", err)
 		return 2
