@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TESTFLAGS ?= -count=1 -timeout 25m
 export CGO_ENABLED ?= 0
 
-.PHONY: deps help build test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
+.PHONY: deps help build install test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
 	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows bench-netlab
 
 help: ## list the targets
@@ -68,6 +68,11 @@ lint: ## gofmt and go vet
 rootfs: build ## a small container root for tests and the demo (ROOTFS=dir)
 	root=$${ROOTFS:-/var/lib/arkgw/containers/ark-2026.1}; ./scripts/rootfs.sh $$root && \
 	  install -D -m 0755 $(BIN)/arkprobe $$root/usr/local/bin/arkprobe
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: build ## install arkgw, arkgw-init, pcap, the systemd unit and a commented node.toml (never overwritten); PREFIX, DESTDIR
+	./scripts/install.sh "$(BIN)" "$(DESTDIR)" "$(PREFIX)"
 
 cleanup: build ## remove kernel state of experiments no longer running (daemon stopped)
 	./$(BIN)/arkgw cleanup || true
