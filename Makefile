@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TESTFLAGS ?= -count=1 -timeout 25m
 export CGO_ENABLED ?= 0
 
-.PHONY: deps help build install test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
+.PHONY: deps help build install test test-system test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
 	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows bench-netlab
 
 help: ## list the targets
@@ -25,6 +25,9 @@ test: deps ## all tests; privileged netlab tests need root (CI runs as root)
 	$(GO) vet $(PKGS)
 	$(GO) test $(TESTFLAGS) -p 2 $(PKGS)
 	$(MAKE) test-fuzz
+
+test-system: deps ## the node as it runs: built binaries as their own processes, config on disk, CLI over the socket (root)
+	$(GO) test $(TESTFLAGS) -run '^TestPrivilegedSystem' -v ./systest/
 
 test-unit: ## tests that need no root (privileged ones skip)
 	$(GO) test -count=1 -short -skip '^TestPrivileged' $(PKGS)

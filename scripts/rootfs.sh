@@ -47,7 +47,7 @@ copy_with_libs() {
 
 BINS="sh dash bash ls cat echo id ps ping ip head tail dd sleep true false env mkdir touch rm cp mv ln
 grep sed awk wc uname hostname printf readlink stat df tr seq yes timeout kill nproc date tee sort cut
-find xargs chmod mknod basename dirname test expr od md5sum sha256sum"
+find xargs chmod mknod basename dirname test expr od md5sum sha256sum getent"
 for b in $BINS; do
 	p=
 	for d in /usr/bin /usr/sbin /bin /sbin; do
