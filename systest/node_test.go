@@ -354,8 +354,8 @@ func (n *node) alerts(env ...string) []alertLine {
 
 type alertLine struct {
 	Experiment, Kind, Rule, Proto, Dst, Name, Message string
-	DstPort                                          int `json:"dport"`
-	Packets                                          uint64
+	DstPort                                           int `json:"dport"`
+	Packets                                           uint64
 }
 
 func (n *node) waitAlert(timeout time.Duration, what string, match func(alertLine) bool) alertLine {
