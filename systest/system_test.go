@@ -22,6 +22,7 @@ const goodManifest = `
 title = "Well-behaved latency survey"
 container = "ark-2026.1"
 command = ["/bin/bash", "-c", """
+(/usr/bin/pcap | head -c 4 | od -An -tx1 | sed 's/^ */pcap-magic /') &
 getent hosts www.arkgw.test || echo resolve-failed
 ping -n -c1 -W2 198.51.100.1 >/dev/null && echo ping-ok
 exec 3<>/dev/tcp/198.51.100.80/80 && printf 'GET /survey HTTP/1.0\\r\\nHost: www.arkgw.test\\r\\n\\r\\n' >&3 && head -1 <&3
@@ -113,7 +114,14 @@ func TestPrivilegedSystemNode(t *testing.T) {
 	n.waitState(bad, "running", 30*time.Second)
 
 	t.Run("declared traffic works", func(t *testing.T) {
-		out := n.waitOutput(good, 30*time.Second, "www.arkgw.test", "ping-ok", "HTTP/1.", "echo-hold")
+		out := n.waitOutput(good, 30*time.Second, "www.arkgw.test", "ping-ok", "HTTP/1.", "echo-hold", "pcap-magic")
+		// The experiment's own packets, streamed by the daemon to the
+		// sandbox's /usr/bin/pcap: a pcap file header (either byte order,
+		// micro- or nanosecond).
+		if !strings.Contains(out, "pcap-magic d4 c3 b2 a1") && !strings.Contains(out, "pcap-magic 4d 3c b2 a1") &&
+			!strings.Contains(out, "pcap-magic a1 b2 c3 d4") && !strings.Contains(out, "pcap-magic a1 b2 3c 4d") {
+			t.Errorf("/usr/bin/pcap in the sandbox did not stream a pcap header:\n%s", out)
+		}
 		if strings.Contains(out, "resolve-failed") {
 			t.Errorf("declared name did not resolve:\n%s", out)
 		}
