@@ -93,7 +93,7 @@ func startRecorder(t *testing.T, l *netlab.Lab, dir string) (*Recorder, *Store, 
 // when an experiment stops: each becomes a DESTROY event.
 func flushConntrack(t *testing.T, l *netlab.Lab) {
 	t.Helper()
-	nfct, err := ct.Open(&ct.Config{NetNS: int(l.Host("node").NS())})
+	nfct, err := ct.Open(&ct.Config{NetNS: l.Host("node").NS().NetlinkNetNS()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +268,7 @@ func TestPrivilegedManyShortFlows(t *testing.T) {
 // injectFlows creates n marked UDP conntrack entries in the node.
 func injectFlows(t testing.TB, l *netlab.Lab, n int) {
 	t.Helper()
-	nfct, err := ct.Open(&ct.Config{NetNS: int(l.Host("node").NS())})
+	nfct, err := ct.Open(&ct.Config{NetNS: l.Host("node").NS().NetlinkNetNS()})
 	if err != nil {
 		t.Fatal(err)
 	}

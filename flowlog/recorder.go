@@ -13,7 +13,6 @@ import (
 
 	ct "github.com/florianl/go-conntrack"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/alert"
@@ -26,7 +25,7 @@ const MarkMask = 0xffff
 
 // Config configures a Recorder.
 type Config struct {
-	NS    netns.NsHandle // the node's netns (where experiments' flows are tracked); netns.None() = current
+	NS    nsdo.NS // the node's netns (where experiments' flows are tracked); zero value = current
 	Store *Store
 	// Attribute names the experiment of a flow from its conntrack mark's
 	// slot bits and inside source. ok=false: not an experiment's flow.
@@ -86,7 +85,7 @@ func (r *Recorder) Stats() Stats {
 // EnableAccounting turns on per-flow byte counters and timestamps in the
 // namespace's conntrack (both are per network namespace and off by default).
 // The nf_conntrack module must be loaded (the gateway's rules load it).
-func EnableAccounting(ns netns.NsHandle) error {
+func EnableAccounting(ns nsdo.NS) error {
 	return nsdo.In(ns, func() error {
 		for _, k := range []string{"nf_conntrack_acct", "nf_conntrack_timestamp"} {
 			p := "/proc/sys/net/netfilter/" + k
@@ -134,9 +133,9 @@ func (r *Recorder) Run(ctx context.Context) error {
 }
 
 func (r *Recorder) subscribe(ctx context.Context) error {
-	nfct, err := ct.Open(&ct.Config{NetNS: int(r.cfg.NS), ReadTimeout: 0})
+	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
 	if err != nil {
-		return fmt.Errorf("open conntrack netlink: %w", err)
+		return fmt.Errorf("open conntrack netlink in netns %s: %w", r.cfg.NS, err)
 	}
 	defer nfct.Close()
 	// A deep receive buffer rides out bursts (a flush of 50,000 flows
@@ -337,9 +336,9 @@ func counter(c *ct.Counter) (pkts, bytes uint64) {
 // Open lists flows still open, from a live conntrack dump (flows have no
 // end yet, so they are not in the store).
 func (r *Recorder) Open(q Query) ([]Flow, error) {
-	nfct, err := ct.Open(&ct.Config{NetNS: int(r.cfg.NS)})
+	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
 	if err != nil {
-		return nil, fmt.Errorf("open conntrack netlink: %w", err)
+		return nil, fmt.Errorf("open conntrack netlink in netns %s: %w", r.cfg.NS, err)
 	}
 	defer nfct.Close()
 	var out []Flow

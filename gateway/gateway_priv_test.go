@@ -18,7 +18,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/hashicorp/go-hclog"
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
@@ -95,13 +94,13 @@ func (l *lab) assertClean(t *testing.T) {
 	}
 }
 
-func (l *lab) add(t *testing.T, eff *configs.Effective, slot int) (*Net, netns.NsHandle) {
+func (l *lab) add(t *testing.T, eff *configs.Effective, slot int) (*Net, nsdo.NS) {
 	t.Helper()
 	n, err := l.g.Add(context.Background(), eff, slot)
 	if err != nil {
 		t.Fatalf("add %s: %v", eff.ID, err)
 	}
-	ns, err := netns.GetFromPath(n.NetNSPath)
+	ns, err := nsdo.Open(n.NetNSPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,14 +179,14 @@ func from(src string, cond func(gopacket.Packet) bool) func(gopacket.Packet) boo
 	}
 }
 
-func dialIn(ns netns.NsHandle, network, addr string, timeout time.Duration) (net.Conn, error) {
+func dialIn(ns nsdo.NS, network, addr string, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return nsdo.Dial(ctx, ns, network, addr)
 }
 
 // udpSend sends one datagram from inside ns and returns the reply, if any.
-func udpSend(ns netns.NsHandle, addr string, payload []byte, wait time.Duration) ([]byte, error) {
+func udpSend(ns nsdo.NS, addr string, payload []byte, wait time.Duration) ([]byte, error) {
 	c, err := dialIn(ns, "udp", addr, time.Second)
 	if err != nil {
 		return nil, err
@@ -203,7 +202,7 @@ func udpSend(ns netns.NsHandle, addr string, payload []byte, wait time.Duration)
 }
 
 // sendRaw sends a complete IP packet (header included) from inside ns.
-func sendRaw(ns netns.NsHandle, pkt []byte, dst netip.Addr) error {
+func sendRaw(ns nsdo.NS, pkt []byte, dst netip.Addr) error {
 	return nsdo.In(ns, func() error {
 		fam := unix.AF_INET
 		if dst.Is6() {
@@ -695,7 +694,7 @@ func TestPrivilegedGateway(t *testing.T) {
 // through a SYN-only port: the connect may succeed on the experiment's side
 // (the SYN-ACK is let back), but the listener never completes the handshake
 // and no payload reaches inet; the drops are counted as syn-only.
-func synOnlyHandshake(t *testing.T, l *lab, ns netns.NsHandle, id, dst, listen string) {
+func synOnlyHandshake(t *testing.T, l *lab, ns nsdo.NS, id, dst, listen string) {
 	t.Helper()
 	ln, err := l.w.Inet.Listen("tcp", listen)
 	if err != nil {
@@ -754,7 +753,7 @@ func echo(t *testing.T, c net.Conn, msg string) {
 // nflog binds the lab's NFLOG group in the node and returns the prefixes.
 func (l *lab) nflog(t *testing.T) <-chan string {
 	t.Helper()
-	nf, err := nflog.Open(&nflog.Config{Group: l.group, Copymode: nflog.CopyPacket, NetNS: int(l.w.Node.NS())})
+	nf, err := nflog.Open(&nflog.Config{Group: l.group, Copymode: nflog.CopyPacket, NetNS: l.w.Node.NS().NetlinkNetNS()})
 	if err != nil {
 		t.Fatalf("nflog: %v", err)
 	}

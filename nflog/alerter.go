@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/arkgw/arkgw/nsdo"
 	"net/netip"
 	"strings"
 	"sync"
@@ -14,15 +15,14 @@ import (
 	gonflog "github.com/florianl/go-nflog/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/mdlayher/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // Config configures an Alerter. Zero values take the defaults shown.
 type Config struct {
-	Group uint16         // NFLOG group the gateway logs drops to ([alerts].nflog_group)
-	NS    netns.NsHandle // netns where the drops are logged (NFLOG instances are per netns); 0 or netns.None(): the current one
-	Node  string         // node name put in every record
+	Group uint16  // NFLOG group the gateway logs drops to ([alerts].nflog_group)
+	NS    nsdo.NS // netns where the drops are logged (NFLOG instances are per netns); zero value = current
+	Node  string  // node name put in every record
 
 	Sink   alert.Sink // where records go (a Tee of file, syslog, metrics); required
 	Logger hclog.Logger
@@ -199,16 +199,12 @@ func (a *Alerter) Run(ctx context.Context) error {
 	a.hookMu.Lock()
 	a.closing = false
 	a.hookMu.Unlock()
-	nsfd := 0
-	if a.cfg.NS > 0 {
-		nsfd = int(a.cfg.NS)
-	}
 	timeout := uint32(a.cfg.FlushTimeout / (10 * time.Millisecond))
 	if timeout == 0 {
 		timeout = 1
 	}
 	nf, err := gonflog.Open(&gonflog.Config{
-		NetNS:    nsfd,
+		NetNS:    a.cfg.NS.NetlinkNetNS(),
 		Group:    a.cfg.Group,
 		Copymode: gonflog.CopyPacket,
 		Bufsize:  a.cfg.CopyRange,

@@ -109,7 +109,7 @@ func newLab(t *testing.T) *testLab {
 }
 
 func (tl *testLab) conn(t *testing.T) *nftables.Conn {
-	c, err := nftables.New(nftables.WithNetNSFd(int(tl.node.NS())))
+	c, err := nftables.New(tl.node.NS().NFTOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/arkgw/arkgw/nsdo"
 	"io"
 	"net"
 	"os"
@@ -38,7 +39,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,9 +59,9 @@ const (
 
 // Config configures a Server for one experiment.
 type Config struct {
-	Experiment string         // experiment id (configs.ValidID)
-	NS         netns.NsHandle // netns holding Iface (the node's); netns.None() = current
-	Iface      string         // host end of the experiment's veth, "ark<id>"
+	Experiment string  // experiment id (configs.ValidID)
+	NS         nsdo.NS // netns holding Iface (the node's); zero value = current
+	Iface      string  // host end of the experiment's veth, "ark<id>"
 
 	SocketPath string      // Unix socket to create (at most 107 bytes); a stale socket there is replaced
 	SocketUID  int         // owner of the socket file: the uid the sandboxed process has on the host
