@@ -16,13 +16,21 @@ import (
 	ct "github.com/florianl/go-conntrack"
 
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // flowWorld is the standard world plus two experiment hosts behind the node,
 // whose flows the node marks (slot+1, as the gateway does) and masquerades.
 func flowWorld(t *testing.T) (*netlab.Lab, *netlab.Internet) {
+	return flowWorldAt(t, false)
+}
+
+// flowWorldAt is flowWorld; with current, the node is the namespace the
+// test process runs in (inside netlab.InOwnNetNS's child).
+func flowWorldAt(t *testing.T, current bool) (*netlab.Lab, *netlab.Internet) {
 	t.Helper()
 	topo := netlab.WorldTopology()
+	topo.Hosts[0].Current = current
 	for i := 1; i <= 2; i++ {
 		name := fmt.Sprintf("exp%d", i)
 		topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: name, Routes: []netlab.RouteSpec{{Dst: "default", Via: fmt.Sprintf("10.250.0.%d", 4*i-3)}}})
@@ -68,12 +76,16 @@ func attribute(mark uint32, _ netip.Addr) (string, bool) {
 }
 
 func startRecorder(t *testing.T, l *netlab.Lab, dir string) (*Recorder, *Store, func()) {
+	return startRecorderIn(t, l.Host("node").NS(), dir)
+}
+
+func startRecorderIn(t *testing.T, ns nsdo.NS, dir string) (*Recorder, *Store, func()) {
 	t.Helper()
 	s, err := OpenStore(dir, 30)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := NewRecorder(Config{NS: l.Host("node").NS(), Store: s, Attribute: attribute, FlushEvery: 50 * time.Millisecond})
+	r := NewRecorder(Config{NS: ns, Store: s, Attribute: attribute, FlushEvery: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -135,6 +147,63 @@ func waitFlows(t *testing.T, s *Store, q Query, n int) []Flow {
 			return got
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The recorder and its live dump work in the namespace they are given,
+// including the current one: a node's daemon runs in the node's namespace
+// with no handle (on main, runner passed netns.None() and go-conntrack
+// failed with "setns: bad file descriptor" every 100 ms).
+func TestPrivilegedRecorderNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds network namespaces and reads conntrack")
+	}
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			l, _ := flowWorldAt(t, tc.current)
+			ns := l.Host("node").NS()
+			if tc.current {
+				ns = nsdo.Current()
+			}
+			r, s, stop := startRecorderIn(t, ns, t.TempDir())
+			defer stop()
+
+			c, err := l.Host("exp1").Dial(context.Background(), "tcp", netlab.Echo4+":7")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("hello"))
+			io.ReadFull(c, make([]byte, 5))
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			dst := netip.MustParsePrefix(netlab.Echo4 + "/32")
+
+			open, err := r.Open(Query{Dst: dst, Port: 7})
+			if err != nil {
+				t.Fatalf("live dump: %v", err)
+			}
+			if len(open) != 1 || open[0].Experiment != "e1" || open[0].Src != local.Addr() || open[0].SPort != local.Port() {
+				t.Fatalf("live dump of flows to %s:7 = %+v, want the open connection from e1 %v", netlab.Echo4, open, local)
+			}
+			c.Close()
+			flushConntrack(t, l)
+			got := waitFlows(t, s, Query{Dst: dst, Port: 7}, 1)
+			if len(got) != 1 || got[0].Experiment != "e1" || got[0].SPort != local.Port() || got[0].BytesOut == 0 {
+				t.Fatalf("recorded flows to %s:7 = %+v, want the closed connection from e1", netlab.Echo4, got)
+			}
+			if st := r.Stats(); st.Resubscribes != 0 || st.Lost != 0 {
+				t.Errorf("recorder stats %+v: the event stream failed", st)
+			}
+		})
 	}
 }
 

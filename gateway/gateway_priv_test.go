@@ -43,12 +43,26 @@ type lab struct {
 }
 
 func newLab(t *testing.T) *lab {
+	return newLabAt(t, false)
+}
+
+// newLabAt is newLab; with current, the node is the namespace the test
+// process runs in (inside netlab.InOwnNetNS's child) and the gateway is
+// given nsdo.Current().
+func newLabAt(t *testing.T, current bool) *lab {
 	t.Helper()
 	needRoot(t)
-	w := netlab.NewWorld(t)
+	var w *netlab.World
+	hostNS := nsdo.Current()
+	if current {
+		w = netlab.NewCurrentWorld(t)
+	} else {
+		w = netlab.NewWorld(t)
+		hostNS = w.Node.NS()
+	}
 	run := t.TempDir()
 	group := uint16(30000 + time.Now().UnixNano()%20000)
-	g, err := New(Config{HostNS: w.Node.NS(), RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
+	g, err := New(Config{HostNS: hostNS, RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
 	if err != nil {
 		t.Fatal(err)
@@ -296,6 +310,49 @@ func policyA() *configs.Effective {
 		Protocols:         []uint8{47},
 		SpoofSources:      []netip.Addr{addr("192.0.2.9"), addr("2001:db8:feed::9")},
 		SpoofDestinations: []netip.Addr{addr("198.51.100.9"), addr("2001:db8:100::9")},
+	}
+}
+
+// The gateway wires links and rules in the namespace it is given,
+// including the current one (a node's daemon runs in the node's namespace,
+// no handle): allowed traffic is masqueraded out, denied traffic dropped
+// and counted, and removal leaves nothing (lab cleanup checks).
+func TestPrivilegedGatewayNamespace(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			l := newLabAt(t, tc.current)
+			n, ns := l.add(t, policyA(), 0)
+			c, err := dialIn(ns, "tcp", netlab.Echo4+":7", 3*time.Second)
+			if err != nil {
+				t.Fatalf("allowed tcp: %v", err)
+			}
+			echo(t, c, "hello")
+			c.Close()
+			if !l.w.WaitSeen(func(r netlab.Record) bool {
+				return r.Proto == "tcp" && r.Dst.Port() == 7 && r.Src.Addr().String() == netlab.NodeUplink4
+			}, 3*time.Second) {
+				t.Errorf("inet did not log a connection from the node's address: %v", l.w.Log())
+			}
+			before := l.counter(t, n.ID, RuleTCPDst)
+			if c, err := dialIn(ns, "tcp", "198.51.100.80:81", 700*time.Millisecond); err == nil {
+				c.Close()
+				t.Fatal("tcp to a port the policy does not allow connected")
+			}
+			l.waitCounter(t, n.ID, RuleTCPDst, before)
+			if l.inetCp.Count(to("198.51.100.80", 6, 81)) != 0 {
+				t.Error("forbidden packet arrived at inet")
+			}
+		})
 	}
 }
 

@@ -30,6 +30,9 @@ type HostSpec struct {
 	LocalPrefixes []string    // whole prefixes answered locally (type-local routes on lo), e.g. "198.51.100.0/24"
 	Routes        []RouteSpec // added after all links are up
 	NetNSPath     string      // adopt an existing netns file (e.g. nsholder's) instead of creating one; not deleted by netlab
+	// Current adopts the namespace the test process runs in (only inside
+	// InOwnNetNS's child, which made it; not deleted by netlab).
+	Current bool
 }
 
 // LinkSpec is a veth pair between hosts A and B. AIf/BIf name the ends
@@ -246,6 +249,13 @@ func (l *Lab) addHost(hs HostSpec) error {
 		return fmt.Errorf("host %q defined twice", hs.Name)
 	}
 	h := &Host{Name: hs.Name, lab: l}
+	if hs.Current {
+		p, err := currentNSPath()
+		if err != nil {
+			return fmt.Errorf("host %q: %w", hs.Name, err)
+		}
+		hs.NetNSPath = p
+	}
 	if hs.NetNSPath != "" {
 		ns, err := nsdo.Open(hs.NetNSPath)
 		if err != nil {
