@@ -10,11 +10,14 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ct "github.com/florianl/go-conntrack"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/netlab"
 	"github.com/arkgw/arkgw/nsdo"
 )
@@ -358,5 +361,54 @@ func injectFlows(t testing.TB, l *netlab.Lab, n int) {
 		if err := nfct.Create(ct.Conntrack, ct.IPv4, c); err != nil {
 			t.Fatalf("create flow %d: %v", i, err)
 		}
+	}
+}
+
+// A recorder that cannot subscribe retries with backoff, not every 100 ms,
+// and raises one alert for it, with the count at the end (on main: an
+// overrun alert every 100 ms, 460-560 a minute).
+func TestPrivilegedRecorderFaultBackoff(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a network namespace")
+	}
+	l := netlab.Build(t, netlab.Topology{Hosts: []netlab.HostSpec{{Name: "node"}}})
+	s, err := OpenStore(t.TempDir(), 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	var recs []alert.Record
+	sink := alert.SinkFunc(func(r alert.Record) { mu.Lock(); recs = append(recs, r); mu.Unlock() })
+	r := NewRecorder(Config{NS: l.Host("node").NS(), Store: s, Attribute: attribute, Alerts: sink, Node: "n1"})
+	var calls atomic.Int64
+	r.subscribeHook = func(context.Context) error {
+		calls.Add(1)
+		return fmt.Errorf("%w: open conntrack netlink: setns: bad file descriptor", errSubscribe)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := r.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// 100+200+400+800 ms: 5 attempts in 2 s (20 at a fixed 100 ms).
+	if n := calls.Load(); n < 4 || n > 6 {
+		t.Errorf("%d subscribe attempts in 2 s, want 4-6 (exponential backoff)", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var total uint64
+	for _, a := range recs {
+		if a.Kind != alert.KindFault || a.Rule != "flowlog" || !strings.Contains(a.Message, "bad file descriptor") {
+			t.Errorf("alert %+v", a)
+		}
+		total += a.Occurrences
+	}
+	// One at once, the rest summed when the recorder stopped.
+	if len(recs) != 2 || recs[0].Occurrences != 1 || total != uint64(calls.Load()) {
+		t.Errorf("alerts %+v for %d failures, want the first and one summary", recs, calls.Load())
+	}
+	if st := r.Stats(); st.Resubscribes != uint64(calls.Load()) || st.Lost != 0 {
+		t.Errorf("stats %+v", st)
 	}
 }

@@ -50,6 +50,12 @@ type Recorder struct {
 	mu      sync.Mutex
 	pending []Flow
 
+	// faults reports the recorder's own failures (subscribe, lost
+	// events) with backoff and at most one alert per window.
+	faults *alert.Faults
+	// subscribeHook replaces subscribe in tests.
+	subscribeHook func(context.Context) error
+
 	recorded, lost, resubscribes, unattributed atomic.Uint64
 	writeNanos                                 atomic.Int64
 }
@@ -68,7 +74,9 @@ func NewRecorder(cfg Config) *Recorder {
 	if cfg.Alerts == nil {
 		cfg.Alerts = alert.Discard
 	}
-	return &Recorder{cfg: cfg, log: cfg.Logger.Named("flowlog")}
+	log := cfg.Logger.Named("flowlog")
+	return &Recorder{cfg: cfg, log: log,
+		faults: alert.NewFaults(alert.FaultsConfig{Sink: cfg.Alerts, Logger: log, Node: cfg.Node})}
 }
 
 // Stats are the recorder's counters.
@@ -109,33 +117,46 @@ func (r *Recorder) Run(ctx context.Context) error {
 		r.flushLoop(ctx)
 	}()
 	defer wg.Wait()
+	subscribe := r.subscribe
+	if r.subscribeHook != nil {
+		subscribe = r.subscribeHook
+	}
 	for ctx.Err() == nil {
-		err := r.subscribe(ctx)
+		err := subscribe(ctx)
 		if ctx.Err() != nil {
 			break
 		}
-		// The library stops reading after an error such as ENOBUFS (the
-		// kernel dropped events because we fell behind): count it, say it,
-		// subscribe again.
 		r.resubscribes.Add(1)
-		r.lost.Add(1)
-		r.log.Warn("conntrack event stream interrupted; events may be lost", "error", err)
-		r.cfg.Alerts.Emit(alert.Record{
-			Time: time.Now().UTC(), Node: r.cfg.Node, Kind: alert.KindOverrun, Rule: "flowlog",
-			Message: fmt.Sprintf("conntrack events lost (%v); some flows may be missing from the flow log", err),
-		})
+		rec := alert.Record{Kind: alert.KindOverrun, Rule: "flowlog",
+			Message: fmt.Sprintf("conntrack events lost (%v); some flows may be missing from the flow log", err)}
+		if errors.Is(err, errSubscribe) {
+			// Nothing to read at all: the flow log is down until this
+			// works, which a retry every 100 ms will not hasten.
+			rec.Kind = alert.KindFault
+			rec.Message = fmt.Sprintf("flow log down: %v; flows are not recorded until it works (is nf_conntrack loaded, and is the netns right?)", err)
+		} else {
+			// The library stops reading after an error such as ENOBUFS
+			// (the kernel dropped events because we fell behind):
+			// count it, say it, subscribe again.
+			r.lost.Add(1)
+		}
+		delay := r.faults.Report(rec)
 		select {
 		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(delay):
 		}
 	}
 	return nil
 }
 
+// errSubscribe marks a failure to open or subscribe (as opposed to an
+// interruption of a working event stream).
+var errSubscribe = errors.New("cannot subscribe to conntrack events")
+
 func (r *Recorder) subscribe(ctx context.Context) error {
 	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
 	if err != nil {
-		return fmt.Errorf("open conntrack netlink in netns %s: %w", r.cfg.NS, err)
+		return fmt.Errorf("%w: open conntrack netlink in netns %s: %w", errSubscribe, r.cfg.NS, err)
 	}
 	defer nfct.Close()
 	// A deep receive buffer rides out bursts (a flush of 50,000 flows
@@ -151,7 +172,7 @@ func (r *Recorder) subscribe(ctx context.Context) error {
 	// drops the node's own flows before they cost a copy.
 	filter := []ct.ConnAttr{{Type: ct.AttrMark, Data: []byte{0, 0, 0, 0}, Mask: []byte{0, 0, 0xff, 0xff}, Negate: true}}
 	if err := nfct.RegisterFiltered(sctx, ct.Conntrack, ct.NetlinkCtDestroy, filter, r.onEvent); err != nil {
-		return fmt.Errorf("subscribe to conntrack destroy events: %w", err)
+		return fmt.Errorf("%w: destroy events in netns %s: %w", errSubscribe, r.cfg.NS, err)
 	}
 	select {
 	case <-ctx.Done():
@@ -214,9 +235,11 @@ func (r *Recorder) flushLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			r.flush()
+			r.faults.Close()
 			return
 		case <-t.C:
 			r.flush()
+			r.faults.Flush()
 			if time.Since(lastExpire) >= expireEvery {
 				r.expire()
 				lastExpire = time.Now()

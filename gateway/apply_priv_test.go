@@ -3,13 +3,14 @@ package gateway
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"github.com/arkgw/arkgw/nsdo"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 
 	"github.com/google/nftables"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 func needRoot(t testing.TB) {

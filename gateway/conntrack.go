@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/arkgw/arkgw/nsdo"
 	"net"
 	"net/netip"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Revocation. Removing an allowlist entry does not stop a flow that is

@@ -11,9 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/arkgw/arkgw/nsdo"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Topology describes a set of hosts (network namespaces) and the veth links

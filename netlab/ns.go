@@ -13,9 +13,10 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/arkgw/arkgw/nsdo"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // RunDir is where netlab bind-mounts the namespaces it creates, the same

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arkgw/arkgw/nsdo"
 	"net/netip"
 	"strings"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/nsdo"
 	gonflog "github.com/florianl/go-nflog/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/mdlayher/netlink"
@@ -74,6 +74,9 @@ type Stats struct {
 type Alerter struct {
 	cfg Config
 	log hclog.Logger
+	// faults reports the alert path's own losses: logged with backoff,
+	// at most one alert per window carrying the summed packets.
+	faults *alert.Faults
 
 	queue chan Event
 	ext   chan alert.Record
@@ -138,14 +141,19 @@ func New(cfg Config) (*Alerter, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Alerter{
+	a := &Alerter{
 		cfg:   cfg,
 		log:   cfg.Logger.With("nflog_group", cfg.Group),
 		queue: make(chan Event, cfg.QueueLen),
 		ext:   make(chan alert.Record, 4096),
 		attr:  make(chan alert.Record, 64),
 		enf:   NewEnforcer(cfg.StopAfter, cfg.StopWindow),
-	}, nil
+	}
+	a.faults = alert.NewFaults(alert.FaultsConfig{
+		Sink:   alert.SinkFunc(func(r alert.Record) { a.emit(r, a.cfg.Now()) }),
+		Logger: a.log, Node: cfg.Node, Now: cfg.Now,
+	})
+	return a, nil
 }
 
 // Stats returns the counters.
@@ -368,23 +376,21 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var reported struct{ seq, drops, nobufs uint64 }
-	lastLoss := time.Time{}
-	reportLoss := func(now time.Time, force bool) {
+	reportLoss := func(final bool) {
 		seq, drops, nob := a.seqLost.Load(), a.queueDrops.Load()+a.extDrops.Load(), a.noBufs.Load()
-		if seq == reported.seq && drops == reported.drops && nob == reported.nobufs {
-			return
+		if seq != reported.seq || drops != reported.drops || nob != reported.nobufs {
+			dSeq, dDrops, dNob := seq-reported.seq, drops-reported.drops, nob-reported.nobufs
+			reported.seq, reported.drops, reported.nobufs = seq, drops, nob
+			a.faults.Report(alert.Record{
+				Kind: alert.KindOverrun, Rule: RuleLost, Packets: dSeq + dDrops,
+				Message: fmt.Sprintf("the alert path lost details of packets (nflog group %d; latest loss: %d never received from the kernel, %d socket overruns, %d dropped because the alerter was behind); they were still dropped by the gateway, whose counters have the exact totals", a.cfg.Group, dSeq, dNob, dDrops),
+			})
 		}
-		if !force && now.Sub(lastLoss) < time.Second {
-			return
+		if final {
+			a.faults.Close()
+		} else {
+			a.faults.Flush()
 		}
-		dSeq, dDrops, dNob := seq-reported.seq, drops-reported.drops, nob-reported.nobufs
-		reported.seq, reported.drops, reported.nobufs, lastLoss = seq, drops, nob, now
-		r := alert.Record{
-			Time: now, Kind: alert.KindOverrun, Rule: RuleLost, Packets: dSeq + dDrops,
-			Message: fmt.Sprintf("the alert path lost details of %d packets (nflog group %d: %d never received from the kernel, %d socket overruns, %d dropped because the alerter was behind); they were still dropped by the gateway, whose counters have the exact totals", dSeq+dDrops, a.cfg.Group, dSeq, dNob, dDrops),
-		}
-		a.log.Warn("alert path lost packets", "seq_lost", dSeq, "enobufs", dNob, "queue_drops", dDrops)
-		a.emit(r, now)
 	}
 	handleEv := func(ev Event) {
 		r, ok := agg.Add(ev)
@@ -417,7 +423,7 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 				a.emit(r, now)
 			}
 			a.open.Store(int64(agg.Open() + agg.OpenOverflow()))
-			reportLoss(now, false)
+			reportLoss(false)
 		case <-ctx.Done():
 			// Stop the reader, then take what it queued.
 			closeReader()
@@ -441,7 +447,7 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 				a.emit(r, now)
 			}
 			a.open.Store(0)
-			reportLoss(now, true)
+			reportLoss(true)
 			// Records still in attribution are emitted by the
 			// attributor as it stops (Run waits for it).
 			return

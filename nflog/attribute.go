@@ -9,9 +9,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/arkgw/arkgw/nsdo"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Owner is the process found to own the socket that sent a packet.

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/netlab"

@@ -497,6 +497,7 @@ func (in *instance) startServices() error {
 		// The TPACKET_V3 ring captured everything at 100 Mbit/s for a
 		// third of the CPU of one recvmsg per packet (bench-pcap).
 		Ring:   true,
+		Alerts: in.r.deps.Alerts, Node: in.r.deps.Policy.NodeName(),
 		Logger: in.r.log,
 	})
 	if err != nil {

@@ -46,7 +46,6 @@ package quota
 import (
 	"errors"
 	"fmt"
-	"github.com/arkgw/arkgw/nsdo"
 	"strings"
 	"sync"
 
@@ -54,6 +53,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Names.

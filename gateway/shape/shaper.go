@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arkgw/arkgw/nsdo"
 	"os"
 	"strings"
 	"sync"
@@ -12,6 +11,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // ShaperConfig configures a Shaper.
