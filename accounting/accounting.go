@@ -148,6 +148,9 @@ type entry struct {
 type Accountant struct {
 	cfg Config
 	log hclog.Logger
+	// faults reports polls that fail (every Poll while the cause lasts)
+	// with backoff and at most one alert per window.
+	faults *alert.Faults
 
 	mu          sync.Mutex
 	exps        map[string]*entry
@@ -180,7 +183,9 @@ func New(cfg Config) (*Accountant, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("accounting: create bucket %q in the store: %w", Bucket, err)
 	}
-	return &Accountant{cfg: cfg, log: cfg.Logger.Named("accounting"), exps: map[string]*entry{}}, nil
+	log := cfg.Logger.Named("accounting")
+	return &Accountant{cfg: cfg, log: log, exps: map[string]*entry{},
+		faults: alert.NewFaults(alert.FaultsConfig{Sink: cfg.Alerts, Logger: log, Node: cfg.Node, Now: cfg.Clock})}, nil
 }
 
 // DayOf is the UTC day of t as stored ("2006-01-02").
@@ -553,11 +558,14 @@ func (a *Accountant) Run(ctx context.Context) error {
 			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			perr := a.Poll(fctx)
+			a.faults.Close()
 			return errors.Join(perr, a.Persist())
 		case <-t.C:
 			if err := a.Poll(ctx); err != nil {
-				a.log.Error("poll counters", "error", err)
+				a.faults.Report(alert.Record{Kind: alert.KindFault, Rule: "accounting-poll",
+					Message: fmt.Sprintf("byte accounting cannot poll the kernel counters: %v; daily budgets and throttling are not updated until it can", err)})
 			}
+			a.faults.Flush()
 		}
 	}
 }

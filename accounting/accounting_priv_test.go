@@ -192,3 +192,76 @@ func TestPrivilegedBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The whole accounting path (shaper, kernel quota, accountant) works in the
+// namespace it is given, including the current one (a node's daemon runs
+// in the node's namespace, no handle): the quota stops traffic at the
+// budget, the accountant counts it, the shaper set the cap on tc.
+func TestPrivilegedAccountingNamespace(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			lab := bwlab.NewAt(t, tc.current)
+			addr, got := lab.Sink(t, bwlab.InetIP)
+			ctx := context.Background()
+			const capBps, budget = 50_000_000, 1_000_000
+			sh, err := shape.NewShaper(shape.ShaperConfig{NS: lab.NodeNS, Uplinks: []string{bwlab.Uplink}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sh.Close()
+			tab := quota.New(quota.Config{NS: lab.NodeNS, NFLOGGroup: 9})
+			defer tab.Delete()
+			db := openDB(t, filepath.Join(t.TempDir(), "state.db"))
+			defer db.Close()
+			clk := &clock{t: time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)}
+			acct, err := New(Config{DB: db, Kernel: tab, Shaper: sh, Alerts: &alerts{}, Clock: clk.now, Poll: 100 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			up, down := shape.Priorities(0)
+			if err := sh.Apply(ctx, shape.Spec{ID: "n1", HostIf: bwlab.HostIf, Slot: 0, RateBps: capBps}); err != nil {
+				t.Fatal(err)
+			}
+			defer sh.Remove(ctx, "n1")
+			e := Exp{ID: "n1", HostIf: bwlab.HostIf, CapBps: capBps, BudgetBytes: budget, UpPriority: up, DownPriority: down}
+			if err := acct.Track(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+			defer acct.Untrack(ctx, "n1")
+			if r, ok := sh.Rate("n1"); !ok || r != capBps {
+				t.Errorf("shaper rate %d %v, want %d", r, ok, capBps)
+			}
+			link, err := lab.Node.Handle().LinkByName(bwlab.HostIf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if qs, _ := lab.Node.Handle().QdiscList(link); len(qs) == 0 {
+				t.Errorf("no qdisc on %s in the node", bwlab.HostIf)
+			}
+
+			in0, ex0 := ipRx(t, lab.Inet), ipRx(t, lab.Exp)
+			push(t, lab, addr, got, 2*budget, 3*time.Second)
+			delivered := ipRx(t, lab.Inet) - in0 + ipRx(t, lab.Exp) - ex0
+			if err := acct.Poll(ctx); err != nil {
+				t.Fatal(err)
+			}
+			st, _ := acct.Status("n1")
+			tol := int64(max(budget/100, 64<<10))
+			if d := int64(delivered) - budget; d > tol || d < -tol {
+				t.Errorf("delivered %d IP bytes, want the budget %d within %d", delivered, budget, tol)
+			}
+			if d := int64(st.UpBytes+st.DownBytes) - int64(delivered); d > tol || d < -tol || !st.Exhausted {
+				t.Errorf("status %+v, delivered %d", st, delivered)
+			}
+		})
+	}
+}

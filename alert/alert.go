@@ -17,6 +17,7 @@ const (
 	KindQuota    = "quota"    // daily budget thresholds
 	KindOverrun  = "overrun"  // the alert path itself lost or dropped records
 	KindEnforced = "enforced" // arkgw stopped an experiment because of alerts
+	// KindFault (fault.go): the daemon's own machinery failed.
 )
 
 // Record is one alert, as written (one JSON object a line) to the alerts file.
@@ -46,6 +47,9 @@ type Record struct {
 	Bytes     uint64    `json:"bytes,omitempty"`
 	FirstSeen time.Time `json:"first_seen,omitempty"`
 	LastSeen  time.Time `json:"last_seen,omitempty"`
+	// Occurrences counts how often a fault of the daemon's own (KindFault,
+	// KindOverrun from Faults) happened between FirstSeen and LastSeen.
+	Occurrences uint64 `json:"occurrences,omitempty"`
 
 	// Attribution, when a live socket in the experiment owns the flow.
 	PID     int    `json:"pid,omitempty"`

@@ -34,6 +34,9 @@ func FormatLine(r Record) string {
 		b.WriteString(" x")
 		b.WriteString(strconv.FormatUint(r.Packets, 10))
 	}
+	if r.Occurrences > 1 {
+		fmt.Fprintf(&b, " (%d times)", r.Occurrences)
+	}
 	if r.PID > 0 {
 		fmt.Fprintf(&b, " [pid %d %s]", r.PID, r.Command)
 	}

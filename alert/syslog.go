@@ -37,10 +37,10 @@ type SyslogHeader struct {
 }
 
 // Severity returns the syslog severity for a record kind: err for the alert
-// path losing records, notice for enforcement, warning otherwise.
+// path losing records and the daemon's own faults, notice for enforcement, warning otherwise.
 func Severity(kind string) int {
 	switch kind {
-	case KindOverrun:
+	case KindOverrun, KindFault:
 		return SevErr
 	case KindEnforced:
 		return SevNotice

@@ -13,6 +13,7 @@ import (
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Experiment link addresses, as the gateway assigns slot 0.
@@ -28,15 +29,29 @@ const (
 type expWorld struct {
 	lab             *netlab.Lab
 	node, inet, exp *netlab.Host
+	nodeNS          nsdo.NS // what the proxy is given: node.NS() or Current()
 	internet        *netlab.Internet
 }
 
 func newExpWorld(t *testing.T) *expWorld {
+	return newExpWorldAt(t, false)
+}
+
+func skipUnprivileged(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 || os.Getenv("ARKGW_UNPRIVILEGED") != "" {
 		t.Skip("needs root: builds network namespaces with netlab")
 	}
+}
+
+// newExpWorldAt is newExpWorld; with current, the node is the namespace the
+// test process runs in (inside netlab.InOwnNetNS's child) and the proxy is
+// given nsdo.Current().
+func newExpWorldAt(t *testing.T, current bool) *expWorld {
+	t.Helper()
+	skipUnprivileged(t)
 	topo := netlab.WorldTopology()
+	topo.Hosts[0].Current = current
 	topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: "exp", Routes: []netlab.RouteSpec{
 		{Dst: "default", Via: expGW4}, {Dst: "default6", Via: expGW6},
 	}})
@@ -45,7 +60,10 @@ func newExpWorld(t *testing.T) *expWorld {
 		B: "exp", BIf: "eth0", BAddrs: []string{expAddr4 + "/30", expAddr6 + "/64"},
 	})
 	lab := netlab.Build(t, topo)
-	w := &expWorld{lab: lab, node: lab.Host("node"), inet: lab.Host("inet"), exp: lab.Host("exp")}
+	w := &expWorld{lab: lab, node: lab.Host("node"), inet: lab.Host("inet"), exp: lab.Host("exp"), nodeNS: lab.Host("node").NS()}
+	if current {
+		w.nodeNS = nsdo.Current()
+	}
 	in, err := netlab.StartInternet(w.inet)
 	if err != nil {
 		t.Fatalf("start fake internet: %v", err)
@@ -66,7 +84,7 @@ func (w *expWorld) startNodeProxy(t *testing.T, cfg Config) *Proxy {
 func (w *expWorld) startNodeProxyOn(t *testing.T, port int, cfg Config) *Proxy {
 	t.Helper()
 	cfg.Experiment = "lab1"
-	cfg.NS = w.node.NS()
+	cfg.NS = w.nodeNS
 	cfg.Listen = []string{fmt.Sprintf("%s:%d", expGW4, port), fmt.Sprintf("[%s]:%d", expGW6, port)}
 	if cfg.Upstreams == nil {
 		cfg.Upstreams = []string{benchUpstream}
@@ -118,6 +136,42 @@ func (w *expWorld) expQuery(t *testing.T, network, server, name string, qtype ui
 		t.Fatalf("answer id mismatch")
 	}
 	return r
+}
+
+// The proxy listens and forwards in the namespace it is given, including
+// the current one (a node's daemon runs in the node's namespace, no handle).
+func TestPrivilegedProxyNamespace(t *testing.T) {
+	skipUnprivileged(t)
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			w := newExpWorldAt(t, tc.current)
+			w.startNodeProxy(t, Config{Names: []string{netlab.Zone}})
+			for _, srv := range []string{expGW4 + ":53", "[" + expGW6 + "]:53"} {
+				for _, network := range []string{"udp", "tcp"} {
+					r := w.expQuery(t, network, srv, "www.arkgw.test.", dns.TypeA, 1232)
+					if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != netlab.WWW4 {
+						t.Fatalf("%s %s www.arkgw.test A: %v", network, srv, r)
+					}
+				}
+				if r := w.expQuery(t, "udp", srv, "www.denied.test.", dns.TypeA, 1232); r.Rcode != dns.RcodeRefused {
+					t.Errorf("denied name over %s: rcode %s", srv, dns.RcodeToString[r.Rcode])
+				}
+			}
+			// Forwarded from the node to the fake Internet's server.
+			if !w.internet.Seen(func(r netlab.Record) bool { return r.Service == "dns" && strings.Contains(r.Detail, "www.arkgw.test") }) {
+				t.Errorf("the authoritative server never saw the query: %v", w.internet.Log())
+			}
+		})
+	}
 }
 
 func TestPrivilegedResolveThroughGateway(t *testing.T) {

@@ -21,7 +21,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
@@ -52,9 +51,8 @@ type Config struct {
 	// Experiment is the experiment id, used in alerts, logs and metrics.
 	Experiment string
 	// NS is the network namespace the listeners and upstream sockets are
-	// opened in (the node's); netns.None() or the zero value means the
-	// current one.
-	NS netns.NsHandle
+	// opened in (the node's); the zero value is the current one.
+	NS nsdo.NS
 	// Listen are the "ip:port" addresses served on UDP and TCP (the
 	// experiment's GW4 and GW6 on port 53). Port 0 picks a free port, the
 	// same for UDP and TCP; see Addrs.
@@ -164,10 +162,6 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	if len(cfg.Listen) == 0 {
 		return nil, fmt.Errorf("dns proxy for experiment %q: no listen address (give the experiment's gateway addresses)", cfg.Experiment)
-	}
-	if cfg.NS == 0 {
-		// The zero value would be fd 0 (stdin), never a netns handle here.
-		cfg.NS = netns.None()
 	}
 	setDefault(&cfg.Timeout, DefaultTimeout)
 	setDefault(&cfg.QueryTimeout, DefaultQueryTimeout)

@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
@@ -60,7 +59,7 @@ type exchanger interface {
 
 // pool is the set of upstream servers with their sockets.
 type pool struct {
-	ns      netns.NsHandle
+	ns      nsdo.NS
 	timeout time.Duration // per attempt
 	total   time.Duration // per query, all attempts
 	maxUses int           // udpMaxUses; tests lower it
@@ -82,7 +81,7 @@ type upstream struct {
 	rr  atomic.Uint32
 }
 
-func newPool(ns netns.NsHandle, addrs []string, timeout, total time.Duration, st *counters) *pool {
+func newPool(ns nsdo.NS, addrs []string, timeout, total time.Duration, st *counters) *pool {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &pool{ns: ns, timeout: timeout, total: total, stats: st, ctx: ctx, cancel: cancel, maxUses: udpMaxUses}
 	for _, a := range addrs {

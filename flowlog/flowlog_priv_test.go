@@ -10,19 +10,30 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ct "github.com/florianl/go-conntrack"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // flowWorld is the standard world plus two experiment hosts behind the node,
 // whose flows the node marks (slot+1, as the gateway does) and masquerades.
 func flowWorld(t *testing.T) (*netlab.Lab, *netlab.Internet) {
+	return flowWorldAt(t, false)
+}
+
+// flowWorldAt is flowWorld; with current, the node is the namespace the
+// test process runs in (inside netlab.InOwnNetNS's child).
+func flowWorldAt(t *testing.T, current bool) (*netlab.Lab, *netlab.Internet) {
 	t.Helper()
 	topo := netlab.WorldTopology()
+	topo.Hosts[0].Current = current
 	for i := 1; i <= 2; i++ {
 		name := fmt.Sprintf("exp%d", i)
 		topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: name, Routes: []netlab.RouteSpec{{Dst: "default", Via: fmt.Sprintf("10.250.0.%d", 4*i-3)}}})
@@ -68,12 +79,16 @@ func attribute(mark uint32, _ netip.Addr) (string, bool) {
 }
 
 func startRecorder(t *testing.T, l *netlab.Lab, dir string) (*Recorder, *Store, func()) {
+	return startRecorderIn(t, l.Host("node").NS(), dir)
+}
+
+func startRecorderIn(t *testing.T, ns nsdo.NS, dir string) (*Recorder, *Store, func()) {
 	t.Helper()
 	s, err := OpenStore(dir, 30)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := NewRecorder(Config{NS: l.Host("node").NS(), Store: s, Attribute: attribute, FlushEvery: 50 * time.Millisecond})
+	r := NewRecorder(Config{NS: ns, Store: s, Attribute: attribute, FlushEvery: 50 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -93,7 +108,7 @@ func startRecorder(t *testing.T, l *netlab.Lab, dir string) (*Recorder, *Store, 
 // when an experiment stops: each becomes a DESTROY event.
 func flushConntrack(t *testing.T, l *netlab.Lab) {
 	t.Helper()
-	nfct, err := ct.Open(&ct.Config{NetNS: int(l.Host("node").NS())})
+	nfct, err := ct.Open(&ct.Config{NetNS: l.Host("node").NS().NetlinkNetNS()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +150,63 @@ func waitFlows(t *testing.T, s *Store, q Query, n int) []Flow {
 			return got
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The recorder and its live dump work in the namespace they are given,
+// including the current one: a node's daemon runs in the node's namespace
+// with no handle (on main, runner passed netns.None() and go-conntrack
+// failed with "setns: bad file descriptor" every 100 ms).
+func TestPrivilegedRecorderNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds network namespaces and reads conntrack")
+	}
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			l, _ := flowWorldAt(t, tc.current)
+			ns := l.Host("node").NS()
+			if tc.current {
+				ns = nsdo.Current()
+			}
+			r, s, stop := startRecorderIn(t, ns, t.TempDir())
+			defer stop()
+
+			c, err := l.Host("exp1").Dial(context.Background(), "tcp", netlab.Echo4+":7")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("hello"))
+			io.ReadFull(c, make([]byte, 5))
+			local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+			dst := netip.MustParsePrefix(netlab.Echo4 + "/32")
+
+			open, err := r.Open(Query{Dst: dst, Port: 7})
+			if err != nil {
+				t.Fatalf("live dump: %v", err)
+			}
+			if len(open) != 1 || open[0].Experiment != "e1" || open[0].Src != local.Addr() || open[0].SPort != local.Port() {
+				t.Fatalf("live dump of flows to %s:7 = %+v, want the open connection from e1 %v", netlab.Echo4, open, local)
+			}
+			c.Close()
+			flushConntrack(t, l)
+			got := waitFlows(t, s, Query{Dst: dst, Port: 7}, 1)
+			if len(got) != 1 || got[0].Experiment != "e1" || got[0].SPort != local.Port() || got[0].BytesOut == 0 {
+				t.Fatalf("recorded flows to %s:7 = %+v, want the closed connection from e1", netlab.Echo4, got)
+			}
+			if st := r.Stats(); st.Resubscribes != 0 || st.Lost != 0 {
+				t.Errorf("recorder stats %+v: the event stream failed", st)
+			}
+		})
 	}
 }
 
@@ -268,7 +340,7 @@ func TestPrivilegedManyShortFlows(t *testing.T) {
 // injectFlows creates n marked UDP conntrack entries in the node.
 func injectFlows(t testing.TB, l *netlab.Lab, n int) {
 	t.Helper()
-	nfct, err := ct.Open(&ct.Config{NetNS: int(l.Host("node").NS())})
+	nfct, err := ct.Open(&ct.Config{NetNS: l.Host("node").NS().NetlinkNetNS()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,5 +361,54 @@ func injectFlows(t testing.TB, l *netlab.Lab, n int) {
 		if err := nfct.Create(ct.Conntrack, ct.IPv4, c); err != nil {
 			t.Fatalf("create flow %d: %v", i, err)
 		}
+	}
+}
+
+// A recorder that cannot subscribe retries with backoff, not every 100 ms,
+// and raises one alert for it, with the count at the end (on main: an
+// overrun alert every 100 ms, 460-560 a minute).
+func TestPrivilegedRecorderFaultBackoff(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: builds a network namespace")
+	}
+	l := netlab.Build(t, netlab.Topology{Hosts: []netlab.HostSpec{{Name: "node"}}})
+	s, err := OpenStore(t.TempDir(), 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var mu sync.Mutex
+	var recs []alert.Record
+	sink := alert.SinkFunc(func(r alert.Record) { mu.Lock(); recs = append(recs, r); mu.Unlock() })
+	r := NewRecorder(Config{NS: l.Host("node").NS(), Store: s, Attribute: attribute, Alerts: sink, Node: "n1"})
+	var calls atomic.Int64
+	r.subscribeHook = func(context.Context) error {
+		calls.Add(1)
+		return fmt.Errorf("%w: open conntrack netlink: setns: bad file descriptor", errSubscribe)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := r.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// 100+200+400+800 ms: 5 attempts in 2 s (20 at a fixed 100 ms).
+	if n := calls.Load(); n < 4 || n > 6 {
+		t.Errorf("%d subscribe attempts in 2 s, want 4-6 (exponential backoff)", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var total uint64
+	for _, a := range recs {
+		if a.Kind != alert.KindFault || a.Rule != "flowlog" || !strings.Contains(a.Message, "bad file descriptor") {
+			t.Errorf("alert %+v", a)
+		}
+		total += a.Occurrences
+	}
+	// One at once, the rest summed when the recorder stopped.
+	if len(recs) != 2 || recs[0].Occurrences != 1 || total != uint64(calls.Load()) {
+		t.Errorf("alerts %+v for %d failures, want the first and one summary", recs, calls.Load())
+	}
+	if st := r.Stats(); st.Resubscribes != uint64(calls.Load()) || st.Lost != 0 {
+		t.Errorf("stats %+v", st)
 	}
 }

@@ -13,7 +13,6 @@ import (
 
 	ct "github.com/florianl/go-conntrack"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/alert"
@@ -26,7 +25,7 @@ const MarkMask = 0xffff
 
 // Config configures a Recorder.
 type Config struct {
-	NS    netns.NsHandle // the node's netns (where experiments' flows are tracked); netns.None() = current
+	NS    nsdo.NS // the node's netns (where experiments' flows are tracked); zero value = current
 	Store *Store
 	// Attribute names the experiment of a flow from its conntrack mark's
 	// slot bits and inside source. ok=false: not an experiment's flow.
@@ -51,6 +50,12 @@ type Recorder struct {
 	mu      sync.Mutex
 	pending []Flow
 
+	// faults reports the recorder's own failures (subscribe, lost
+	// events) with backoff and at most one alert per window.
+	faults *alert.Faults
+	// subscribeHook replaces subscribe in tests.
+	subscribeHook func(context.Context) error
+
 	recorded, lost, resubscribes, unattributed atomic.Uint64
 	writeNanos                                 atomic.Int64
 }
@@ -69,7 +74,9 @@ func NewRecorder(cfg Config) *Recorder {
 	if cfg.Alerts == nil {
 		cfg.Alerts = alert.Discard
 	}
-	return &Recorder{cfg: cfg, log: cfg.Logger.Named("flowlog")}
+	log := cfg.Logger.Named("flowlog")
+	return &Recorder{cfg: cfg, log: log,
+		faults: alert.NewFaults(alert.FaultsConfig{Sink: cfg.Alerts, Logger: log, Node: cfg.Node})}
 }
 
 // Stats are the recorder's counters.
@@ -86,7 +93,7 @@ func (r *Recorder) Stats() Stats {
 // EnableAccounting turns on per-flow byte counters and timestamps in the
 // namespace's conntrack (both are per network namespace and off by default).
 // The nf_conntrack module must be loaded (the gateway's rules load it).
-func EnableAccounting(ns netns.NsHandle) error {
+func EnableAccounting(ns nsdo.NS) error {
 	return nsdo.In(ns, func() error {
 		for _, k := range []string{"nf_conntrack_acct", "nf_conntrack_timestamp"} {
 			p := "/proc/sys/net/netfilter/" + k
@@ -110,33 +117,46 @@ func (r *Recorder) Run(ctx context.Context) error {
 		r.flushLoop(ctx)
 	}()
 	defer wg.Wait()
+	subscribe := r.subscribe
+	if r.subscribeHook != nil {
+		subscribe = r.subscribeHook
+	}
 	for ctx.Err() == nil {
-		err := r.subscribe(ctx)
+		err := subscribe(ctx)
 		if ctx.Err() != nil {
 			break
 		}
-		// The library stops reading after an error such as ENOBUFS (the
-		// kernel dropped events because we fell behind): count it, say it,
-		// subscribe again.
 		r.resubscribes.Add(1)
-		r.lost.Add(1)
-		r.log.Warn("conntrack event stream interrupted; events may be lost", "error", err)
-		r.cfg.Alerts.Emit(alert.Record{
-			Time: time.Now().UTC(), Node: r.cfg.Node, Kind: alert.KindOverrun, Rule: "flowlog",
-			Message: fmt.Sprintf("conntrack events lost (%v); some flows may be missing from the flow log", err),
-		})
+		rec := alert.Record{Kind: alert.KindOverrun, Rule: "flowlog",
+			Message: fmt.Sprintf("conntrack events lost (%v); some flows may be missing from the flow log", err)}
+		if errors.Is(err, errSubscribe) {
+			// Nothing to read at all: the flow log is down until this
+			// works, which a retry every 100 ms will not hasten.
+			rec.Kind = alert.KindFault
+			rec.Message = fmt.Sprintf("flow log down: %v; flows are not recorded until it works (is nf_conntrack loaded, and is the netns right?)", err)
+		} else {
+			// The library stops reading after an error such as ENOBUFS
+			// (the kernel dropped events because we fell behind):
+			// count it, say it, subscribe again.
+			r.lost.Add(1)
+		}
+		delay := r.faults.Report(rec)
 		select {
 		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(delay):
 		}
 	}
 	return nil
 }
 
+// errSubscribe marks a failure to open or subscribe (as opposed to an
+// interruption of a working event stream).
+var errSubscribe = errors.New("cannot subscribe to conntrack events")
+
 func (r *Recorder) subscribe(ctx context.Context) error {
-	nfct, err := ct.Open(&ct.Config{NetNS: int(r.cfg.NS), ReadTimeout: 0})
+	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
 	if err != nil {
-		return fmt.Errorf("open conntrack netlink: %w", err)
+		return fmt.Errorf("%w: open conntrack netlink in netns %s: %w", errSubscribe, r.cfg.NS, err)
 	}
 	defer nfct.Close()
 	// A deep receive buffer rides out bursts (a flush of 50,000 flows
@@ -152,7 +172,7 @@ func (r *Recorder) subscribe(ctx context.Context) error {
 	// drops the node's own flows before they cost a copy.
 	filter := []ct.ConnAttr{{Type: ct.AttrMark, Data: []byte{0, 0, 0, 0}, Mask: []byte{0, 0, 0xff, 0xff}, Negate: true}}
 	if err := nfct.RegisterFiltered(sctx, ct.Conntrack, ct.NetlinkCtDestroy, filter, r.onEvent); err != nil {
-		return fmt.Errorf("subscribe to conntrack destroy events: %w", err)
+		return fmt.Errorf("%w: destroy events in netns %s: %w", errSubscribe, r.cfg.NS, err)
 	}
 	select {
 	case <-ctx.Done():
@@ -215,9 +235,11 @@ func (r *Recorder) flushLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			r.flush()
+			r.faults.Close()
 			return
 		case <-t.C:
 			r.flush()
+			r.faults.Flush()
 			if time.Since(lastExpire) >= expireEvery {
 				r.expire()
 				lastExpire = time.Now()
@@ -337,9 +359,9 @@ func counter(c *ct.Counter) (pkts, bytes uint64) {
 // Open lists flows still open, from a live conntrack dump (flows have no
 // end yet, so they are not in the store).
 func (r *Recorder) Open(q Query) ([]Flow, error) {
-	nfct, err := ct.Open(&ct.Config{NetNS: int(r.cfg.NS)})
+	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
 	if err != nil {
-		return nil, fmt.Errorf("open conntrack netlink: %w", err)
+		return nil, fmt.Errorf("open conntrack netlink in netns %s: %w", r.cfg.NS, err)
 	}
 	defer nfct.Close()
 	var out []Flow

@@ -9,32 +9,30 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // The applier: turns a Ruleset into google/nftables objects and sends them
 // as one batch. It holds no policy logic.
 
-// nftConn opens an nftables connection to the netns (None = current):
+// nftConn opens an nftables connection to the netns:
 // one socket per operation, made by a thread that enters the netns.
-func nftConn(ns netns.NsHandle) (*nftables.Conn, error) {
+func nftConn(ns nsdo.NS) (*nftables.Conn, error) {
 	return newNFTConn(ns)
 }
 
 // nftLasting is a connection that keeps one socket for all operations
 // (close it with CloseLasting): making a socket inside a netns costs
 // more than the transaction of an experiment's start.
-func nftLasting(ns netns.NsHandle) (*nftables.Conn, error) {
+func nftLasting(ns nsdo.NS) (*nftables.Conn, error) {
 	return newNFTConn(ns, nftables.AsLasting())
 }
 
-func newNFTConn(ns netns.NsHandle, extra ...nftables.ConnOption) (*nftables.Conn, error) {
+func newNFTConn(ns nsdo.NS, extra ...nftables.ConnOption) (*nftables.Conn, error) {
 	opts := append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, extra...)
-	if ns.IsOpen() {
-		opts = append(opts, nftables.WithNetNSFd(int(ns)))
-	}
-	return nftables.New(opts...)
+	return nftables.New(append(opts, ns.NFTOptions()...)...)
 }
 
 // bigBuffers lets one batch carry a whole table: the kernel refuses a
@@ -56,7 +54,7 @@ func bigBuffers(c *netlink.Conn) error {
 // applyRuleset replaces table rs.Table atomically: add table, delete table
 // (whatever it held), add table, then every object; one Flush. The other
 // tables (inet arkgw_acct) are untouched.
-func applyRuleset(ns netns.NsHandle, rs *Ruleset) error {
+func applyRuleset(ns nsdo.NS, rs *Ruleset) error {
 	c, err := nftConn(ns)
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
@@ -65,7 +63,7 @@ func applyRuleset(ns netns.NsHandle, rs *Ruleset) error {
 }
 
 // applyRulesetWith is applyRuleset on connection c (made in ns).
-func applyRulesetWith(c *nftables.Conn, ns netns.NsHandle, rs *Ruleset) error {
+func applyRulesetWith(c *nftables.Conn, ns nsdo.NS, rs *Ruleset) error {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: rs.Table}
 	c.AddTable(t)
 	c.DelTable(t)
@@ -83,7 +81,7 @@ func applyRulesetWith(c *nftables.Conn, ns netns.NsHandle, rs *Ruleset) error {
 }
 
 // deleteTable removes table name if it exists.
-func deleteTable(ns netns.NsHandle, name string) error {
+func deleteTable(ns nsdo.NS, name string) error {
 	c, err := nftConn(ns)
 	if err != nil {
 		return fmt.Errorf("nftables connection: %w", err)
@@ -99,7 +97,7 @@ func deleteTable(ns netns.NsHandle, name string) error {
 
 // diagnose loads rs into a scratch table one object at a time to name the
 // object the kernel refuses; the scratch table is removed again.
-func diagnose(ns netns.NsHandle, rs *Ruleset) error {
+func diagnose(ns nsdo.NS, rs *Ruleset) error {
 	c, err := nftConn(ns)
 	if err != nil {
 		return nil
@@ -229,7 +227,7 @@ func addRules(c *nftables.Conn, t *nftables.Table, nc *nftables.Chain, ch *Chain
 // applyPlan changes table next.Table in place as p says (Diff of the
 // applied ruleset and next), in one batch: all of it or, if the kernel
 // refuses any part, none.
-func applyPlan(ns netns.NsHandle, p *Plan, next *Ruleset) error {
+func applyPlan(ns nsdo.NS, p *Plan, next *Ruleset) error {
 	if p.Empty() {
 		return nil
 	}
@@ -620,7 +618,7 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 }
 
 // readCounter returns the packets and bytes of a named counter in table.
-func readCounter(ns netns.NsHandle, table, name string) (packets, bytes uint64, err error) {
+func readCounter(ns nsdo.NS, table, name string) (packets, bytes uint64, err error) {
 	c, err := nftConn(ns)
 	if err != nil {
 		return 0, 0, err

@@ -9,7 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netns"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 func needRoot(t testing.TB) {
@@ -26,7 +27,7 @@ func randSuffix() string {
 }
 
 // scratchNS makes an empty named netns for tests that need no topology.
-func scratchNS(t testing.TB) (netns.NsHandle, string) {
+func scratchNS(t testing.TB) (nsdo.NS, string) {
 	t.Helper()
 	needRoot(t)
 	name := "arkgwt" + randSuffix()
@@ -34,7 +35,7 @@ func scratchNS(t testing.TB) (netns.NsHandle, string) {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	h, err := netns.GetFromName(name)
+	h, err := nsdo.Open("/run/netns/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}

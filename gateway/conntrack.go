@@ -9,10 +9,10 @@ import (
 	"slices"
 
 	ct "github.com/florianl/go-conntrack"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Revocation. Removing an allowlist entry does not stop a flow that is
@@ -85,12 +85,8 @@ func portsContain(rs []configs.PortRange, p uint16) bool {
 	return false
 }
 
-func openConntrack(ns netns.NsHandle) (*ct.Nfct, error) {
-	cfg := &ct.Config{}
-	if ns.IsOpen() {
-		cfg.NetNS = int(ns)
-	}
-	c, err := ct.Open(cfg)
+func openConntrack(ns nsdo.NS) (*ct.Nfct, error) {
+	c, err := ct.Open(&ct.Config{NetNS: ns.NetlinkNetNS()})
 	if err != nil {
 		return nil, fmt.Errorf("open conntrack netlink socket: %w", err)
 	}
@@ -151,16 +147,16 @@ func isNotFound(err error) bool {
 }
 
 // deleteFlows deletes every conntrack entry of slot; it returns how many.
-func deleteFlows(ns netns.NsHandle, slot int) (int, error) {
+func deleteFlows(ns nsdo.NS, slot int) (int, error) {
 	return cutFlows(ns, slot, func(FlowKey) bool { return false })
 }
 
 // revokeFlows deletes the flows of n that eff no longer admits.
-func revokeFlows(ns netns.NsHandle, n *Net, eff *configs.Effective, routers []netip.Addr) (int, error) {
+func revokeFlows(ns nsdo.NS, n *Net, eff *configs.Effective, routers []netip.Addr) (int, error) {
 	return cutFlows(ns, n.Slot, func(k FlowKey) bool { return Admits(eff, n, routers, k) })
 }
 
-func cutFlows(ns netns.NsHandle, slot int, keep func(FlowKey) bool) (int, error) {
+func cutFlows(ns nsdo.NS, slot int, keep func(FlowKey) bool) (int, error) {
 	c, err := openConntrack(ns)
 	if err != nil {
 		return 0, err

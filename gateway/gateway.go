@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/arkgw/arkgw/nsdo"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,15 +38,15 @@ import (
 
 // Config configures a Gateway. Zero values take the documented defaults.
 type Config struct {
-	HostNS         netns.NsHandle // the node's netns; netns.None() = current
-	RunDir         string         // namespace files under RunDir/ns/<id>/{user,net}
-	Uplink         string         // "" = interface of the default route
-	DefaultRouters []netip.Addr   // nil = gateways of the default routes
-	Pool4          netip.Prefix   // default 10.250.0.0/16: a /30 per slot
-	Pool6          netip.Prefix   // default fd00:a4c::/48: a /64 per slot
-	NFLOGGroup     uint16         // drops are logged here with prefix alert.LogPrefix(id, rule)
-	UIDBase        uint32         // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
-	HolderBinary   string         // nsholder.Config.Binary: arkgw-init, "" = this binary
+	HostNS         nsdo.NS      // the node's netns; zero value = current
+	RunDir         string       // namespace files under RunDir/ns/<id>/{user,net}
+	Uplink         string       // "" = interface of the default route
+	DefaultRouters []netip.Addr // nil = gateways of the default routes
+	Pool4          netip.Prefix // default 10.250.0.0/16: a /30 per slot
+	Pool6          netip.Prefix // default fd00:a4c::/48: a /64 per slot
+	NFLOGGroup     uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
+	UIDBase        uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
+	HolderBinary   string       // nsholder.Config.Binary: arkgw-init, "" = this binary
 	Logger         hclog.Logger
 }
 

@@ -18,7 +18,6 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/hashicorp/go-hclog"
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
@@ -44,12 +43,26 @@ type lab struct {
 }
 
 func newLab(t *testing.T) *lab {
+	return newLabAt(t, false)
+}
+
+// newLabAt is newLab; with current, the node is the namespace the test
+// process runs in (inside netlab.InOwnNetNS's child) and the gateway is
+// given nsdo.Current().
+func newLabAt(t *testing.T, current bool) *lab {
 	t.Helper()
 	needRoot(t)
-	w := netlab.NewWorld(t)
+	var w *netlab.World
+	hostNS := nsdo.Current()
+	if current {
+		w = netlab.NewCurrentWorld(t)
+	} else {
+		w = netlab.NewWorld(t)
+		hostNS = w.Node.NS()
+	}
 	run := t.TempDir()
 	group := uint16(30000 + time.Now().UnixNano()%20000)
-	g, err := New(Config{HostNS: w.Node.NS(), RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
+	g, err := New(Config{HostNS: hostNS, RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
 	if err != nil {
 		t.Fatal(err)
@@ -95,13 +108,13 @@ func (l *lab) assertClean(t *testing.T) {
 	}
 }
 
-func (l *lab) add(t *testing.T, eff *configs.Effective, slot int) (*Net, netns.NsHandle) {
+func (l *lab) add(t *testing.T, eff *configs.Effective, slot int) (*Net, nsdo.NS) {
 	t.Helper()
 	n, err := l.g.Add(context.Background(), eff, slot)
 	if err != nil {
 		t.Fatalf("add %s: %v", eff.ID, err)
 	}
-	ns, err := netns.GetFromPath(n.NetNSPath)
+	ns, err := nsdo.Open(n.NetNSPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,14 +193,14 @@ func from(src string, cond func(gopacket.Packet) bool) func(gopacket.Packet) boo
 	}
 }
 
-func dialIn(ns netns.NsHandle, network, addr string, timeout time.Duration) (net.Conn, error) {
+func dialIn(ns nsdo.NS, network, addr string, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	return nsdo.Dial(ctx, ns, network, addr)
 }
 
 // udpSend sends one datagram from inside ns and returns the reply, if any.
-func udpSend(ns netns.NsHandle, addr string, payload []byte, wait time.Duration) ([]byte, error) {
+func udpSend(ns nsdo.NS, addr string, payload []byte, wait time.Duration) ([]byte, error) {
 	c, err := dialIn(ns, "udp", addr, time.Second)
 	if err != nil {
 		return nil, err
@@ -203,7 +216,7 @@ func udpSend(ns netns.NsHandle, addr string, payload []byte, wait time.Duration)
 }
 
 // sendRaw sends a complete IP packet (header included) from inside ns.
-func sendRaw(ns netns.NsHandle, pkt []byte, dst netip.Addr) error {
+func sendRaw(ns nsdo.NS, pkt []byte, dst netip.Addr) error {
 	return nsdo.In(ns, func() error {
 		fam := unix.AF_INET
 		if dst.Is6() {
@@ -297,6 +310,49 @@ func policyA() *configs.Effective {
 		Protocols:         []uint8{47},
 		SpoofSources:      []netip.Addr{addr("192.0.2.9"), addr("2001:db8:feed::9")},
 		SpoofDestinations: []netip.Addr{addr("198.51.100.9"), addr("2001:db8:100::9")},
+	}
+}
+
+// The gateway wires links and rules in the namespace it is given,
+// including the current one (a node's daemon runs in the node's namespace,
+// no handle): allowed traffic is masqueraded out, denied traffic dropped
+// and counted, and removal leaves nothing (lab cleanup checks).
+func TestPrivilegedGatewayNamespace(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			l := newLabAt(t, tc.current)
+			n, ns := l.add(t, policyA(), 0)
+			c, err := dialIn(ns, "tcp", netlab.Echo4+":7", 3*time.Second)
+			if err != nil {
+				t.Fatalf("allowed tcp: %v", err)
+			}
+			echo(t, c, "hello")
+			c.Close()
+			if !l.w.WaitSeen(func(r netlab.Record) bool {
+				return r.Proto == "tcp" && r.Dst.Port() == 7 && r.Src.Addr().String() == netlab.NodeUplink4
+			}, 3*time.Second) {
+				t.Errorf("inet did not log a connection from the node's address: %v", l.w.Log())
+			}
+			before := l.counter(t, n.ID, RuleTCPDst)
+			if c, err := dialIn(ns, "tcp", "198.51.100.80:81", 700*time.Millisecond); err == nil {
+				c.Close()
+				t.Fatal("tcp to a port the policy does not allow connected")
+			}
+			l.waitCounter(t, n.ID, RuleTCPDst, before)
+			if l.inetCp.Count(to("198.51.100.80", 6, 81)) != 0 {
+				t.Error("forbidden packet arrived at inet")
+			}
+		})
 	}
 }
 
@@ -695,7 +751,7 @@ func TestPrivilegedGateway(t *testing.T) {
 // through a SYN-only port: the connect may succeed on the experiment's side
 // (the SYN-ACK is let back), but the listener never completes the handshake
 // and no payload reaches inet; the drops are counted as syn-only.
-func synOnlyHandshake(t *testing.T, l *lab, ns netns.NsHandle, id, dst, listen string) {
+func synOnlyHandshake(t *testing.T, l *lab, ns nsdo.NS, id, dst, listen string) {
 	t.Helper()
 	ln, err := l.w.Inet.Listen("tcp", listen)
 	if err != nil {
@@ -754,7 +810,7 @@ func echo(t *testing.T, c net.Conn, msg string) {
 // nflog binds the lab's NFLOG group in the node and returns the prefixes.
 func (l *lab) nflog(t *testing.T) <-chan string {
 	t.Helper()
-	nf, err := nflog.Open(&nflog.Config{Group: l.group, Copymode: nflog.CopyPacket, NetNS: int(l.w.Node.NS())})
+	nf, err := nflog.Open(&nflog.Config{Group: l.group, Copymode: nflog.CopyPacket, NetNS: l.w.Node.NS().NetlinkNetNS()})
 	if err != nil {
 		t.Fatalf("nflog: %v", err)
 	}

@@ -10,26 +10,22 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/nsdo"
 )
 
-// handleAt opens a netlink handle in ns (None = current namespace).
-func handleAt(ns netns.NsHandle) (*netlink.Handle, error) {
-	if ns.IsOpen() {
-		return netlink.NewHandleAt(ns)
-	}
-	return netlink.NewHandle()
+// handleAt opens a netlink handle in ns.
+func handleAt(ns nsdo.NS) (*netlink.Handle, error) {
+	return ns.NetlinkHandle()
 }
 
 // writeSysctl writes /proc/sys/<key> (dots as slashes) from a thread in ns:
 // /proc/sys/net resolves to the namespace of the thread that opens it.
 // writeSysctls writes several in one visit of ns (entering a netns costs a
 // thread switch and two setns calls).
-func writeSysctls(ns netns.NsHandle, kvs [][2]string) error {
+func writeSysctls(ns nsdo.NS, kvs [][2]string) error {
 	return nsdo.In(ns, func() error {
 		for _, kv := range kvs {
 			p := filepath.Join("/proc/sys", strings.ReplaceAll(kv[0], ".", "/"))
@@ -48,7 +44,7 @@ func procSysctl(key string) string {
 	return strings.TrimSpace(string(b))
 }
 
-func readSysctl(ns netns.NsHandle, key string) (string, error) {
+func readSysctl(ns nsdo.NS, key string) (string, error) {
 	var out string
 	err := nsdo.In(ns, func() error {
 		b, err := os.ReadFile(filepath.Join("/proc/sys", strings.ReplaceAll(key, ".", "/")))
@@ -78,16 +74,16 @@ func (g *Gateway) hostHandle() (*netlink.Handle, error) {
 // plumb creates the veth pair (peer made directly inside the experiment
 // netns as eth0), addresses, routes and sysctls on both sides.
 func (g *Gateway) plumb(n *Net) error {
-	expNS, err := netns.GetFromPath(n.NetNSPath)
+	expNS, err := nsdo.Open(n.NetNSPath)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", n.NetNSPath, err)
+		return err
 	}
 	defer expNS.Close()
 	host, err := g.hostHandle()
 	if err != nil {
 		return err
 	}
-	inside, err := netlink.NewHandleAt(expNS, unix.NETLINK_ROUTE)
+	inside, err := expNS.NetlinkHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle in %s: %w", n.NetNSPath, err)
 	}
@@ -135,7 +131,7 @@ func (g *Gateway) plumb(n *Net) error {
 
 	la := netlink.NewLinkAttrs()
 	la.Name = n.HostIf
-	veth := &netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(expNS))}
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: expNS.LinkNS()}
 	if err := host.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s (peer eth0 in %s): %w", n.HostIf, n.NetNSPath, err)
 	}
@@ -210,7 +206,7 @@ func (g *Gateway) plumb(n *Net) error {
 }
 
 // deleteLink deletes link name in ns; a missing link is not an error.
-func deleteLink(ns netns.NsHandle, name string) error {
+func deleteLink(ns nsdo.NS, name string) error {
 	h, err := handleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
@@ -231,7 +227,7 @@ func deleteLink(ns netns.NsHandle, name string) error {
 }
 
 // arkLinks lists the experiment ids of "ark<id>" veths in ns.
-func arkLinks(ns netns.NsHandle) ([]string, error) {
+func arkLinks(ns nsdo.NS) ([]string, error) {
 	h, err := handleAt(ns)
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle: %w", err)
@@ -257,7 +253,7 @@ func arkLinks(ns netns.NsHandle) ([]string, error) {
 
 // defaultRoutes finds the uplink (interface of the IPv4 default route, else
 // IPv6) and the gateways of the default routes in ns.
-func defaultRoutes(ns netns.NsHandle) (uplink string, routers []netip.Addr, err error) {
+func defaultRoutes(ns nsdo.NS) (uplink string, routers []netip.Addr, err error) {
 	h, err := handleAt(ns)
 	if err != nil {
 		return "", nil, err

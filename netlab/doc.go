@@ -33,6 +33,13 @@
 //     deleted (which deletes their interfaces), and their absence verified.
 //     Adopted namespaces (HostSpec.NetNSPath) are configured but never
 //     deleted.
+//   - The current namespace: code that is given no namespace (nsdo.Current(),
+//     how the daemon runs on a node) is tested with the whole test process
+//     inside a namespace, never one switched thread: InOwnNetNS re-runs the
+//     test in a child test binary started in a fresh namespace (through the
+//     trampoline), where a host with HostSpec.Current (NewCurrentWorld) is
+//     that namespace. Current is refused anywhere else, so no test rewires
+//     the namespace the test binary was started in.
 //   - Readiness: Build returns when every link is operationally up and has
 //     joined its IPv6 solicited-node groups (Host.WaitIfReady), so the first
 //     packets of a test are not lost. IPv6 addresses are added with nodad,

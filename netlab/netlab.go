@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/arkgw/arkgw/nsdo"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Topology describes a set of hosts (network namespaces) and the veth links
@@ -31,6 +31,9 @@ type HostSpec struct {
 	LocalPrefixes []string    // whole prefixes answered locally (type-local routes on lo), e.g. "198.51.100.0/24"
 	Routes        []RouteSpec // added after all links are up
 	NetNSPath     string      // adopt an existing netns file (e.g. nsholder's) instead of creating one; not deleted by netlab
+	// Current adopts the namespace the test process runs in (only inside
+	// InOwnNetNS's child, which made it; not deleted by netlab).
+	Current bool
 }
 
 // LinkSpec is a veth pair between hosts A and B. AIf/BIf name the ends
@@ -67,7 +70,7 @@ type Lab struct {
 type Host struct {
 	Name    string
 	lab     *Lab
-	ns      netns.NsHandle
+	ns      nsdo.NS
 	path    string
 	adopted bool
 	handle  *netlink.Handle
@@ -247,10 +250,17 @@ func (l *Lab) addHost(hs HostSpec) error {
 		return fmt.Errorf("host %q defined twice", hs.Name)
 	}
 	h := &Host{Name: hs.Name, lab: l}
-	if hs.NetNSPath != "" {
-		ns, err := netns.GetFromPath(hs.NetNSPath)
+	if hs.Current {
+		p, err := currentNSPath()
 		if err != nil {
-			return fmt.Errorf("host %q: open netns %s: %w", hs.Name, hs.NetNSPath, err)
+			return fmt.Errorf("host %q: %w", hs.Name, err)
+		}
+		hs.NetNSPath = p
+	}
+	if hs.NetNSPath != "" {
+		ns, err := nsdo.Open(hs.NetNSPath)
+		if err != nil {
+			return fmt.Errorf("host %q: %w", hs.Name, err)
 		}
 		h.ns, h.path, h.adopted = ns, hs.NetNSPath, true
 	} else {
@@ -264,7 +274,7 @@ func (l *Lab) addHost(hs HostSpec) error {
 	l.hosts[hs.Name] = h
 	l.order = append(l.order, hs.Name)
 
-	hd, err := netlink.NewHandleAt(h.ns)
+	hd, err := h.ns.NetlinkHandle()
 	if err != nil {
 		return fmt.Errorf("host %q: netlink handle in %s: %w", hs.Name, h.path, err)
 	}
@@ -328,9 +338,9 @@ func (l *Lab) addLink(ls LinkSpec) error {
 	// Created directly in A with its peer directly in B (by namespace fd):
 	// the pair never appears in the test process's own namespace.
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: aif, Namespace: netlink.NsFd(int(a.ns))},
+		LinkAttrs:     netlink.LinkAttrs{Name: aif, Namespace: a.ns.LinkNS()},
 		PeerName:      bif,
-		PeerNamespace: netlink.NsFd(int(b.ns)),
+		PeerNamespace: b.ns.LinkNS(),
 	}
 	if err := a.handle.LinkAdd(veth); err != nil {
 		return fmt.Errorf("add veth %s@%s <-> %s@%s: %w", aif, ls.A, bif, ls.B, err)
@@ -504,8 +514,9 @@ func (l *Lab) OnCleanup(fn func() error) {
 	l.closers = append(l.closers, fn)
 }
 
-// NS is an open handle of h's network namespace, valid until cleanup.
-func (h *Host) NS() netns.NsHandle { return h.ns }
+// NS is h's network namespace (an open descriptor, never Current), valid
+// until cleanup.
+func (h *Host) NS() nsdo.NS { return h.ns }
 
 // Path is the file of h's network namespace (under RunDir unless adopted).
 func (h *Host) Path() string { return h.path }

@@ -220,7 +220,9 @@ func TestPrivilegedTwoHop(t *testing.T) {
 		// Our own thread never moved.
 		self, _ := netns.Get()
 		defer self.Close()
-		if self.Equal(client.NS()) || self.Equal(l.Host("router").NS()) {
+		cfd, _ := client.NS().Fd()
+		rfd, _ := l.Host("router").NS().Fd()
+		if self.Equal(netns.NsHandle(cfd)) || self.Equal(netns.NsHandle(rfd)) {
 			t.Error("test goroutine is inside a lab namespace")
 		}
 	})

@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // RunDir is where netlab bind-mounts the namespaces it creates, the same
@@ -91,15 +93,15 @@ func prepareRunDir() error {
 // the thread switches back to its original namespace afterwards, and if that
 // fails it exits still locked, so the Go runtime destroys it rather than
 // reusing a thread that sits in the wrong namespace.
-func createNamed(name string) (netns.NsHandle, string, error) {
+func createNamed(name string) (nsdo.NS, string, error) {
 	runDirOnce.Do(func() { runDirErr = prepareRunDir() })
 	if runDirErr != nil {
-		return netns.None(), "", runDirErr
+		return nsdo.NS{}, "", runDirErr
 	}
 	path := filepath.Join(RunDir, name)
 	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
 	if err != nil {
-		return netns.None(), "", fmt.Errorf("create namespace file %s: %w", path, err)
+		return nsdo.NS{}, "", fmt.Errorf("create namespace file %s: %w", path, err)
 	}
 	f.Close()
 
@@ -133,12 +135,12 @@ func createNamed(name string) (netns.NsHandle, string, error) {
 	}()
 	if err := <-errc; err != nil {
 		removeNamed(path)
-		return netns.None(), "", err
+		return nsdo.NS{}, "", err
 	}
-	h, err := netns.GetFromPath(path)
+	h, err := nsdo.Open(path)
 	if err != nil {
 		removeNamed(path)
-		return netns.None(), "", fmt.Errorf("open namespace %s: %w", path, err)
+		return nsdo.NS{}, "", err
 	}
 	return h, path, nil
 }

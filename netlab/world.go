@@ -89,7 +89,12 @@ func WorldTopology() Topology {
 // services in inet. Everything is removed at t's cleanup.
 func NewWorld(t testing.TB) *World {
 	t.Helper()
-	l := Build(t, WorldTopology())
+	return newWorld(t, WorldTopology())
+}
+
+func newWorld(t testing.TB, topo Topology) *World {
+	t.Helper()
+	l := Build(t, topo)
 	w := &World{Lab: l, Node: l.Host("node"), Inet: l.Host("inet")}
 	in, err := StartInternet(w.Inet)
 	if err != nil {

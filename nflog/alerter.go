@@ -11,18 +11,18 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/nsdo"
 	gonflog "github.com/florianl/go-nflog/v2"
 	"github.com/hashicorp/go-hclog"
 	"github.com/mdlayher/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // Config configures an Alerter. Zero values take the defaults shown.
 type Config struct {
-	Group uint16         // NFLOG group the gateway logs drops to ([alerts].nflog_group)
-	NS    netns.NsHandle // netns where the drops are logged (NFLOG instances are per netns); 0 or netns.None(): the current one
-	Node  string         // node name put in every record
+	Group uint16  // NFLOG group the gateway logs drops to ([alerts].nflog_group)
+	NS    nsdo.NS // netns where the drops are logged (NFLOG instances are per netns); zero value = current
+	Node  string  // node name put in every record
 
 	Sink   alert.Sink // where records go (a Tee of file, syslog, metrics); required
 	Logger hclog.Logger
@@ -74,6 +74,9 @@ type Stats struct {
 type Alerter struct {
 	cfg Config
 	log hclog.Logger
+	// faults reports the alert path's own losses: logged with backoff,
+	// at most one alert per window carrying the summed packets.
+	faults *alert.Faults
 
 	queue chan Event
 	ext   chan alert.Record
@@ -138,14 +141,19 @@ func New(cfg Config) (*Alerter, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Alerter{
+	a := &Alerter{
 		cfg:   cfg,
 		log:   cfg.Logger.With("nflog_group", cfg.Group),
 		queue: make(chan Event, cfg.QueueLen),
 		ext:   make(chan alert.Record, 4096),
 		attr:  make(chan alert.Record, 64),
 		enf:   NewEnforcer(cfg.StopAfter, cfg.StopWindow),
-	}, nil
+	}
+	a.faults = alert.NewFaults(alert.FaultsConfig{
+		Sink:   alert.SinkFunc(func(r alert.Record) { a.emit(r, a.cfg.Now()) }),
+		Logger: a.log, Node: cfg.Node, Now: cfg.Now,
+	})
+	return a, nil
 }
 
 // Stats returns the counters.
@@ -199,16 +207,12 @@ func (a *Alerter) Run(ctx context.Context) error {
 	a.hookMu.Lock()
 	a.closing = false
 	a.hookMu.Unlock()
-	nsfd := 0
-	if a.cfg.NS > 0 {
-		nsfd = int(a.cfg.NS)
-	}
 	timeout := uint32(a.cfg.FlushTimeout / (10 * time.Millisecond))
 	if timeout == 0 {
 		timeout = 1
 	}
 	nf, err := gonflog.Open(&gonflog.Config{
-		NetNS:    nsfd,
+		NetNS:    a.cfg.NS.NetlinkNetNS(),
 		Group:    a.cfg.Group,
 		Copymode: gonflog.CopyPacket,
 		Bufsize:  a.cfg.CopyRange,
@@ -372,23 +376,21 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	var reported struct{ seq, drops, nobufs uint64 }
-	lastLoss := time.Time{}
-	reportLoss := func(now time.Time, force bool) {
+	reportLoss := func(final bool) {
 		seq, drops, nob := a.seqLost.Load(), a.queueDrops.Load()+a.extDrops.Load(), a.noBufs.Load()
-		if seq == reported.seq && drops == reported.drops && nob == reported.nobufs {
-			return
+		if seq != reported.seq || drops != reported.drops || nob != reported.nobufs {
+			dSeq, dDrops, dNob := seq-reported.seq, drops-reported.drops, nob-reported.nobufs
+			reported.seq, reported.drops, reported.nobufs = seq, drops, nob
+			a.faults.Report(alert.Record{
+				Kind: alert.KindOverrun, Rule: RuleLost, Packets: dSeq + dDrops,
+				Message: fmt.Sprintf("the alert path lost details of packets (nflog group %d; latest loss: %d never received from the kernel, %d socket overruns, %d dropped because the alerter was behind); they were still dropped by the gateway, whose counters have the exact totals", a.cfg.Group, dSeq, dNob, dDrops),
+			})
 		}
-		if !force && now.Sub(lastLoss) < time.Second {
-			return
+		if final {
+			a.faults.Close()
+		} else {
+			a.faults.Flush()
 		}
-		dSeq, dDrops, dNob := seq-reported.seq, drops-reported.drops, nob-reported.nobufs
-		reported.seq, reported.drops, reported.nobufs, lastLoss = seq, drops, nob, now
-		r := alert.Record{
-			Time: now, Kind: alert.KindOverrun, Rule: RuleLost, Packets: dSeq + dDrops,
-			Message: fmt.Sprintf("the alert path lost details of %d packets (nflog group %d: %d never received from the kernel, %d socket overruns, %d dropped because the alerter was behind); they were still dropped by the gateway, whose counters have the exact totals", dSeq+dDrops, a.cfg.Group, dSeq, dNob, dDrops),
-		}
-		a.log.Warn("alert path lost packets", "seq_lost", dSeq, "enobufs", dNob, "queue_drops", dDrops)
-		a.emit(r, now)
 	}
 	handleEv := func(ev Event) {
 		r, ok := agg.Add(ev)
@@ -421,7 +423,7 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 				a.emit(r, now)
 			}
 			a.open.Store(int64(agg.Open() + agg.OpenOverflow()))
-			reportLoss(now, false)
+			reportLoss(false)
 		case <-ctx.Done():
 			// Stop the reader, then take what it queued.
 			closeReader()
@@ -445,7 +447,7 @@ func (a *Alerter) process(ctx context.Context, closeReader func()) {
 				a.emit(r, now)
 			}
 			a.open.Store(0)
-			reportLoss(now, true)
+			reportLoss(true)
 			// Records still in attribution are emitted by the
 			// attributor as it stops (Run waits for it).
 			return

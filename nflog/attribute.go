@@ -10,8 +10,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Owner is the process found to own the socket that sent a packet.
@@ -33,12 +34,12 @@ func Attribute(nsPath string, p Packet, deadline time.Time) (Owner, error) {
 	if p.ProtoNum != 6 && p.ProtoNum != 17 {
 		return Owner{}, fmt.Errorf("attribute %s packet: only tcp and udp sockets are looked up", p.Proto())
 	}
-	ns, err := netns.GetFromPath(nsPath)
+	ns, err := nsdo.Open(nsPath)
 	if err != nil {
-		return Owner{}, fmt.Errorf("open netns %s: %w", nsPath, err)
+		return Owner{}, err
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_INET_DIAG)
+	h, err := ns.NetlinkHandle(unix.NETLINK_INET_DIAG)
 	if err != nil {
 		return Owner{}, fmt.Errorf("sock_diag handle in netns %s: %w", nsPath, err)
 	}

@@ -238,7 +238,7 @@ func (c *bareConsumer) settle(want uint64) (uint64, bool) {
 }
 
 func (c *bareConsumer) run(t *testing.T, ctx context.Context, tl *testLab) (closeFn func()) {
-	nf, err := gonflog.Open(&gonflog.Config{NetNS: int(tl.node.NS()), Group: tl.group, Copymode: gonflog.CopyPacket,
+	nf, err := gonflog.Open(&gonflog.Config{NetNS: tl.node.NS().NetlinkNetNS(), Group: tl.group, Copymode: gonflog.CopyPacket,
 		Bufsize: 256, Flags: gonflog.FlagSeq, Timeout: 2})
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/gopacket/gopacket"
@@ -76,6 +77,7 @@ func (c *capSink) wait(t *testing.T, what string, timeout time.Duration, cond fu
 
 type testLab struct {
 	node, exp *netlab.Host
+	nodeNS    nsdo.NS // what the alerter is given: node.NS() or Current()
 	group     uint16
 	table     *nftables.Table
 }
@@ -91,14 +93,25 @@ func requireRoot(t *testing.T) {
 // named counter "drops": TCP to port 25, UDP to 9999 and 20000-20999, ICMP
 // type 13, and any source other than the experiment's address.
 func newLab(t *testing.T) *testLab {
+	return newLabAt(t, false)
+}
+
+// newLabAt is newLab; with current, the node is the namespace the test
+// process runs in (inside netlab.InOwnNetNS's child) and the alerter is
+// given nsdo.Current().
+func newLabAt(t *testing.T, current bool) *testLab {
 	requireRoot(t)
 	topo := netlab.WorldTopology()
+	topo.Hosts[0].Current = current
 	topo.Hosts = append(topo.Hosts, netlab.HostSpec{Name: "exp", Routes: []netlab.RouteSpec{
 		{Dst: "default", Via: nodeAddr}, {Dst: "default6", Via: nodeAddr6}}})
 	topo.Links = append(topo.Links, netlab.LinkSpec{A: "node", B: "exp", AIf: "ark-e1", BIf: "eth0",
 		AAddrs: []string{nodeAddr + "/30", nodeAddr6 + "/64"}, BAddrs: []string{expAddr + "/30", expAddr6 + "/64"}})
 	l := netlab.Build(t, topo)
-	tl := &testLab{node: l.Host("node"), exp: l.Host("exp"), group: uint16(1000 + rand.IntN(60000))}
+	tl := &testLab{node: l.Host("node"), exp: l.Host("exp"), nodeNS: l.Host("node").NS(), group: uint16(1000 + rand.IntN(60000))}
+	if current {
+		tl.nodeNS = nsdo.Current()
+	}
 	for _, k := range []string{"net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.ipv4.conf.ark-e1.rp_filter"} {
 		if err := tl.node.SetSysctl(k, "0"); err != nil {
 			t.Fatalf("sysctl %s: %v", k, err)
@@ -109,7 +122,7 @@ func newLab(t *testing.T) *testLab {
 }
 
 func (tl *testLab) conn(t *testing.T) *nftables.Conn {
-	c, err := nftables.New(nftables.WithNetNSFd(int(tl.node.NS())))
+	c, err := nftables.New(tl.node.NS().NFTOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +201,7 @@ type running struct {
 func (tl *testLab) start(t *testing.T, cfg Config, extra ...alert.Sink) *running {
 	t.Helper()
 	c := &capSink{}
-	cfg.Group, cfg.NS = tl.group, tl.node.NS()
+	cfg.Group, cfg.NS = tl.group, tl.nodeNS
 	cfg.Sink = alert.Tee(append([]alert.Sink{c}, extra...)...)
 	if cfg.Node == "" {
 		cfg.Node = "testnode"
@@ -277,6 +290,45 @@ func rawSend(t *testing.T, h *netlab.Host, ls ...gopacket.SerializableLayer) {
 	})
 	if err != nil {
 		t.Fatalf("raw send: %v", err)
+	}
+}
+
+// The alerter reads the NFLOG group of the namespace it is given, including
+// the current one (a node's daemon runs in the node's namespace, no handle).
+func TestPrivilegedAlerterNamespace(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			tl := newLabAt(t, tc.current)
+			r := tl.start(t, Config{Window: time.Minute})
+			if err := tl.exp.Do(func() error {
+				c, err := net.Dial("udp4", net.JoinHostPort(dstAddr, fmt.Sprint(udpPort)))
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				_, err = c.Write([]byte("forbidden"))
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			a := r.cap.wait(t, "udp to a forbidden port", 3*time.Second, func(a alert.Record) bool { return a.Rule == "udp-dst" })
+			if a.Experiment != "e1" || a.Proto != "udp" || a.Dst != dstAddr || a.DstPort != udpPort || a.Src != expAddr {
+				t.Fatalf("alert %+v, want e1 udp %s -> %s:%d", a, expAddr, dstAddr, udpPort)
+			}
+			if n := tl.drops(t); n != 1 {
+				t.Errorf("drop counter %d, want 1", n)
+			}
+		})
 	}
 }
 

@@ -12,11 +12,12 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/arkgw/arkgw/nsdo"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/afpacket"
 	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Batching of the capture goroutine's wake-ups (see captureLoop).

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 	"github.com/arkgw/arkgw/pcapstream/wire"
 	"github.com/arkgw/arkgw/reexec"
 	"github.com/gopacket/gopacket"
@@ -63,12 +64,21 @@ func requireRoot(t *testing.T) {
 type lab struct {
 	*netlab.Lab
 	node, inet, exp1, exp2 *netlab.Host
+	nodeNS                 nsdo.NS // what the server is given: node.NS() or Current()
 }
 
 func newLab(t *testing.T) *lab {
+	return newLabAt(t, false)
+}
+
+// newLabAt is newLab; with current, the node is the namespace the test
+// process runs in (inside netlab.InOwnNetNS's child) and the server is
+// given nsdo.Current().
+func newLabAt(t *testing.T, current bool) *lab {
 	t.Helper()
 	requireRoot(t)
 	topo := netlab.WorldTopology()
+	topo.Hosts[0].Current = current
 	topo.Hosts = append(topo.Hosts,
 		netlab.HostSpec{Name: "exp1", Routes: []netlab.RouteSpec{{Dst: "default", Via: exp1GW}}},
 		netlab.HostSpec{Name: "exp2", Routes: []netlab.RouteSpec{{Dst: "default", Via: exp2GW}}},
@@ -81,7 +91,11 @@ func newLab(t *testing.T) *lab {
 	if _, err := netlab.StartInternet(l.Host("inet")); err != nil {
 		t.Fatalf("start fake internet: %v", err)
 	}
-	return &lab{Lab: l, node: l.Host("node"), inet: l.Host("inet"), exp1: l.Host("exp1"), exp2: l.Host("exp2")}
+	nodeNS := l.Host("node").NS()
+	if current {
+		nodeNS = nsdo.Current()
+	}
+	return &lab{Lab: l, node: l.Host("node"), inet: l.Host("inet"), exp1: l.Host("exp1"), exp2: l.Host("exp2"), nodeNS: nodeNS}
 }
 
 var (
@@ -126,7 +140,7 @@ func startServer(t *testing.T, l *lab, id, iface string, mod func(*Config)) (*Se
 	os.Chmod(dir, 0o711)
 	sock := filepath.Join(dir, "pcap.sock")
 	cfg := Config{
-		Experiment: id, NS: l.node.NS(), Iface: iface,
+		Experiment: id, NS: l.nodeNS, Iface: iface,
 		SocketPath: sock, SocketUID: readerUID, SocketGID: readerUID,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "pcapstream", Level: hclog.Debug, Output: testWriter{t}}),
 	}
@@ -362,6 +376,36 @@ func packetSockets(t *testing.T, h *netlab.Host, iface string) int {
 // tshark, shows the experiment's own address in both directions and
 // nothing of a second experiment; the capture exists only while a reader
 // is connected.
+// The server captures on the interface of the namespace it is given,
+// including the current one (a node's daemon runs in the node's namespace,
+// no handle).
+func TestPrivilegedPcapNamespace(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			l := newLabAt(t, tc.current)
+			srv, sock := startServer(t, l, "pc1", exp1If, nil)
+			const want = 6
+			c := dialRaw(t, sock, wire.Request{Count: want, Filter: "icmp"})
+			waitFor(t, "reader connected", 10*time.Second, func() bool { return srv.Capturing() })
+			l.exp1.Run(t, "ping", "-n", "-c", "3", "-i", "0.2", "198.51.100.1")
+			n, st, msg := readToEnd(t, c)
+			if msg != "" || st.Packets != want || n < 24+want*(16+98) {
+				t.Fatalf("stream: %d pcap bytes, stats %+v, error %q; want %d ICMP packets", n, st, msg, want)
+			}
+		})
+	}
+}
+
 func TestPrivilegedPcapStream(t *testing.T) {
 	requireRoot(t)
 	t.Run("pcapgo", func(t *testing.T) { testStream(t, false) })

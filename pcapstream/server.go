@@ -32,13 +32,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/nsdo"
 	"github.com/arkgw/arkgw/pcapstream/wire"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,9 +60,9 @@ const (
 
 // Config configures a Server for one experiment.
 type Config struct {
-	Experiment string         // experiment id (configs.ValidID)
-	NS         netns.NsHandle // netns holding Iface (the node's); netns.None() = current
-	Iface      string         // host end of the experiment's veth, "ark<id>"
+	Experiment string  // experiment id (configs.ValidID)
+	NS         nsdo.NS // netns holding Iface (the node's); zero value = current
+	Iface      string  // host end of the experiment's veth, "ark<id>"
 
 	SocketPath string      // Unix socket to create (at most 107 bytes); a stale socket there is replaced
 	SocketUID  int         // owner of the socket file: the uid the sandboxed process has on the host
@@ -84,13 +85,19 @@ type Config struct {
 	Ring bool
 
 	Logger hclog.Logger // nil = no logging
+	// Alerts receives the server's own faults (accept failing, for example
+	// with descriptors exhausted), at most one alert per fault per window
+	// (alert.Faults); nil = logged only.
+	Alerts alert.Sink
+	Node   string // node name for those alerts
 }
 
 // Server serves pcap streams of one experiment's veth. Create it with New,
 // run it with Run; it is also a prometheus.Collector (register it yourself).
 type Server struct {
-	cfg Config
-	log hclog.Logger
+	cfg    Config
+	log    hclog.Logger
+	faults *alert.Faults
 
 	// readers is the immutable slice the capture goroutine reads per packet;
 	// it is replaced (under mu) whenever a reader joins or leaves.
@@ -156,11 +163,12 @@ func New(cfg Config) (*Server, error) {
 		log = hclog.NewNullLogger()
 	}
 	s := &Server{
-		cfg:   cfg,
-		log:   log.With("experiment", cfg.Experiment),
-		all:   map[*reader]struct{}{},
-		conns: map[net.Conn]struct{}{},
-		ready: make(chan struct{}),
+		cfg:    cfg,
+		log:    log.With("experiment", cfg.Experiment),
+		faults: alert.NewFaults(alert.FaultsConfig{Sink: cfg.Alerts, Logger: log.With("experiment", cfg.Experiment), Node: cfg.Node}),
+		all:    map[*reader]struct{}{},
+		conns:  map[net.Conn]struct{}{},
+		ready:  make(chan struct{}),
 	}
 	empty := []*reader{}
 	s.readers.Store(&empty)
@@ -190,9 +198,10 @@ func (s *Server) Run(ctx context.Context) error {
 		c, err := l.AcceptUnix()
 		if err != nil {
 			if ctx.Err() == nil && isTemporary(err) {
-				s.log.Warn("accept on pcap socket failed, retrying", "error", err)
+				delay := s.faults.Report(alert.Record{Kind: alert.KindFault, Rule: "pcap-accept", Experiment: s.cfg.Experiment,
+					Message: fmt.Sprintf("accept on pcap socket %s failed: %v; the experiment's pcap readers cannot connect until it works (descriptors exhausted?)", s.cfg.SocketPath, err)})
 				select {
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(delay):
 					continue
 				case <-ctx.Done():
 				}
@@ -225,6 +234,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.stopped = true
 	s.mu.Unlock()
 	wg.Wait()
+	s.faults.Close()
 	// serve stops the capture with its last reader; nothing is left here.
 	return nil
 }

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/netlab"
@@ -128,7 +126,7 @@ func (p *procDaemon) start(t *testing.T) {
 // dialFrom connects from inside an experiment's network namespace (as the
 // node's root, which is enough to send packets through its veth).
 func dialFrom(nsPath, addr string) error {
-	ns, err := netns.GetFromPath(nsPath)
+	ns, err := nsdo.Open(nsPath)
 	if err != nil {
 		return err
 	}

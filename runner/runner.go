@@ -18,7 +18,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netns"
 
 	"github.com/arkgw/arkgw/accounting"
 	"github.com/arkgw/arkgw/alert"
@@ -30,6 +29,7 @@ import (
 	"github.com/arkgw/arkgw/gateway/quota"
 	"github.com/arkgw/arkgw/gateway/shape"
 	"github.com/arkgw/arkgw/nflog"
+	"github.com/arkgw/arkgw/nsdo"
 	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/pcapstream"
 	"github.com/arkgw/arkgw/sandbox"
@@ -38,9 +38,10 @@ import (
 
 // Options are the node-level settings the daemon's policy does not carry.
 type Options struct {
-	// HostNS is the node's network namespace (zero or netns.None() = the
-	// current one; netlab's node in tests and the demo).
-	HostNS netns.NsHandle
+	// HostNS is the node's network namespace: the zero value is the
+	// current one (a node: the daemon runs in it); netlab's node in tests
+	// and the demo.
+	HostNS nsdo.NS
 	// RunDir holds runtime state that must not outlive a reboot
 	// (namespace bind mounts). Default /run/arkgw.
 	RunDir string
@@ -86,10 +87,6 @@ type Runner struct {
 func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	if opt.RunDir == "" {
 		opt.RunDir = "/run/arkgw"
-	}
-	// The zero handle is fd 0, not a namespace: it means "this process's".
-	if opt.HostNS == 0 {
-		opt.HostNS = netns.None()
 	}
 	opt.PcapBinary = besideSelf(opt.PcapBinary, "pcap")
 	opt.HelperBinary = besideSelf(opt.HelperBinary, "arkgw-init")
@@ -500,6 +497,7 @@ func (in *instance) startServices() error {
 		// The TPACKET_V3 ring captured everything at 100 Mbit/s for a
 		// third of the CPU of one recvmsg per packet (bench-pcap).
 		Ring:   true,
+		Alerts: in.r.deps.Alerts, Node: in.r.deps.Policy.NodeName(),
 		Logger: in.r.log,
 	})
 	if err != nil {

@@ -52,8 +52,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Names.
@@ -94,7 +95,7 @@ type Counts struct {
 
 // Config of a Table.
 type Config struct {
-	NS         netns.NsHandle // the node's netns; netns.None() = current
+	NS         nsdo.NS // the node's netns; zero value = current
 	NFLOGGroup uint16
 	Logger     hclog.Logger
 }
@@ -130,9 +131,7 @@ func (t *Table) conn() (*nftables.Conn, error) {
 		return t.c, nil
 	}
 	opts := []nftables.ConnOption{nftables.AsLasting()}
-	if t.cfg.NS.IsOpen() {
-		opts = append(opts, nftables.WithNetNSFd(int(t.cfg.NS)))
-	}
+	opts = append(opts, t.cfg.NS.NFTOptions()...)
 	c, err := nftables.New(opts...)
 	if err != nil {
 		t.mu.Unlock()

@@ -10,16 +10,17 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // ShaperConfig configures a Shaper.
 type ShaperConfig struct {
-	NS      netns.NsHandle // the node's netns (where the host veths live); netns.None() = current
-	Uplinks []string       // interfaces experiment traffic leaves by (the gateway's uplink)
-	NodeBps uint64         // node-wide cap (node_mbps * 1e6), 0 = none
-	MTU     int            // 0 = DefaultMTU
+	NS      nsdo.NS  // the node's netns (where the host veths live); zero value = current
+	Uplinks []string // interfaces experiment traffic leaves by (the gateway's uplink)
+	NodeBps uint64   // node-wide cap (node_mbps * 1e6), 0 = none
+	MTU     int      // 0 = DefaultMTU
 	Logger  hclog.Logger
 }
 
@@ -52,13 +53,7 @@ func NewShaper(cfg ShaperConfig) (*Shaper, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	var h *netlink.Handle
-	var err error
-	if cfg.NS.IsOpen() {
-		h, err = netlink.NewHandleAt(cfg.NS)
-	} else {
-		h, err = netlink.NewHandle()
-	}
+	h, err := cfg.NS.NetlinkHandle()
 	if err != nil {
 		return nil, fmt.Errorf("shape: netlink handle in node netns: %w", err)
 	}
@@ -205,7 +200,7 @@ func (s *Shaper) Remove(ctx context.Context, id string) error {
 // shared IFBs, arkgw's redirect from the uplinks, the clsact qdisc of every
 // interface named in hostIfs and every "arku*" IFB whose experiment id is
 // not in keep.
-func Sweep(ns netns.NsHandle, uplinks, hostIfs []string, keep map[string]bool) error {
+func Sweep(ns nsdo.NS, uplinks, hostIfs []string, keep map[string]bool) error {
 	s, err := NewShaper(ShaperConfig{NS: ns, Uplinks: uplinks})
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/gateway/shape/bwlab"
+	"github.com/arkgw/arkgw/netlab"
 	"github.com/vishvananda/netlink"
 )
 
@@ -208,5 +209,63 @@ func TestPrivilegedFairShareFollowsStarts(t *testing.T) {
 	}
 	if got := rateOf(a); got != alone {
 		t.Errorf("after the second stopped: rate %d B/s, want %d back", got, alone)
+	}
+}
+
+// The shaper caps the rate in the namespace it is given, including the
+// current one (a node's daemon runs in the node's namespace, no handle),
+// and Remove leaves nothing there.
+func TestPrivilegedShaperNamespace(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		current bool
+	}{
+		{"opened handle", false},
+		{"current namespace", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.current && !netlab.InOwnNetNS(t) {
+				return
+			}
+			lab := bwlab.NewAt(t, tc.current)
+			port := lab.Server(t)
+			up, down := Priorities(1)
+			lab.Nft(t, fmt.Sprintf(`table inet shapetest {
+				chain forw { type filter hook forward priority 10;
+					iifname %q meta priority set %x:%x
+					oifname %q meta priority set %x:%x
+				}
+			}`, bwlab.HostIf, up>>16, up&0xffff, bwlab.HostIf, down>>16, down&0xffff))
+			s, err := NewShaper(ShaperConfig{NS: lab.NodeNS, Uplinks: []string{bwlab.Uplink}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			const capBps = 5_000_000
+			spec := Spec{ID: "ns1", HostIf: bwlab.HostIf, Slot: 1, RateBps: capBps}
+			if err := s.Apply(ctx, spec); err != nil {
+				t.Fatal(err)
+			}
+			for _, reverse := range []bool{false, true} {
+				rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				r, err := lab.Client(rctx, port, 3, reverse)
+				cancel()
+				if err != nil {
+					t.Fatalf("iperf3 (reverse %v): %v", reverse, err)
+				}
+				if ratio := r.GoodputBps / capBps; ratio < 0.85 || ratio > 1.1 {
+					t.Errorf("reverse %v: goodput %.0f bit/s = %.2f of the cap %d", reverse, r.GoodputBps, ratio, capBps)
+				}
+			}
+			if err := s.Remove(ctx, "ns1"); err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range []string{UpIFB, DownIFB, spec.OwnIFB()} {
+				if _, err := lab.Node.Handle().LinkByName(n); err == nil {
+					t.Errorf("%s still exists after Remove", n)
+				}
+			}
+		})
 	}
 }

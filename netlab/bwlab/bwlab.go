@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Addresses of the lab.
@@ -37,15 +38,23 @@ const (
 type Lab struct {
 	*netlab.Lab
 	Exp, Node, Inet *netlab.Host
+	// NodeNS is what code under test is given for the node: Node.NS(), or
+	// nsdo.Current() in a lab from NewAt(t, true).
+	NodeNS nsdo.NS
 }
 
 // New builds the lab (skips t when not root).
-func New(t testing.TB) *Lab {
+func New(t testing.TB) *Lab { return NewAt(t, false) }
+
+// NewAt is New; with current, the node is the namespace the test process
+// runs in (only inside netlab.InOwnNetNS's child) and NodeNS is
+// nsdo.Current().
+func NewAt(t testing.TB, current bool) *Lab {
 	t.Helper()
 	l := netlab.Build(t, netlab.Topology{
 		Hosts: []netlab.HostSpec{
 			{Name: "exp", Routes: []netlab.RouteSpec{{Dst: "default", Via: GWAddr}, {Dst: "default6", Via: GWAddr6}}},
-			{Name: "node", Forward: true, Routes: []netlab.RouteSpec{{Dst: "default", Via: InetIP}, {Dst: "default6", Via: InetIP6}}},
+			{Name: "node", Current: current, Forward: true, Routes: []netlab.RouteSpec{{Dst: "default", Via: InetIP}, {Dst: "default6", Via: InetIP6}}},
 			{Name: "inet", Routes: []netlab.RouteSpec{{Dst: "10.250.0.0/16", Via: NodeIP}, {Dst: "fd00:a4c::/48", Via: NodeIP6}}},
 		},
 		Links: []netlab.LinkSpec{
@@ -53,7 +62,11 @@ func New(t testing.TB) *Lab {
 			{A: "node", B: "inet", AIf: Uplink, BIf: "eth0", AAddrs: []string{NodeIP + "/24", NodeIP6 + "/64"}, BAddrs: []string{InetIP + "/24", InetIP6 + "/64"}},
 		},
 	})
-	return &Lab{Lab: l, Exp: l.Host("exp"), Node: l.Host("node"), Inet: l.Host("inet")}
+	lab := &Lab{Lab: l, Exp: l.Host("exp"), Node: l.Host("node"), Inet: l.Host("inet"), NodeNS: l.Host("node").NS()}
+	if current {
+		lab.NodeNS = nsdo.Current()
+	}
+	return lab
 }
 
 // Server starts "iperf3 -s" on inet and returns its port; it stops with t.
