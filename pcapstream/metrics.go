@@ -13,26 +13,41 @@ import "github.com/prometheus/client_golang/prometheus"
 //	arkgw_pcap_delivered_packets_total          counter packets written to readers (one per reader)
 //	arkgw_pcap_reader_dropped_packets_total     counter packets lost by readers with full queues (one per reader)
 //	arkgw_pcap_kernel_dropped_packets_total     counter packets the socket lost (PACKET_STATISTICS)
-var (
-	descReaders    = metricDesc("readers", "Pcap readers connected now.")
-	descCapturing  = metricDesc("capturing", "1 while the capture socket is open (only while a reader is connected).")
-	descCaptures   = metricDesc("captures_total", "Times the capture socket was opened.")
-	descConns      = metricDesc("connections_total", "Connections accepted on the pcap socket.")
-	descRefused    = metricDesc("refused_total", "Connections refused: bad request, too many readers, or capture unavailable.")
-	descCaptured   = metricDesc("captured_packets_total", "Packets read from the capture socket.")
-	descDelivered  = metricDesc("delivered_packets_total", "Packets written to readers, counted once per reader.")
-	descDropped    = metricDesc("reader_dropped_packets_total", "Packets lost by slow readers (queue full), counted once per reader.")
-	descKernelDrop = metricDesc("kernel_dropped_packets_total", "Packets the capture socket lost (kernel PACKET_STATISTICS).")
-)
+// descs are one server's metric descriptions. The experiment is a constant
+// label, so each experiment's server is its own collector: shared
+// descriptions with a variable label made the registry refuse the second
+// experiment's ("duplicate metrics collector registration attempted").
+type descs struct {
+	readers, capturing, captures, conns, refused, captured, delivered, dropped, kernelDrop *prometheus.Desc
+}
 
-func metricDesc(name, help string) *prometheus.Desc {
-	return prometheus.NewDesc("arkgw_pcap_"+name, help, []string{"experiment"}, nil)
+func newDescs(exp string) *descs {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("arkgw_pcap_"+name, help, nil, prometheus.Labels{"experiment": exp})
+	}
+	return &descs{
+		readers:    d("readers", "Pcap readers connected now."),
+		capturing:  d("capturing", "1 while the capture socket is open (only while a reader is connected)."),
+		captures:   d("captures_total", "Times the capture socket was opened."),
+		conns:      d("connections_total", "Connections accepted on the pcap socket."),
+		refused:    d("refused_total", "Connections refused: bad request, too many readers, or capture unavailable."),
+		captured:   d("captured_packets_total", "Packets read from the capture socket."),
+		delivered:  d("delivered_packets_total", "Packets written to readers, counted once per reader."),
+		dropped:    d("reader_dropped_packets_total", "Packets lost by slow readers (queue full), counted once per reader."),
+		kernelDrop: d("kernel_dropped_packets_total", "Packets the capture socket lost (kernel PACKET_STATISTICS)."),
+	}
+}
+
+func (s *Server) descs() *descs {
+	s.descOnce.Do(func() { s.desc = newDescs(s.cfg.Experiment) })
+	return s.desc
 }
 
 // Describe implements prometheus.Collector.
 func (s *Server) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReaders, descCapturing, descCaptures, descConns, descRefused, descCaptured, descDelivered, descDropped, descKernelDrop} {
-		ch <- d
+	d := s.descs()
+	for _, x := range []*prometheus.Desc{d.readers, d.capturing, d.captures, d.conns, d.refused, d.captured, d.delivered, d.dropped, d.kernelDrop} {
+		ch <- x
 	}
 }
 
@@ -40,24 +55,24 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 func (s *Server) Collect(ch chan<- prometheus.Metric) {
 	s.pollKernelDrops()
 	st := s.Stats()
-	id := s.cfg.Experiment
+	d := s.descs()
 	capturing := 0.0
 	if st.Capturing {
 		capturing = 1
 	}
 	gauge := func(d *prometheus.Desc, v float64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, id)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
 	}
 	counter := func(d *prometheus.Desc, v uint64) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), id)
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
-	gauge(descReaders, float64(len(st.Readers)))
-	gauge(descCapturing, capturing)
-	counter(descCaptures, st.Captures)
-	counter(descConns, st.Connections)
-	counter(descRefused, st.Refused)
-	counter(descCaptured, st.Captured)
-	counter(descDelivered, st.Delivered)
-	counter(descDropped, st.Dropped)
-	counter(descKernelDrop, st.KernelDropped)
+	gauge(d.readers, float64(len(st.Readers)))
+	gauge(d.capturing, capturing)
+	counter(d.captures, st.Captures)
+	counter(d.conns, st.Connections)
+	counter(d.refused, st.Refused)
+	counter(d.captured, st.Captured)
+	counter(d.delivered, st.Delivered)
+	counter(d.dropped, st.Dropped)
+	counter(d.kernelDrop, st.KernelDropped)
 }

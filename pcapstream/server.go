@@ -95,6 +95,8 @@ type Config struct {
 // Server serves pcap streams of one experiment's veth. Create it with New,
 // run it with Run; it is also a prometheus.Collector (register it yourself).
 type Server struct {
+	descOnce sync.Once
+	desc     *descs
 	cfg    Config
 	log    hclog.Logger
 	faults *alert.Faults
