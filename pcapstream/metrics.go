@@ -13,6 +13,7 @@ import "github.com/prometheus/client_golang/prometheus"
 //	arkgw_pcap_delivered_packets_total          counter packets written to readers (one per reader)
 //	arkgw_pcap_reader_dropped_packets_total     counter packets lost by readers with full queues (one per reader)
 //	arkgw_pcap_kernel_dropped_packets_total     counter packets the socket lost (PACKET_STATISTICS)
+//
 // descs are one server's metric descriptions. The experiment is a constant
 // label, so each experiment's server is its own collector: shared
 // descriptions with a variable label made the registry refuse the second

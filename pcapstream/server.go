@@ -97,9 +97,9 @@ type Config struct {
 type Server struct {
 	descOnce sync.Once
 	desc     *descs
-	cfg    Config
-	log    hclog.Logger
-	faults *alert.Faults
+	cfg      Config
+	log      hclog.Logger
+	faults   *alert.Faults
 
 	// readers is the immutable slice the capture goroutine reads per packet;
 	// it is replaced (under mu) whenever a reader joins or leaves.
