@@ -63,6 +63,8 @@ func (c *Config) fields(f fieldCodec) {
 	f.strs(&c.Caps)
 	f.strs(&c.CgroupTasks)
 	f.u64s(&c.Seccomp)
+	f.strs(&c.Skeleton)
+	f.strs(&c.Submounts)
 }
 
 // Encode is the configuration as the init reads it.

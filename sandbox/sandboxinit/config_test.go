@@ -17,7 +17,8 @@ func sampleConfig() Config {
 		Args: []string{"/bin/true", "a b", ""}, Env: []string{"PATH=/bin"}, Dir: "/experiment",
 		UID: 1000, GID: 1000, NoFile: 1024, CPUSeconds: 1<<40 + 3, Nice: 10, Caps: []string{"CAP_NET_RAW"},
 		CgroupTasks: []string{"/sys/fs/cgroup/pids/x/tasks"},
-		Seccomp:     []uint64{0x20 << 48, 1<<48 | 2<<40 | 3<<32 | 0xdeadbeef, ^uint64(0)}}
+		Seccomp:     []uint64{0x20 << 48, 1<<48 | 2<<40 | 3<<32 | 0xdeadbeef, ^uint64(0)},
+		Skeleton:    []string{"proc/", "etc/resolv.conf"}, Submounts: []string{"usr"}}
 }
 
 // The daemon's encoding and the init's decoding agree, and the bytes that

@@ -78,6 +78,13 @@ type Config struct {
 	CgroupTasks []string
 	// Seccomp is the packed BPF program (op<<48 | jt<<40 | jf<<32 | k).
 	Seccomp []uint64
+	// Skeleton are the mount points the container root lacks, relative
+	// paths (directories end in "/"): made in the skeleton layer of the
+	// root overlay, never in the root.
+	Skeleton []string
+	// Submounts are the mounts below the container root (relative paths,
+	// topmost only), bound over the overlay, which sees only the top one.
+	Submounts []string
 }
 
 // stage is where the new root is assembled, in the init's private mount
@@ -331,14 +338,9 @@ func buildRoot(c *Config) error {
 	if err := unix.Mount("arkgw-stage", stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
 		return fmt.Errorf("mount staging tmpfs on %s: %w", stage, err)
 	}
-	root := filepath.Join(stage, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
+	root, err := assembleRoot(c)
+	if err != nil {
 		return err
-	}
-	// The container root, read-only from the start (the daemon made the
-	// mount points).
-	if err := attach(c.RootFD, root); err != nil {
-		return fmt.Errorf("container root: %w", err)
 	}
 	in := func(p string) string { return filepath.Join(root, p) }
 
@@ -375,7 +377,7 @@ func buildRoot(c *Config) error {
 		}
 	}
 	if c.HasFiles {
-		if err := attach(c.FilesFD, in("experiment")); err != nil {
+		if err := overlayRO(c.FilesFD, filepath.Join(stage, "files"), in("experiment")); err != nil {
 			return fmt.Errorf("experiment files: %w", err)
 		}
 	}
@@ -413,6 +415,88 @@ func buildRoot(c *Config) error {
 	return unix.Chdir("/")
 }
 
+// Stage paths of the root's layers. They show in the experiment's
+// /proc/self/mountinfo as the overlay's options (where a bind mount would
+// show the host path of its source), and mean nothing outside.
+var (
+	stageImage    = filepath.Join(stage, "image")    // the container root (attached clone)
+	stageSkeleton = filepath.Join(stage, "skeleton") // the mount points it lacks
+	stageRoot     = filepath.Join(stage, "root")     // the overlay: the sandbox's /
+	stageEmpty    = filepath.Join(stage, "empty")    // a second, empty layer where one is needed
+)
+
+// assembleRoot makes the sandbox's root, without writing to the container
+// root: a read-only overlay of a skeleton layer (the mount points the root
+// lacks, c.Skeleton) above the container root, and the root's own
+// submounts bound over it (the overlay sees the top mount's files only).
+// Returns the path of the new root.
+func assembleRoot(c *Config) (string, error) {
+	for _, d := range []string{stageImage, stageSkeleton, stageRoot, stageEmpty} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := attach(c.RootFD, stageImage); err != nil {
+		return "", fmt.Errorf("container root: %w", err)
+	}
+	for _, p := range c.Skeleton {
+		dst := filepath.Join(stageSkeleton, p)
+		if strings.HasSuffix(p, "/") {
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				return "", fmt.Errorf("skeleton: %w", err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", fmt.Errorf("skeleton: %w", err)
+		}
+		if err := os.WriteFile(dst, nil, 0o644); err != nil {
+			return "", fmt.Errorf("skeleton: %w", err)
+		}
+	}
+	if err := mountOverlay(stageRoot, stageSkeleton, stageImage); err != nil {
+		return "", fmt.Errorf("container root: %w", err)
+	}
+	for _, rel := range c.Submounts {
+		src, dst := filepath.Join(stageImage, rel), filepath.Join(stageRoot, rel)
+		if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return "", fmt.Errorf("container root: bind its mount %s: %w", rel, err)
+		}
+	}
+	return stageRoot, nil
+}
+
+// mountOverlay mounts a read-only overlay of the given layers (top first)
+// on dst: no upper layer, so nothing can be written through it and the
+// layers are only read. A non-root user namespace may mount overlayfs
+// (Linux 5.11+).
+func mountOverlay(dst string, layers ...string) error {
+	opts := "lowerdir=" + strings.Join(layers, ":")
+	if err := unix.Mount("arkgw", dst, "overlay", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mount overlay %s on %s: %w", opts, dst, err)
+	}
+	return nil
+}
+
+// overlayRO attaches a detached mount at stageDir and shows it at dst
+// through a read-only overlay, whose mountinfo line names stageDir rather
+// than the source's host path.
+func overlayRO(fd int, stageDir, dst string) error {
+	if err := os.Mkdir(stageDir, 0o755); err != nil {
+		return err
+	}
+	if err := attach(fd, stageDir); err != nil {
+		return err
+	}
+	return mountOverlay(dst, stageDir, stageEmpty)
+}
+
+// ptyMax bounds the ptys of one run (its own devpts instance): the
+// node-wide limit (kernel.pty.max) is 4096 by default, and one experiment
+// opened 900. 64 is far beyond what a measurement uses (a shell, a few
+// interactive tools) while 60 experiments cannot exhaust the node.
+const ptyMax = 64
+
 // buildDev attaches the daemon's /dev (device nodes and symlinks,
 // read-only) and mounts the run's own devpts instance and /dev/shm on it.
 func buildDev(c *Config, dev string) error {
@@ -420,7 +504,7 @@ func buildDev(c *Config, dev string) error {
 		return fmt.Errorf("/dev: %w", err)
 	}
 	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
-		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		"newinstance,ptmxmode=0666,mode=0620,max="+strconv.Itoa(ptyMax)); err != nil {
 		return fmt.Errorf("mount /dev/pts: %w", err)
 	}
 	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=16m,mode=1777"); err != nil {
