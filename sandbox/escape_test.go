@@ -99,6 +99,20 @@ func TestPrivilegedEscapeProcesses(t *testing.T) {
 	}
 }
 
+// One run's ptys are bounded by its own devpts instance (max=ptyMax): an
+// experiment cannot exhaust the node's (kernel.pty.max, 4096 by default).
+func TestPrivilegedEscapePtys(t *testing.T) {
+	tr := newSpec(t, probeName, "ptys")
+	res, out, errOut := tr.run(t)
+	if !res.Exited || res.Code != 0 {
+		t.Fatalf("%+v %s %s", res, out, errOut)
+	}
+	got := probeResults(t, out)
+	if got["pty-count"] != "64" || got["ptys"] != "ENOSPC" {
+		t.Fatalf("opened %s ptys, then %s; want 64 then ENOSPC:\n%s", got["pty-count"], got["ptys"], out)
+	}
+}
+
 // /tmp is a tmpfs of the given size.
 func TestPrivilegedEscapeTmpfsSize(t *testing.T) {
 	tr := newSpec(t, "/bin/sh", "-c", "dd if=/dev/zero of=/tmp/a bs=1M count=8 2>/dev/null && echo first-ok; dd if=/dev/zero of=/tmp/b bs=1M count=16 2>/dev/null && echo second-ok; df -k /tmp | tail -1")

@@ -22,8 +22,8 @@ var ownMountPoints = []string{"proc", "dev", "tmp", "run", "experiment"}
 // submounts lists the mounts below the container root root (a root made
 // of several mounts, e.g. /usr a separate bind), as paths relative to it:
 // the overlay that makes the sandbox's root sees only the root's top
-// mount, so the init binds these (recursively) over it. Only the topmost
-// are listed (their own submounts come with the recursive bind).
+// mount, so the init mounts each over it, parents first (listed before
+// their children).
 func submounts(root string) ([]string, error) {
 	real, err := filepath.EvalSymlinks(root)
 	if err != nil {
@@ -62,14 +62,9 @@ func submountsOf(mountinfo []byte, root string) []string {
 		}
 		rels = append(rels, rel)
 	}
+	// a parent sorts before its children (it is their prefix)
 	slices.Sort(rels)
-	var out []string
-	for _, r := range rels {
-		if !under(r, out) {
-			out = append(out, r)
-		}
-	}
-	return out
+	return slices.Compact(rels)
 }
 
 // under: p is one of dirs or below one of them.

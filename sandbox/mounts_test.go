@@ -24,8 +24,8 @@ bad line
 		name, root string
 		want       []string
 	}{
-		{"image with binds", "/var/lib/arkgw/containers/v1", []string{"opt/my dir", "usr"}},
-		{"trailing slash", "/var/lib/arkgw/containers/v1/", []string{"opt/my dir", "usr"}},
+		{"image with binds", "/var/lib/arkgw/containers/v1", []string{"opt/my dir", "usr", "usr/local"}},
+		{"trailing slash", "/var/lib/arkgw/containers/v1/", []string{"opt/my dir", "usr", "usr/local"}},
 		{"no submounts", "/var/lib/arkgw/containers/v10", []string{"usr"}},
 		{"unknown root", "/nonexistent", nil},
 	} {

@@ -83,7 +83,8 @@ type Config struct {
 	// root overlay, never in the root.
 	Skeleton []string
 	// Submounts are the mounts below the container root (relative paths,
-	// topmost only), bound over the overlay, which sees only the top one.
+	// parents first), mounted over the overlay, which sees only the top
+	// one.
 	Submounts []string
 }
 
@@ -458,12 +459,37 @@ func assembleRoot(c *Config) (string, error) {
 		return "", fmt.Errorf("container root: %w", err)
 	}
 	for _, rel := range c.Submounts {
-		src, dst := filepath.Join(stageImage, rel), filepath.Join(stageRoot, rel)
-		if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return "", fmt.Errorf("container root: bind its mount %s: %w", rel, err)
+		if err := submount(rel, c.Skeleton); err != nil {
+			return "", fmt.Errorf("container root: its mount %s: %w", rel, err)
 		}
 	}
 	return stageRoot, nil
+}
+
+// submount shows one mount below the container root (rel, relative to
+// it; its parents were done before) in the sandbox's root: a directory
+// through an overlay like the root's, with the skeleton's part below it
+// on top when the root lacks mount points there; a file by a bind.
+func submount(rel string, skeleton []string) error {
+	src, dst := filepath.Join(stageImage, rel), filepath.Join(stageRoot, rel)
+	var st unix.Stat_t
+	if err := unix.Stat(src, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s on %s: %w", src, dst, err)
+		}
+		return nil
+	}
+	top := stageEmpty
+	for _, p := range skeleton {
+		if strings.HasPrefix(p, rel+"/") {
+			top = filepath.Join(stageSkeleton, rel)
+			break
+		}
+	}
+	return mountOverlay(dst, top, src)
 }
 
 // mountOverlay mounts a read-only overlay of the given layers (top first)
