@@ -167,7 +167,7 @@ func TestPrivilegedEscapeForkBomb(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Stop(ctx)
-	cg := filepath.Join(v1Root, "pids", tr.parent, tr.spec.ID)
+	cg := cgroupDir("pids", tr.parent, tr.spec.ID)
 	deadline := time.Now().Add(20 * time.Second)
 	hit := false
 	for time.Now().Before(deadline) && !hit {
@@ -302,9 +302,9 @@ func assertGone(t *testing.T, tr *testRun, sb *Sandbox) {
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", sb.PID)); err == nil {
 		t.Errorf("init pid %d still exists", sb.PID)
 	}
-	for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
-		if _, err := os.Stat(filepath.Join(v1Root, c, tr.parent, tr.spec.ID)); err == nil {
-			t.Errorf("cgroup %s/%s/%s still exists", c, tr.parent, tr.spec.ID)
+	for _, d := range cgroupDirs(tr.parent, tr.spec.ID) {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s still exists", d)
 		}
 	}
 }

@@ -260,10 +260,12 @@ func TestPrivilegedContainerRoots(t *testing.T) {
 }
 
 // What an experiment's /proc/self/mountinfo shows: no host path of its
-// container root or files (overlays name stage paths that mean nothing
-// outside), its / an overlay, and no mount that is not the sandbox's own.
+// container root (an overlay, naming stage paths that mean nothing
+// outside), and no mount that is not the sandbox's own. (Its files are a
+// bind, shown with their path: without FilesDir here.)
 func TestPrivilegedMountinfoHidesHostPaths(t *testing.T) {
 	tr := newSpec(t, "/bin/cat", "/proc/self/mountinfo")
+	tr.spec.FilesDir = ""
 	res, out, errOut := tr.run(t)
 	if !res.Exited || res.Code != 0 {
 		t.Fatalf("%+v %s %s", res, out, errOut)
@@ -286,7 +288,7 @@ func TestPrivilegedMountinfoHidesHostPaths(t *testing.T) {
 		}
 		mounts[f[4]] = f[sep+1] + " " + f[sep+2]
 	}
-	want := map[string]string{"/": "overlay arkgw", "/experiment": "overlay arkgw", "/proc": "proc proc",
+	want := map[string]string{"/": "overlay arkgw", "/proc": "proc proc",
 		"/dev/pts": "devpts devpts", "/dev/shm": "tmpfs shm", "/tmp": "tmpfs tmpfs", "/run": "tmpfs tmpfs"}
 	for mp, fs := range want {
 		if mounts[mp] != fs {

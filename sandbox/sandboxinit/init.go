@@ -377,8 +377,13 @@ func buildRoot(c *Config) error {
 			return err
 		}
 	}
+	// The files are attached as they are (a bind), not through an
+	// overlay like the root: an overlay does not see changes made to its
+	// layers while mounted, and the files may change during a run. So
+	// /experiment's line in mountinfo shows their path within their file
+	// system.
 	if c.HasFiles {
-		if err := overlayRO(c.FilesFD, filepath.Join(stage, "files"), in("experiment")); err != nil {
+		if err := attach(c.FilesFD, in("experiment")); err != nil {
 			return fmt.Errorf("experiment files: %w", err)
 		}
 	}
@@ -423,7 +428,7 @@ var (
 	stageImage    = filepath.Join(stage, "image")    // the container root (attached clone)
 	stageSkeleton = filepath.Join(stage, "skeleton") // the mount points it lacks
 	stageRoot     = filepath.Join(stage, "root")     // the overlay: the sandbox's /
-	stageEmpty    = filepath.Join(stage, "empty")    // a second, empty layer where one is needed
+	stageEmpty    = filepath.Join(stage, "empty")    // an empty layer, where no skeleton is needed
 )
 
 // assembleRoot makes the sandbox's root, without writing to the container
@@ -502,19 +507,6 @@ func mountOverlay(dst string, layers ...string) error {
 		return fmt.Errorf("mount overlay %s on %s: %w", opts, dst, err)
 	}
 	return nil
-}
-
-// overlayRO attaches a detached mount at stageDir and shows it at dst
-// through a read-only overlay, whose mountinfo line names stageDir rather
-// than the source's host path.
-func overlayRO(fd int, stageDir, dst string) error {
-	if err := os.Mkdir(stageDir, 0o755); err != nil {
-		return err
-	}
-	if err := attach(fd, stageDir); err != nil {
-		return err
-	}
-	return mountOverlay(dst, stageDir, stageEmpty)
 }
 
 // ptyMax bounds the ptys of one run (its own devpts instance): the
