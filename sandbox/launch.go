@@ -98,11 +98,36 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 	log = log.With("experiment", spec.ID)
 	// Nothing is written into the container root (it may be a read-only
 	// image): the mount points it lacks go into the skeleton layer of the
-	// init's root overlay, and mounts below it are bound over that.
-	p.cfg.Skeleton = skeletonOf(p.root, spec.PcapBinary != "")
-	if p.cfg.Submounts, err = submounts(p.root); err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	// init's root overlay, and mounts below it are mounted over that.
+	// Worked out while the init starts (reading the mount table took
+	// 0.3-0.5 ms here) and sent after the cgroup byte.
+	type layoutMade struct {
+		b   []byte
+		err error
 	}
+	layoutC := make(chan layoutMade, 1)
+	go func() {
+		l := sandboxinit.Layout{Skeleton: skeletonOf(p.root, spec.PcapBinary != "")}
+		subs, err := submounts(p.root)
+		if err != nil {
+			layoutC <- layoutMade{nil, err}
+			return
+		}
+		l.Submounts = subs
+		b, err := l.Encode()
+		layoutC <- layoutMade{b, err}
+	}()
+	layoutWaited := false
+	awaitLayout := func() ([]byte, error) {
+		layoutWaited = true
+		m := <-layoutC
+		return m.b, m.err
+	}
+	defer func() {
+		if !layoutWaited {
+			awaitLayout()
+		}
+	}()
 	// The cgroup is made while the init is spawned (on v1 it is several
 	// directories and files, about as long as the spawn); it is needed
 	// only to place the init.
@@ -304,7 +329,11 @@ func Prepare(ctx context.Context, spec Spec) (pd *Pending, err error) {
 			return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
 		}
 	}
-	if _, err := cfgW.Write([]byte{placed}); err != nil {
+	layout, err := awaitLayout()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", spec.ID, err)
+	}
+	if _, err := cfgW.Write(append([]byte{placed}, layout...)); err != nil {
 		return nil, fmt.Errorf("sandbox %s: release init into its cgroup: %w", spec.ID, err)
 	}
 	pd = &Pending{spec: spec, p: p, log: log, proc: proc, cg: cg, cfgW: cfgW, repR: repR,

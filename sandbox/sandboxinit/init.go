@@ -46,7 +46,8 @@ const Name = "arkgw-sandbox-init"
 func init() { reexec.Register(Name, initMain) }
 
 // Config is what the daemon tells the init, on fd 3 (see Encode); the
-// bytes 'c' or 'p' and then 'g' follow on the same pipe.
+// byte 'c' or 'p', the root's Layout and then the byte 'g' follow on the
+// same pipe.
 type Config struct {
 	ID         string
 	ReportFD   int
@@ -78,14 +79,6 @@ type Config struct {
 	CgroupTasks []string
 	// Seccomp is the packed BPF program (op<<48 | jt<<40 | jf<<32 | k).
 	Seccomp []uint64
-	// Skeleton are the mount points the container root lacks, relative
-	// paths (directories end in "/"): made in the skeleton layer of the
-	// root overlay, never in the root.
-	Skeleton []string
-	// Submounts are the mounts below the container root (relative paths,
-	// parents first), mounted over the overlay, which sees only the top
-	// one.
-	Submounts []string
 }
 
 // stage is where the new root is assembled, in the init's private mount
@@ -128,7 +121,14 @@ func initMain() {
 	case b != 'p':
 		fail("config", fmt.Errorf("cgroup byte %q", b))
 	}
-	if err := buildRoot(&cfg); err != nil {
+	layout, err := decodeLayout(rd)
+	if errors.Is(err, io.EOF) {
+		os.Exit(125)
+	}
+	if err != nil {
+		fail("config", err)
+	}
+	if err := buildRoot(&cfg, &layout); err != nil {
 		fail("build root", err)
 	}
 	tBuilt := time.Since(t0)
@@ -331,7 +331,7 @@ func remountRO(dst string, extra uintptr) error {
 }
 
 // buildRoot assembles the new root under stage and pivots into it.
-func buildRoot(c *Config) error {
+func buildRoot(c *Config, l *Layout) error {
 	// Nothing we mount may propagate to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -339,7 +339,7 @@ func buildRoot(c *Config) error {
 	if err := unix.Mount("arkgw-stage", stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
 		return fmt.Errorf("mount staging tmpfs on %s: %w", stage, err)
 	}
-	root, err := assembleRoot(c)
+	root, err := assembleRoot(c.RootFD, l)
 	if err != nil {
 		return err
 	}
@@ -433,19 +433,19 @@ var (
 
 // assembleRoot makes the sandbox's root, without writing to the container
 // root: a read-only overlay of a skeleton layer (the mount points the root
-// lacks, c.Skeleton) above the container root, and the root's own
-// submounts bound over it (the overlay sees the top mount's files only).
-// Returns the path of the new root.
-func assembleRoot(c *Config) (string, error) {
+// lacks, l.Skeleton) above the container root (the detached mount rootFD),
+// and the root's own submounts mounted over it (the overlay sees the top
+// mount's files only). Returns the path of the new root.
+func assembleRoot(rootFD int, l *Layout) (string, error) {
 	for _, d := range []string{stageImage, stageSkeleton, stageRoot, stageEmpty} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return "", err
 		}
 	}
-	if err := attach(c.RootFD, stageImage); err != nil {
+	if err := attach(rootFD, stageImage); err != nil {
 		return "", fmt.Errorf("container root: %w", err)
 	}
-	for _, p := range c.Skeleton {
+	for _, p := range l.Skeleton {
 		dst := filepath.Join(stageSkeleton, p)
 		if strings.HasSuffix(p, "/") {
 			if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -463,8 +463,8 @@ func assembleRoot(c *Config) (string, error) {
 	if err := mountOverlay(stageRoot, stageSkeleton, stageImage); err != nil {
 		return "", fmt.Errorf("container root: %w", err)
 	}
-	for _, rel := range c.Submounts {
-		if err := submount(rel, c.Skeleton); err != nil {
+	for _, rel := range l.Submounts {
+		if err := submount(rel, l.Skeleton); err != nil {
 			return "", fmt.Errorf("container root: its mount %s: %w", rel, err)
 		}
 	}
