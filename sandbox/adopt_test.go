@@ -64,8 +64,8 @@ func TestPrivilegedDaemonCrashAdopt(t *testing.T) {
 	t.Cleanup(func() {
 		nsholder.RemoveDir(holderDir)
 		Cleanup(id, parent)
-		for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
-			os.Remove(filepath.Join(v1Root, c, parent))
+		for _, d := range cgroupDirs(parent, id) {
+			os.Remove(filepath.Dir(d))
 		}
 	})
 	spec := Spec{ID: id, ContainersDir: containers, Version: testVersion,
@@ -133,9 +133,9 @@ func TestPrivilegedDaemonCrashAdopt(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
-		if _, err := os.Stat(filepath.Join(v1Root, c, parent, id)); err == nil {
-			t.Errorf("cgroup %s left", c)
+	for _, d := range cgroupDirs(parent, id) {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s left", d)
 		}
 	}
 }

@@ -167,11 +167,28 @@ func checkControllers(id string, needs []string, have func(string) bool, allow [
 	return missing, nil
 }
 
+// v2Mount, when set, is a cgroup2 hierarchy to use whatever the host's
+// mode: tests point it at a hybrid host's /sys/fs/cgroup/unified to run
+// the v2 path here.
+var v2Mount = ""
+
+// unifiedAt is where experiments' cgroups live when they are cgroup v2
+// ones (ok false: v1 controllers, on legacy and hybrid hosts).
+func unifiedAt() (mount string, ok bool) {
+	if v2Mount != "" {
+		return v2Mount, true
+	}
+	if cgroupMode() == cgroups.Unified {
+		return v2Root, true
+	}
+	return "", false
+}
+
 // newCgroup creates the experiment's cgroup with its resources, refusing
 // when a needed controller is missing and not allowed to be.
 func newCgroup(id, rel string, r Resources, allowMissing []string) (cgroupCtl, error) {
-	if cgroupMode() == cgroups.Unified {
-		return newCgroupV2(id, rel, r, allowMissing)
+	if mount, ok := unifiedAt(); ok {
+		return newCgroupV2At(mount, id, rel, r, allowMissing)
 	}
 	return newCgroupV1(id, rel, r, allowMissing)
 }
@@ -179,12 +196,12 @@ func newCgroup(id, rel string, r Resources, allowMissing []string) (cgroupCtl, e
 // loadCgroup finds an existing experiment cgroup (after a daemon restart).
 // ok is false when it does not exist (any more).
 func loadCgroup(rel string) (cgroupCtl, bool) {
-	if cgroupMode() == cgroups.Unified {
-		path := filepath.Join(v2Root, rel)
+	if mount, ok := unifiedAt(); ok {
+		path := filepath.Join(mount, rel)
 		if _, err := os.Stat(path); err != nil {
 			return nil, false
 		}
-		m, err := cgroup2.Load(rel, cgroup2.WithMountpoint(v2Root))
+		m, err := cgroup2.Load(rel, cgroup2.WithMountpoint(mount))
 		if err != nil {
 			return nil, false
 		}
@@ -264,7 +281,7 @@ func (c *cgroupV1) Empty() bool { return len(c.procs()) == 0 }
 // arkgw uses that this kernel has (as newCgroupV1 makes them), nil on a
 // cgroup v2 host.
 func v1TasksFiles(rel string) []string {
-	if cgroupMode() == cgroups.Unified {
+	if _, v2 := unifiedAt(); v2 {
 		return nil
 	}
 	var out []string
@@ -366,10 +383,6 @@ type cgroupV2 struct {
 }
 
 const v2Root = "/sys/fs/cgroup"
-
-func newCgroupV2(id, rel string, r Resources, allowMissing []string) (cgroupCtl, error) {
-	return newCgroupV2At(v2Root, id, rel, r, allowMissing)
-}
 
 // newCgroupV2At: v2 at a given mount point (tests use the hybrid host's
 // /sys/fs/cgroup/unified).

@@ -99,6 +99,20 @@ func TestPrivilegedEscapeProcesses(t *testing.T) {
 	}
 }
 
+// One run's ptys are bounded by its own devpts instance (max=ptyMax): an
+// experiment cannot exhaust the node's (kernel.pty.max, 4096 by default).
+func TestPrivilegedEscapePtys(t *testing.T) {
+	tr := newSpec(t, probeName, "ptys")
+	res, out, errOut := tr.run(t)
+	if !res.Exited || res.Code != 0 {
+		t.Fatalf("%+v %s %s", res, out, errOut)
+	}
+	got := probeResults(t, out)
+	if got["pty-count"] != "64" || got["ptys"] != "ENOSPC" {
+		t.Fatalf("opened %s ptys, then %s; want 64 then ENOSPC:\n%s", got["pty-count"], got["ptys"], out)
+	}
+}
+
 // /tmp is a tmpfs of the given size.
 func TestPrivilegedEscapeTmpfsSize(t *testing.T) {
 	tr := newSpec(t, "/bin/sh", "-c", "dd if=/dev/zero of=/tmp/a bs=1M count=8 2>/dev/null && echo first-ok; dd if=/dev/zero of=/tmp/b bs=1M count=16 2>/dev/null && echo second-ok; df -k /tmp | tail -1")
@@ -153,7 +167,7 @@ func TestPrivilegedEscapeForkBomb(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sb.Stop(ctx)
-	cg := filepath.Join(v1Root, "pids", tr.parent, tr.spec.ID)
+	cg := cgroupDir("pids", tr.parent, tr.spec.ID)
 	deadline := time.Now().Add(20 * time.Second)
 	hit := false
 	for time.Now().Before(deadline) && !hit {
@@ -288,9 +302,9 @@ func assertGone(t *testing.T, tr *testRun, sb *Sandbox) {
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", sb.PID)); err == nil {
 		t.Errorf("init pid %d still exists", sb.PID)
 	}
-	for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
-		if _, err := os.Stat(filepath.Join(v1Root, c, tr.parent, tr.spec.ID)); err == nil {
-			t.Errorf("cgroup %s/%s/%s still exists", c, tr.parent, tr.spec.ID)
+	for _, d := range cgroupDirs(tr.parent, tr.spec.ID) {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s still exists", d)
 		}
 	}
 }

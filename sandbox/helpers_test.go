@@ -197,16 +197,37 @@ func newSpec(t *testing.T, cmd ...string) *testRun {
 		Logger:       hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	}}
 	t.Cleanup(func() {
-		for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
-			p := filepath.Join(v1Root, c, parent)
-			if _, err := os.Stat(filepath.Join(p, id)); err == nil {
-				t.Errorf("cgroup %s/%s left behind", p, id)
-				os.Remove(filepath.Join(p, id))
+		for _, d := range cgroupDirs(parent, id) {
+			if _, err := os.Stat(d); err == nil {
+				t.Errorf("cgroup %s left behind", d)
+				os.Remove(d)
 			}
-			os.Remove(p)
+			os.Remove(filepath.Dir(d))
 		}
 	})
 	return tr
+}
+
+// cgroupDirs are the directories of a run's cgroup: one per v1
+// controller, or its v2 cgroup (unified hosts, or the v2 path forced by a
+// test): what must be gone after the run.
+func cgroupDirs(parent, id string) []string {
+	if mount, ok := unifiedAt(); ok {
+		return []string{filepath.Join(mount, parent, id)}
+	}
+	var out []string
+	for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
+		out = append(out, filepath.Join(v1Root, c, parent, id))
+	}
+	return out
+}
+
+// cgroupDir is the run's cgroup directory holding ctrl's files.
+func cgroupDir(ctrl, parent, id string) string {
+	if mount, ok := unifiedAt(); ok {
+		return filepath.Join(mount, parent, id)
+	}
+	return filepath.Join(v1Root, ctrl, parent, id)
 }
 
 func (tr *testRun) run(t *testing.T) (Result, string, string) {

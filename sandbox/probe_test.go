@@ -70,6 +70,17 @@ func probe(what string) error {
 	case "keyctl":
 		_, _, e := unix.RawSyscall(unix.SYS_KEYCTL, 0, 0, 0)
 		return errno(e)
+	case "ptys":
+		// open ptys until refused (they stay open until exit)
+		n := 0
+		var err error
+		for ; n < 1000; n++ {
+			if _, err = unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY, 0); err != nil {
+				break
+			}
+		}
+		fmt.Printf("pty-count %d\n", n)
+		return err
 	case "raw":
 		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
 		if err == nil {

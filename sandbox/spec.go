@@ -116,15 +116,18 @@ func validVersion(v string) bool {
 // its own user namespace; they count only in its own network namespace).
 var netCaps = []string{"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST"}
 
-// mountPoints must exist in a container root (Launch creates missing ones:
-// a read-only root cannot grow them at run time).
+// mountPoints are where the sandbox mounts on the container root. A root
+// need not have them: those it lacks (or has as another type, e.g.
+// /etc/resolv.conf as a symlink) are made in a skeleton layer of the
+// sandbox's root overlay (see skeletonOf); nothing is ever written into
+// the root itself, which may be read-only.
 var mountPoints = []struct {
 	path string
 	dir  bool
 }{
 	{"proc", true}, {"dev", true}, {"tmp", true}, {"run", true}, {"experiment", true},
-	{"etc", true}, {"etc/resolv.conf", false}, {"etc/hosts", false}, {"etc/hostname", false},
-	{"usr/bin", true}, {"usr/bin/pcap", false},
+	{"etc/resolv.conf", false}, {"etc/hosts", false}, {"etc/hostname", false},
+	{"usr/bin/pcap", false},
 }
 
 // RootDir resolves the container root of a version, refusing unknown or
@@ -300,27 +303,26 @@ func hostsFile(hostname string, extra []HostEntry) string {
 	return b.String()
 }
 
-// ensureMountPoints creates the mount points a container root lacks (as
-// host root, before the root is mounted read-only in the sandbox).
-func ensureMountPoints(root string) error {
+// skeletonOf lists the mount points root lacks, or has as another type
+// (a directory where a file is bound, a symlink, which a mount would
+// follow): directories with a trailing "/". The init makes them in the
+// skeleton layer that its root overlay puts above the container root.
+// With pcap false, usr/bin/pcap is not needed.
+func skeletonOf(root string, pcap bool) []string {
+	var out []string
 	for _, mp := range mountPoints {
-		p := filepath.Join(root, mp.path)
-		if _, err := os.Lstat(p); err == nil {
+		if mp.path == "usr/bin/pcap" && !pcap {
 			continue
 		}
-		var err error
-		if mp.dir {
-			err = os.MkdirAll(p, 0o755)
-		} else {
-			var f *os.File
-			f, err = os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o644)
-			if err == nil {
-				f.Close()
-			}
+		st, err := os.Lstat(filepath.Join(root, mp.path))
+		if err == nil && st.IsDir() == mp.dir && (mp.dir || st.Mode().IsRegular()) {
+			continue
 		}
-		if err != nil {
-			return fmt.Errorf("create mount point %s in container root %s: %w", mp.path, root, err)
+		if mp.dir {
+			out = append(out, mp.path+"/")
+		} else {
+			out = append(out, mp.path)
 		}
 	}
-	return nil
+	return out
 }

@@ -4,7 +4,8 @@
 # libraries (no network, no package manager): a shell, coreutils basics,
 # ps, ping, ip. File capabilities are not copied (ping gets CAP_NET_RAW from
 # the sandbox's ambient set). The root also has the mount points the
-# sandbox binds into (a read-only root cannot grow them), /etc/passwd and
+# sandbox binds into (not required: the sandbox puts the ones a root lacks
+# in a skeleton layer of its own, never in the root), /etc/passwd and
 # /etc/group with the experiment user "ark" (uid/gid 1000).
 #
 # The result is a container version: put it at

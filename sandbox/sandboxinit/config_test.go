@@ -107,3 +107,45 @@ func FuzzDecodeConfig(f *testing.F) {
 		}
 	})
 }
+
+// The layout follows the cgroup byte; the 'g' after it stays to be read.
+func TestLayoutRoundTrip(t *testing.T) {
+	for _, l := range []Layout{{}, {Skeleton: []string{"proc/", "etc/resolv.conf"}, Submounts: []string{"usr", "usr/local"}}} {
+		b, err := l.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd := bufio.NewReader(bytes.NewReader(append(b, 'g')))
+		got, err := decodeLayout(rd)
+		if err != nil || !reflect.DeepEqual(got, l) {
+			t.Fatalf("decoded %+v (%v), want %+v", got, err, l)
+		}
+		if rest, _ := io.ReadAll(rd); string(rest) != "g" {
+			t.Fatalf("after the layout: %q", rest)
+		}
+	}
+	if _, err := decodeLayout(bufio.NewReader(bytes.NewReader([]byte{2, 0, 0, 0, 5, 'a'}))); err == nil {
+		t.Fatal("truncated layout accepted")
+	}
+}
+
+// Layouts come from the daemon, but the init must not crash on any bytes.
+func FuzzDecodeLayout(f *testing.F) {
+	good, _ := (&Layout{Skeleton: []string{"proc/"}, Submounts: []string{"usr"}}).Encode()
+	f.Add(good)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		got, err := decodeLayout(bufio.NewReader(bytes.NewReader(in)))
+		if err != nil {
+			return
+		}
+		b, err := got.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := decodeLayout(bufio.NewReader(bytes.NewReader(b)))
+		if err != nil || !reflect.DeepEqual(again, got) {
+			t.Fatalf("re-encoded layout decodes to %+v (%v), want %+v", again, err, got)
+		}
+	})
+}

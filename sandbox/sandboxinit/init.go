@@ -46,7 +46,8 @@ const Name = "arkgw-sandbox-init"
 func init() { reexec.Register(Name, initMain) }
 
 // Config is what the daemon tells the init, on fd 3 (see Encode); the
-// bytes 'c' or 'p' and then 'g' follow on the same pipe.
+// byte 'c' or 'p', the root's Layout and then the byte 'g' follow on the
+// same pipe.
 type Config struct {
 	ID         string
 	ReportFD   int
@@ -120,7 +121,14 @@ func initMain() {
 	case b != 'p':
 		fail("config", fmt.Errorf("cgroup byte %q", b))
 	}
-	if err := buildRoot(&cfg); err != nil {
+	layout, err := decodeLayout(rd)
+	if errors.Is(err, io.EOF) {
+		os.Exit(125)
+	}
+	if err != nil {
+		fail("config", err)
+	}
+	if err := buildRoot(&cfg, &layout); err != nil {
 		fail("build root", err)
 	}
 	tBuilt := time.Since(t0)
@@ -323,7 +331,7 @@ func remountRO(dst string, extra uintptr) error {
 }
 
 // buildRoot assembles the new root under stage and pivots into it.
-func buildRoot(c *Config) error {
+func buildRoot(c *Config, l *Layout) error {
 	// Nothing we mount may propagate to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
@@ -331,14 +339,9 @@ func buildRoot(c *Config) error {
 	if err := unix.Mount("arkgw-stage", stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=64k,mode=755"); err != nil {
 		return fmt.Errorf("mount staging tmpfs on %s: %w", stage, err)
 	}
-	root := filepath.Join(stage, "root")
-	if err := os.Mkdir(root, 0o755); err != nil {
+	root, err := assembleRoot(c.RootFD, l)
+	if err != nil {
 		return err
-	}
-	// The container root, read-only from the start (the daemon made the
-	// mount points).
-	if err := attach(c.RootFD, root); err != nil {
-		return fmt.Errorf("container root: %w", err)
 	}
 	in := func(p string) string { return filepath.Join(root, p) }
 
@@ -374,6 +377,11 @@ func buildRoot(c *Config) error {
 			return err
 		}
 	}
+	// The files are attached as they are (a bind), not through an
+	// overlay like the root: an overlay does not see changes made to its
+	// layers while mounted, and the files may change during a run. So
+	// /experiment's line in mountinfo shows their path within their file
+	// system.
 	if c.HasFiles {
 		if err := attach(c.FilesFD, in("experiment")); err != nil {
 			return fmt.Errorf("experiment files: %w", err)
@@ -413,6 +421,100 @@ func buildRoot(c *Config) error {
 	return unix.Chdir("/")
 }
 
+// Stage paths of the root's layers. They show in the experiment's
+// /proc/self/mountinfo as the overlay's options (where a bind mount would
+// show the host path of its source), and mean nothing outside.
+var (
+	stageImage    = filepath.Join(stage, "image")    // the container root (attached clone)
+	stageSkeleton = filepath.Join(stage, "skeleton") // the mount points it lacks
+	stageRoot     = filepath.Join(stage, "root")     // the overlay: the sandbox's /
+	stageEmpty    = filepath.Join(stage, "empty")    // an empty layer, where no skeleton is needed
+)
+
+// assembleRoot makes the sandbox's root, without writing to the container
+// root: a read-only overlay of a skeleton layer (the mount points the root
+// lacks, l.Skeleton) above the container root (the detached mount rootFD),
+// and the root's own submounts mounted over it (the overlay sees the top
+// mount's files only). Returns the path of the new root.
+func assembleRoot(rootFD int, l *Layout) (string, error) {
+	for _, d := range []string{stageImage, stageSkeleton, stageRoot, stageEmpty} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return "", err
+		}
+	}
+	if err := attach(rootFD, stageImage); err != nil {
+		return "", fmt.Errorf("container root: %w", err)
+	}
+	for _, p := range l.Skeleton {
+		dst := filepath.Join(stageSkeleton, p)
+		if strings.HasSuffix(p, "/") {
+			if err := os.MkdirAll(dst, 0o755); err != nil {
+				return "", fmt.Errorf("skeleton: %w", err)
+			}
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return "", fmt.Errorf("skeleton: %w", err)
+		}
+		if err := os.WriteFile(dst, nil, 0o644); err != nil {
+			return "", fmt.Errorf("skeleton: %w", err)
+		}
+	}
+	if err := mountOverlay(stageRoot, stageSkeleton, stageImage); err != nil {
+		return "", fmt.Errorf("container root: %w", err)
+	}
+	for _, rel := range l.Submounts {
+		if err := submount(rel, l.Skeleton); err != nil {
+			return "", fmt.Errorf("container root: its mount %s: %w", rel, err)
+		}
+	}
+	return stageRoot, nil
+}
+
+// submount shows one mount below the container root (rel, relative to
+// it; its parents were done before) in the sandbox's root: a directory
+// through an overlay like the root's, with the skeleton's part below it
+// on top when the root lacks mount points there; a file by a bind.
+func submount(rel string, skeleton []string) error {
+	src, dst := filepath.Join(stageImage, rel), filepath.Join(stageRoot, rel)
+	var st unix.Stat_t
+	if err := unix.Stat(src, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s on %s: %w", src, dst, err)
+		}
+		return nil
+	}
+	top := stageEmpty
+	for _, p := range skeleton {
+		if strings.HasPrefix(p, rel+"/") {
+			top = filepath.Join(stageSkeleton, rel)
+			break
+		}
+	}
+	return mountOverlay(dst, top, src)
+}
+
+// mountOverlay mounts a read-only overlay of the given layers (top first)
+// on dst: no upper layer, so nothing can be written through it and the
+// layers are only read. A non-root user namespace may mount overlayfs
+// (Linux 5.11+).
+func mountOverlay(dst string, layers ...string) error {
+	opts := "lowerdir=" + strings.Join(layers, ":")
+	if err := unix.Mount("arkgw", dst, "overlay", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mount overlay %s on %s: %w", opts, dst, err)
+	}
+	return nil
+}
+
+// ptyMax bounds the ptys of one run (its own devpts instance): the
+// node-wide limit (kernel.pty.max) is 4096 by default, and one experiment
+// opened 900. 64 is far beyond what a measurement uses (a shell, a few
+// interactive tools) while 60 experiments cannot exhaust the node.
+const ptyMax = 64
+
 // buildDev attaches the daemon's /dev (device nodes and symlinks,
 // read-only) and mounts the run's own devpts instance and /dev/shm on it.
 func buildDev(c *Config, dev string) error {
@@ -420,7 +522,7 @@ func buildDev(c *Config, dev string) error {
 		return fmt.Errorf("/dev: %w", err)
 	}
 	if err := unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts", unix.MS_NOSUID|unix.MS_NOEXEC,
-		"newinstance,ptmxmode=0666,mode=0620"); err != nil {
+		"newinstance,ptmxmode=0666,mode=0620,max="+strconv.Itoa(ptyMax)); err != nil {
 		return fmt.Errorf("mount /dev/pts: %w", err)
 	}
 	if err := unix.Mount("shm", filepath.Join(dev, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=16m,mode=1777"); err != nil {
