@@ -257,6 +257,10 @@ func TestPrivilegedSystemNode(t *testing.T) {
 		}
 		mounts, _ := os.ReadFile("/proc/self/mountinfo")
 		for _, l := range strings.Split(string(mounts), "\n") {
+			// The image's own read-only mount is the test's, not the daemon's.
+			if f := strings.Fields(l); len(f) > 4 && f[4] == root {
+				continue
+			}
 			if strings.Contains(l, nodeRunDir+"/") || strings.Contains(l, state) {
 				t.Errorf("mount left: %s", l)
 			}
@@ -390,11 +394,34 @@ func freePort(t *testing.T, w *netlab.World) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// makeContainerRoot builds the small test root (scripts/rootfs.sh) with
-// getent and the probe client.
+// makeContainerRoot makes the container version as images ship: the small
+// test root (scripts/rootfs.sh) without any of the mount points the
+// sandbox uses, packed as squashfs and loop-mounted read-only at dir, one
+// mount. The sandbox must run it without writing to it.
 func makeContainerRoot(t *testing.T, dir string) {
 	t.Helper()
-	if out, err := exec.Command(filepath.Join(repoTop(), "scripts", "rootfs.sh"), dir).CombinedOutput(); err != nil {
+	tree := filepath.Join(t.TempDir(), "root")
+	if out, err := exec.Command(filepath.Join(repoTop(), "scripts", "rootfs.sh"), tree).CombinedOutput(); err != nil {
 		t.Fatalf("rootfs.sh: %v\n%s", err, out)
 	}
+	for _, p := range []string{"proc", "dev", "tmp", "run", "experiment", "etc/resolv.conf", "etc/hosts", "etc/hostname", "usr/bin/pcap"} {
+		if err := os.RemoveAll(filepath.Join(tree, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "root.sqfs")
+	if out, err := exec.Command("mksquashfs", tree, img, "-noappend", "-all-root", "-quiet").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs (Debian: squashfs-tools): %v\n%s", err, out)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-o", "loop,ro", "-t", "squashfs", img, dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount %s read-only on %s: %v\n%s", img, dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", dir, err, out)
+		}
+	})
 }
