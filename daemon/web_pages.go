@@ -74,7 +74,6 @@ func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
 			Start: stamp(v.Start), Started: stamp(v.Started), Ended: stamp(v.Ended),
 			Reason: v.Reason, Detail: v.Detail, Today: bytesText(v.BytesUp + v.BytesDown),
 		}
-		var capBps float64
 		if v.Live != nil {
 			row.Today = bytesText(v.Live.BytesUpToday + v.Live.BytesDownToday)
 			if v.Live.BudgetBytes > 0 {
@@ -82,7 +81,6 @@ func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
 			}
 			if v.Live.RateMbps > 0 {
 				row.Rate = fmt.Sprintf("%.3g Mbit/s", v.Live.RateMbps)
-				capBps = v.Live.RateMbps * 1e6
 			}
 		}
 		if !v.Deadline.IsZero() {
@@ -90,7 +88,7 @@ func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
 		}
 		switch v.State {
 		case store.Running:
-			row.Spark = d.sparkChart(v.ID, capBps, now)
+			row.Spark = d.sparkChart(v.ID, now)
 			data.Running = append(data.Running, row)
 		case store.Planned:
 			data.Planned = append(data.Planned, row)
@@ -211,12 +209,13 @@ func (d *Daemon) handleExperimentPage(w http.ResponseWriter, r *http.Request) {
 			pg.Rate = fmt.Sprintf("%.3g Mbit/s", st.RateMbps)
 		}
 		pg.CPU = d.cpuText(x.ID, eff)
-		pg.Memory = bytesText(st.MemoryBytes)
+		// Memory in MiB, as max_ram_mb is (the cgroup limit is max_ram_mb << 20).
+		pg.Memory = fmt.Sprintf("%.1f MiB", float64(st.MemoryBytes)/(1<<20))
 		switch {
 		case st.MemoryLimit > 0:
-			pg.Memory += " of " + bytesText(st.MemoryLimit)
+			pg.Memory += fmt.Sprintf(" of %.0f MiB", float64(st.MemoryLimit)/(1<<20))
 		case eff != nil && eff.Limits.MaxRAMMB > 0:
-			pg.Memory += fmt.Sprintf(" of %d MB", eff.Limits.MaxRAMMB)
+			pg.Memory += fmt.Sprintf(" of %d MiB (max_ram_mb)", eff.Limits.MaxRAMMB)
 		}
 	}
 	pg.RateHour = d.rateChart(x.ID, "Traffic", traffic.Hour, capBps, now)

@@ -126,7 +126,7 @@ func (d *Daemon) rateSeries(id string, r traffic.Range, now time.Time) (pts []tr
 func (d *Daemon) rateChart(id, title string, r traffic.Range, capBps float64, now time.Time) template.HTML {
 	_, up, down := d.rateSeries(id, r, now)
 	span := d.traffic.Span(r)
-	c := svgchart.Chart{Title: title + ", " + spanText(span) + " (bit/s)", Width: 640, Height: 170,
+	c := svgchart.Chart{Title: title + ", " + spanText(span) + " (bit/s)", Width: 420, Height: 160,
 		From: now.Add(-span), To: now, Series: []svgchart.Series{up, down}, Format: rateText, Limit: capBps}
 	if capBps > 0 {
 		c.LimitLabel = "rate cap " + rateText(capBps)
@@ -143,7 +143,7 @@ func (d *Daemon) todayChart(id string, budget float64, now time.Time) template.H
 		s.Step = p.Dur
 	}
 	span := d.traffic.Span(traffic.Hour)
-	c := svgchart.Chart{Title: "Bytes today (UTC day), " + spanText(span), Width: 640, Height: 150,
+	c := svgchart.Chart{Title: "Bytes today (UTC day), " + spanText(span), Width: 420, Height: 150,
 		From: now.Add(-span), To: now, Series: []svgchart.Series{s}, Limit: budget,
 		Format: func(v float64) string { return bytesText(uint64(v)) }}
 	if budget > 0 {
@@ -152,12 +152,13 @@ func (d *Daemon) todayChart(id string, budget float64, now time.Time) template.H
 	return template.HTML(svgchart.Render(c))
 }
 
-// sparkChart is the small up+down graph of an experiment's row.
-func (d *Daemon) sparkChart(id string, capBps float64, now time.Time) template.HTML {
+// sparkChart is the small up+down graph of an experiment's row, scaled to
+// its own peak (the row states the cap).
+func (d *Daemon) sparkChart(id string, now time.Time) template.HTML {
 	_, up, down := d.rateSeries(id, traffic.Hour, now)
 	span := d.traffic.Span(traffic.Hour)
 	return template.HTML(svgchart.Render(svgchart.Chart{Title: id + " traffic, " + spanText(span), Width: 160, Height: 32, Spark: true,
-		From: now.Add(-span), To: now, Series: []svgchart.Series{up, down}, Limit: capBps}))
+		From: now.Add(-span), To: now, Series: []svgchart.Series{up, down}}))
 }
 
 // alertsHours is how many hours the front page's alert chart shows.
@@ -171,7 +172,7 @@ func (d *Daemon) alertsChart(now time.Time) template.HTML {
 		}
 	}
 	to := now.UTC().Truncate(time.Hour).Add(time.Hour)
-	return template.HTML(svgchart.Render(svgchart.Chart{Title: "Alerts per hour, last 24 hours", Width: 640, Height: 130,
+	return template.HTML(svgchart.Render(svgchart.Chart{Title: "Alerts per hour, last 24 hours", Width: 420, Height: 130,
 		From: to.Add(-alertsHours * time.Hour), To: to, Series: []svgchart.Series{s},
 		Format: func(v float64) string { return fmt.Sprintf("%g", v) }}))
 }

@@ -36,8 +36,12 @@ type Chart struct {
 	Width, Height int    // view box; the SVG scales to its container's width
 	From, To      time.Time
 	Series        []Series
-	Limit         float64 // a horizontal dashed line; 0 = none
-	LimitLabel    string
+	// Limit is a horizontal dashed line (0 = none). When the points stay
+	// below a quarter of it, the scale follows the points and the limit is
+	// only named at the top ("↑ rate cap 5 Mbit/s"): a line near zero
+	// under a far-away cap would show nothing.
+	Limit      float64
+	LimitLabel string
 	Format        func(float64) string // axis labels; nil = %g
 	// Spark draws only the lines: no axes, labels or legend (table rows).
 	Spark bool
@@ -96,20 +100,24 @@ func Render(c Chart) string {
 		c.To = c.From.Add(time.Hour)
 	}
 	// Plot area.
-	left, right, top, bottom := 58.0, 8.0, 22.0, 20.0
+	left, right, top, bottom := 64.0, 8.0, 24.0, 20.0
 	if c.Spark {
 		left, right, top, bottom = 1, 1, 2, 1
 	}
 	pw := float64(c.Width) - left - right
 	ph := float64(c.Height) - top - bottom
 
-	vmax := c.Limit
+	var vmax float64
 	for _, s := range c.Series {
 		for _, p := range s.Points {
 			if p.V > vmax {
 				vmax = p.V
 			}
 		}
+	}
+	limitOn := c.Limit > 0 && (vmax == 0 || vmax*4 >= c.Limit)
+	if limitOn {
+		vmax = math.Max(vmax, c.Limit)
 	}
 	ymax := niceMax(vmax * 1.05)
 	span := c.To.Sub(c.From).Seconds()
@@ -120,7 +128,7 @@ func Render(c Chart) string {
 	y := func(v float64) float64 { return top + ph - math.Max(0, v)/ymax*ph }
 
 	b := &strings.Builder{}
-	fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 %d %d" width="100%%" role="img" data-points="%d" font-family="system-ui,sans-serif" font-size="11">`,
+	fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 %d %d" width="100%%" role="img" data-points="%d" font-family="system-ui,sans-serif" font-size="12">`,
 		c.Width, c.Height, c.Points())
 	fmt.Fprintf(b, `<title>%s</title>`, esc(c.Title))
 	if !c.Spark {
@@ -130,7 +138,7 @@ func Render(c Chart) string {
 		for i := len(c.Series) - 1; i >= 0; i-- {
 			s := c.Series[i]
 			fmt.Fprintf(b, `<text x="%s" y="13" text-anchor="end" fill="%s">■ %s</text>`, f(lx), esc(s.Color), esc(s.Name))
-			lx -= float64(len([]rune(s.Name)))*6.2 + 22
+			lx -= float64(len([]rune(s.Name)))*6.8 + 24
 		}
 		// Grid and y labels at 0, half and max.
 		for _, v := range []float64{0, ymax / 2, ymax} {
@@ -149,7 +157,11 @@ func Render(c Chart) string {
 	} else {
 		fmt.Fprintf(b, `<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="#ddd"/>`, f(left), f(y(0)), f(left+pw), f(y(0)))
 	}
-	if c.Limit > 0 {
+	if c.Limit > 0 && !limitOn {
+		if !c.Spark && c.LimitLabel != "" {
+			fmt.Fprintf(b, `<text class="limit" x="%s" y="%s" fill="#c62828">↑ %s</text>`, f(left+4), f(top+10), esc(c.LimitLabel))
+		}
+	} else if c.Limit > 0 {
 		fmt.Fprintf(b, `<line class="limit" x1="%s" y1="%s" x2="%s" y2="%s" stroke="#c62828" stroke-dasharray="4 3"/>`, f(left), f(y(c.Limit)), f(left+pw), f(y(c.Limit)))
 		if !c.Spark && c.LimitLabel != "" {
 			fmt.Fprintf(b, `<text x="%s" y="%s" fill="#c62828">%s</text>`, f(left+4), f(y(c.Limit)-3), esc(c.LimitLabel))

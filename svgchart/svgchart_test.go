@@ -50,6 +50,8 @@ func TestGolden(t *testing.T) {
 			Title: "Alerts per hour", Width: 600, Height: 120, From: t0, To: t0.Add(24 * time.Hour),
 			Series: []Series{{Name: "alerts", Color: "#c62828", Step: time.Hour, Bars: true, Points: ramp(24, time.Hour, nil, func(i int) float64 { return float64(i % 5) })}},
 		}},
+		{"offscale", Chart{Title: "Traffic", From: t0, To: t0.Add(6 * step), Limit: 5e6, LimitLabel: "rate cap 5 Mbit/s", Format: mbit,
+			Series: []Series{{Name: "up", Color: "#1565c0", Step: step, Points: ramp(6, step, nil, func(i int) float64 { return float64(i) * 1e4 })}}}},
 		{"empty", Chart{Title: "Bytes today", From: t0, To: t0.Add(time.Hour), Limit: 100e6, LimitLabel: "budget 100 MB"}},
 		{"single", Chart{Title: "one", From: t0, To: t0.Add(time.Minute),
 			Series: []Series{{Name: "x", Color: "red", Step: step, Points: []XY{{t0, 5}}}}}},
@@ -92,6 +94,33 @@ func TestGapBreaksLine(t *testing.T) {
 	d := got[i+4 : i+4+strings.Index(got[i+4:], `"`)]
 	if strings.Count(d, "M") != 2 || strings.Count(d, "L") != 2 {
 		t.Errorf("path %q: want two pieces around the gap", d)
+	}
+}
+
+// TestLimitScale: a limit within reach is drawn to scale; one far above
+// the points is named, and the points keep the scale.
+func TestLimitScale(t *testing.T) {
+	step := 10 * time.Second
+	for _, c := range []struct {
+		peak     float64
+		line     bool
+		axisText string
+	}{{3e5, true, "1 Mbit/s"}, {1e4, false, "0.01 Mbit/s"}, {0, true, "1 Mbit/s"}} {
+		var pts []XY
+		if c.peak > 0 {
+			pts = ramp(3, step, nil, func(i int) float64 { return c.peak * float64(i) / 2 })
+		}
+		got := Render(Chart{From: t0, To: t0.Add(time.Minute), Limit: 1e6, LimitLabel: "cap", Format: mbit,
+			Series: []Series{{Name: "up", Step: step, Points: pts}}})
+		if line := strings.Contains(got, `<line class="limit"`); line != c.line {
+			t.Errorf("peak %g: limit line drawn %v, want %v", c.peak, line, c.line)
+		}
+		if !c.line && !strings.Contains(got, "↑ cap") {
+			t.Errorf("peak %g: off-scale limit not named", c.peak)
+		}
+		if !strings.Contains(got, ">"+c.axisText+"<") {
+			t.Errorf("peak %g: axis lacks %q:\n%s", c.peak, c.axisText, got)
+		}
 	}
 }
 
