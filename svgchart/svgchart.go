@@ -42,7 +42,7 @@ type Chart struct {
 	// under a far-away cap would show nothing.
 	Limit      float64
 	LimitLabel string
-	Format        func(float64) string // axis labels; nil = %g
+	Format     func(float64) string // axis labels; nil = %g
 	// Spark draws only the lines: no axes, labels or legend (table rows).
 	Spark bool
 }
