@@ -106,9 +106,7 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	if cfg.Clock != nil {
 		now = cfg.Clock.Now
 	}
-	if err := d.seedAlerts(now()); err != nil {
-		d.log.Warn("alerts file not read for the owner page's summary", "file", d.alertsPath, "error", err)
-	}
+	started := now()
 	if d.traffic, err = traffic.Open(st.DB(), cfg.SampleInterval); err != nil {
 		return err
 	}
@@ -169,6 +167,12 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 		g.Go(func() error { return r.Run(gctx) })
 	}
 	g.Go(func() error { return mgr.Run(gctx) })
+	g.Go(func() error {
+		if err := d.seedAlerts(gctx, started); err != nil {
+			d.log.Warn("alerts file not read for the owner page's summary", "file", d.alertsPath, "error", err)
+		}
+		return nil
+	})
 	g.Go(func() error {
 		return d.traffic.Run(gctx, d.sampleCounters, now, func(err error) { d.log.Warn("save traffic sample", "error", err) })
 	})

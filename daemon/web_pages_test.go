@@ -178,3 +178,42 @@ func TestContainerSHA(t *testing.T) {
 		}
 	}
 }
+
+// TestSeedAlertsReadsTheWeekBeforeStart: at start the summary gets the
+// alerts file's last week; records from the start on come through the
+// sink and are not counted twice.
+func TestSeedAlertsReadsTheWeekBeforeStart(t *testing.T) {
+	d, _ := testDaemon(t, "")
+	start := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	var lines []byte
+	for _, r := range []alert.Record{
+		{Time: start.Add(-8 * 24 * time.Hour), Experiment: "old", Kind: alert.KindDNS, Rule: "dns", Name: "a."},
+		{Time: start.Add(-time.Hour), Experiment: "e1", Kind: alert.KindDNS, Rule: "dns", Name: "a."},
+		{Time: start.Add(-time.Minute), Experiment: "e1", Kind: alert.KindDNS, Rule: "dns", Name: "a."},
+		{Time: start.Add(time.Second), Experiment: "e1", Kind: alert.KindDNS, Rule: "dns", Name: "a."},
+	} {
+		b, err := alert.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, b...)
+		if lines[len(lines)-1] != '\n' {
+			lines = append(lines, '\n')
+		}
+	}
+	if err := os.WriteFile(d.alertsPath, lines, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.seedAlerts(context.Background(), start); err != nil {
+		t.Fatal(err)
+	}
+	gs := d.alertSum.Groups("", 0)
+	if len(gs) != 1 || gs[0].Experiment != "e1" || gs[0].Count != 2 {
+		t.Fatalf("seeded groups %+v", gs)
+	}
+	// A node without an alerts file yet is no error.
+	d.alertsPath = filepath.Join(t.TempDir(), "none.jsonl")
+	if err := d.seedAlerts(context.Background(), start); err != nil {
+		t.Fatal(err)
+	}
+}

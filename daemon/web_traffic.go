@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"html/template"
@@ -253,13 +254,23 @@ func (d *Daemon) handleNodeTraffic(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// seedAlerts feeds the alert summary with what the alerts file still holds
-// of the last week (once, at start; later alerts arrive through the sink).
-func (d *Daemon) seedAlerts(now time.Time) error {
-	err := alert.ReadFile(d.alertsPath, now.Add(-alertsum.Hours*time.Hour), func(r alert.Record, _ []byte) error {
-		d.alertSum.Add(r)
+// seedAlerts feeds the alert summary with what the alerts file holds of
+// the week before start (once; alerts from start on arrive through the
+// sink, so they are not read twice). It runs beside the daemon: a week of
+// a flood's alerts can take seconds to read on a small node.
+func (d *Daemon) seedAlerts(ctx context.Context, start time.Time) error {
+	err := alert.ReadFile(d.alertsPath, start.Add(-alertsum.Hours*time.Hour), func(r alert.Record, _ []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if r.Time.Before(start) {
+			d.alertSum.Add(r)
+		}
 		return nil
 	})
+	if ctx.Err() != nil {
+		return nil
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		err = nil
 	}
