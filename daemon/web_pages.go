@@ -139,7 +139,7 @@ type expPage struct {
 	Running, Stoppable                                                bool
 	Today, Budget, Rate, Total                                        string
 	CPU, Memory                                                       string
-	Effective, Declared                                               string
+	Effective, Declared, Manifest                                     string
 	Conflicts                                                         []string
 	PolicyErr                                                         string
 	RateHour, RateWeek, TodayChart                                    template.HTML
@@ -168,7 +168,10 @@ func (d *Daemon) handleExperimentPage(w http.ResponseWriter, r *http.Request) {
 		Started: stamp(x.Started), Deadline: stamp(x.Deadline), Ended: stamp(x.Ended),
 		Running: x.State == store.Running, Stoppable: x.State != store.Completed,
 		Total:    bytesText(x.BytesUp+x.BytesDown) + fmt.Sprintf(" (%s up, %s down)", bytesText(x.BytesUp), bytesText(x.BytesDown)),
-		Declared: x.Manifest,
+		Manifest: x.Manifest,
+	}
+	if txt, err := declaredText(d.mgr.Policy().Node, x.ID, x.ManifestName, x.Manifest, x.ManifestDir); err == nil {
+		pg.Declared = txt
 	}
 	if x.State == store.Running && !x.Deadline.IsZero() {
 		pg.Remaining = x.Deadline.Sub(now).Truncate(time.Minute).String()

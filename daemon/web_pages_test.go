@@ -87,7 +87,7 @@ func TestExperimentPageAndTraffic(t *testing.T) {
 		`<td>dns/dns-refused</td><td>dns blocked.test.</td><td class="num count">4</td>`, // aggregated
 		`<td>packet/tcp-dst</td><td>tcp 203.0.113.5:25</td><td class="num count">7</td>`,
 		`<td>198.51.100.7</td><td class="num">80</td><td>tcp</td><td class="num">20.0 kB</td><td>2026-11-25 14:01:05</td>`,
-		`href="/stop/` + x.ID + `"`, `id="cpu"`, `id="memory"`,
+		`href="/stop/` + x.ID + `"`, `id="cpu"`, `id="memory"`, `<pre id="declared">experiment:    ` + x.ID,
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("experiment page lacks %q", want)
@@ -215,5 +215,30 @@ func TestSeedAlertsReadsTheWeekBeforeStart(t *testing.T) {
 	d.alertsPath = filepath.Join(t.TempDir(), "none.jsonl")
 	if err := d.seedAlerts(context.Background(), start); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDeclaredText: the declaration in arkgw check's words, untrimmed by a
+// narrower node policy; limits it leaves out are the node's.
+func TestDeclaredText(t *testing.T) {
+	pol := testPolicy(t, "[permit]\ntcp = [\"198.51.100.0/25:80\"]\nicmp = [\"echo-request\"]\n[limits]\nmax_mbps = 5\n")
+	man := strings.Replace(goodManifest, "max_mbps = 1", "max_mbps = 1000\nprotocols = [47]\nudp = [\"203.0.113.0/24:53\"]", 1)
+	got, err := declaredText(pol.Node, "x9", "m.toml", man, "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"experiment:    x9 \"ping survey\"", "tcp:           198.51.100.0/24 ports 80", "udp:           203.0.113.0/24 ports 53",
+		"protocols:     47", "limits:        1000 Mbit/s", "ram 64 MB", "icmp:          echo-request"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("declared lacks %q:\n%s", want, got)
+		}
+	}
+	// In force, the same manifest is trimmed (and refused).
+	eff, conflicts, err := pol.Admit([]byte(man), "m.toml", "/", "x9", nil)
+	if err != nil || len(conflicts) == 0 || eff == nil {
+		t.Fatalf("admit under the narrow node: %v %v", conflicts, err)
+	}
+	if _, err := declaredText(pol.Node, "x9", "m.toml", "title = [", "/"); err == nil {
+		t.Error("an unreadable manifest gave a declaration")
 	}
 }
