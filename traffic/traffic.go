@@ -20,7 +20,8 @@
 //
 // The counters are "bytes today": they grow, and fall back to (near) zero
 // at 00:00 UTC. A sample's bytes are the growth since the previous sample;
-// a counter lower than the last one is a new day and counts in full.
+// a counter lower than the last one is a new day and counts in full. After
+// a gap of more than MaxGap intervals the growth is not put in any interval.
 package traffic
 
 import (
@@ -48,6 +49,11 @@ const (
 	FineSlots       = 360  // 1 h at 10 s
 	CoarseFactor    = 30   // 5 min at 10 s
 	CoarseSlots     = 2016 // 7 days at 5 min
+	// MaxGap is the most intervals between two samples whose difference is
+	// still put in the later interval. After a longer gap (the daemon was
+	// down) the bytes of the gap belong to no interval: they are left out
+	// rather than drawn as one spike; bytes today (Point.Today) stays exact.
+	MaxGap = 3
 )
 
 // Counters are an experiment's byte counters at one moment: bytes today,
@@ -124,6 +130,7 @@ type series struct {
 	fine   [FineSlots]slot
 	coarse [CoarseSlots]slot
 	last   Counters
+	lastN  int64 // interval number of last
 	seen   bool  // last is valid
 	newest int64 // newest fine interval number written
 }
@@ -161,8 +168,9 @@ func Open(db *bolt.DB, interval time.Duration) (*Store, error) {
 			se := s.get(id)
 			switch kind {
 			case 'l':
-				if len(v) == 16 {
+				if len(v) == 24 {
 					se.last = Counters{Up: binary.BigEndian.Uint64(v), Down: binary.BigEndian.Uint64(v[8:])}
+					se.lastN = int64(binary.BigEndian.Uint64(v[16:]))
 					se.seen = true
 				}
 			case 'f':
@@ -238,13 +246,14 @@ func (s *Store) Record(now time.Time, counters map[string]Counters) error {
 		c := counters[id]
 		se := s.get(id)
 		var d Counters
-		if se.seen {
+		if se.seen && n > se.lastN && n-se.lastN <= MaxGap {
 			d = Counters{Up: grow(c.Up, se.last.Up), Down: grow(c.Down, se.last.Down)}
 		}
-		se.last, se.seen = c, true
-		lb := make([]byte, 16)
+		se.last, se.lastN, se.seen = c, n, true
+		lb := make([]byte, 24)
 		binary.BigEndian.PutUint64(lb, c.Up)
 		binary.BigEndian.PutUint64(lb[8:], c.Down)
+		binary.BigEndian.PutUint64(lb[16:], uint64(n))
 		writes[string(key(id, 'l', 0))] = lb
 		s.add(id, se, n, d, c.Up+c.Down, writes)
 		total.Up += d.Up

@@ -117,6 +117,16 @@ func TestSurvivesRestartAndExpires(t *testing.T) {
 	if pts := s2.Series("e2", Hour, t0.Add(25*time.Second)); len(pts) != 2 || pts[1].Down != 40 {
 		t.Fatalf("e2 after restart: %+v", pts)
 	}
+	// After the daemon was down for an hour, the hour's bytes are no spike.
+	s2.Record(t0.Add(time.Hour), map[string]Counters{"e1": {1_000_700, 100}})
+	s2.Record(t0.Add(time.Hour+10*time.Second), map[string]Counters{"e1": {1_000_800, 100}})
+	pts = s2.Series("e1", Hour, t0.Add(time.Hour+15*time.Second))
+	if len(pts) < 2 {
+		t.Fatalf("after a gap: %+v", pts)
+	}
+	if pts = pts[len(pts)-2:]; pts[0].Up != 0 || pts[0].Today != 1_000_800 || pts[1].Up != 100 || pts[1].Today != 1_000_900 {
+		t.Fatalf("after a gap: %+v", pts)
+	}
 	// Eight days later e2 (no longer sampled) is deleted from disk as well.
 	late := t0.Add(8 * 24 * time.Hour)
 	s2.Record(late, map[string]Counters{"e1": {0, 0}})
