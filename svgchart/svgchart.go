@@ -56,9 +56,18 @@ func (c Chart) Points() int {
 	return n
 }
 
+var escaper = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;", "'", "&#39;")
+
+// esc makes s safe as XML text or attribute: invalid UTF-8 and characters
+// XML cannot carry (controls, U+FFFE, U+FFFF) become U+FFFD.
 func esc(s string) string {
-	r := strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;", "'", "&#39;")
-	return r.Replace(s)
+	s = strings.Map(func(r rune) rune {
+		if (r < 0x20 && r != '\t') || r == 0xfffe || r == 0xffff {
+			return '\ufffd'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\ufffd"))
+	return escaper.Replace(s)
 }
 
 // f writes a coordinate with one decimal, without trailing zeros.

@@ -4,6 +4,7 @@ import (
 	"encoding/xml"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,4 +131,20 @@ func TestNiceMax(t *testing.T) {
 			t.Errorf("niceMax(%g) = %g, want %g", in, got, want)
 		}
 	}
+}
+
+// FuzzRender: whatever the text and values (titles and legends can carry
+// experiment-supplied names, invalid UTF-8, control characters), the
+// output is one well-formed SVG element.
+func FuzzRender(f *testing.F) {
+	f.Add("Traffic", "up", "cap", 1.0, 2.0, int64(10), false, false)
+	f.Add("<b>&\"'", "\x00\x1b]0;x\a", "↑", math.NaN(), math.Inf(1), int64(0), true, true)
+	f.Fuzz(func(t *testing.T, title, name, label string, v1, v2 float64, stepSec int64, spark, bars bool) {
+		step := time.Duration(stepSec%3600) * time.Second
+		got := Render(Chart{Title: title, From: t0, To: t0.Add(time.Hour), Limit: v2, LimitLabel: label, Spark: spark,
+			Series: []Series{{Name: name, Color: name, Step: step, Bars: bars, Points: []XY{{t0, v1}, {t0.Add(time.Minute), v2}}}}})
+		if err := xml.Unmarshal([]byte(got), new(struct{})); err != nil {
+			t.Fatalf("not well-formed: %v\n%s", err, got)
+		}
+	})
 }
