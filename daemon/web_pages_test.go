@@ -16,6 +16,7 @@ import (
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/store"
+	"github.com/arkgw/arkgw/svgchart"
 	"github.com/arkgw/arkgw/traffic"
 )
 
@@ -240,5 +241,31 @@ func TestDeclaredText(t *testing.T) {
 	}
 	if _, err := declaredText(pol.Node, "x9", "m.toml", "title = [", "/"); err == nil {
 		t.Error("an unreadable manifest gave a declaration")
+	}
+}
+
+func TestThinKeepsMeansAndGaps(t *testing.T) {
+	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	s := svgchart.Series{Step: 10 * time.Second}
+	for i := 0; i < 360; i++ {
+		if i >= 100 && i < 110 {
+			continue // a gap
+		}
+		s.Points = append(s.Points, svgchart.XY{T: t0.Add(time.Duration(i) * 10 * time.Second), V: float64(i % 6)})
+	}
+	got := thin(s, 60)
+	if len(got.Points) > 62 || len(got.Points) < 55 || got.Step != time.Minute {
+		t.Fatalf("thinned to %d points, step %v", len(got.Points), got.Step)
+	}
+	if got.Points[0].V != 2.5 || !got.Points[0].T.Equal(t0) {
+		t.Errorf("first point %+v, want the mean 2.5 at the start", got.Points[0])
+	}
+	for _, p := range got.Points {
+		if off := p.T.Sub(t0); off > 990*time.Second && off < 1100*time.Second {
+			t.Errorf("a point inside the gap: %v", off)
+		}
+	}
+	if small := thin(svgchart.Series{Points: s.Points[:10], Step: s.Step}, 60); len(small.Points) != 10 {
+		t.Errorf("a short series changed: %d", len(small.Points))
 	}
 }

@@ -157,9 +157,38 @@ func (d *Daemon) todayChart(id string, budget float64, now time.Time) template.H
 // its own peak (the row states the cap).
 func (d *Daemon) sparkChart(id string, now time.Time) template.HTML {
 	_, up, down := d.rateSeries(id, traffic.Hour, now)
+	up, down = thin(up, sparkPoints), thin(down, sparkPoints)
 	span := d.traffic.Span(traffic.Hour)
 	return template.HTML(svgchart.Render(svgchart.Chart{Title: id + " traffic, " + spanText(span), Width: 160, Height: 32, Spark: true,
 		From: now.Add(-span), To: now, Series: []svgchart.Series{up, down}}))
+}
+
+// sparkPoints bounds the points of a row's graph: 160 px wide, a point per
+// minute of the hour is all it can show (and 20 rows of 360-point paths
+// made the front page 185 kB).
+const sparkPoints = 60
+
+// thin merges runs of consecutive points into one with their mean, so that
+// s has at most max points; gaps (points further apart than the step)
+// end a run.
+func thin(s svgchart.Series, max int) svgchart.Series {
+	if len(s.Points) <= max || s.Step <= 0 {
+		return s
+	}
+	k := (len(s.Points) + max - 1) / max
+	out := s
+	out.Points = nil
+	out.Step = s.Step * time.Duration(k)
+	for i := 0; i < len(s.Points); {
+		j, sum := i, 0.0
+		for j < len(s.Points) && j-i < k && (j == i || s.Points[j].T.Sub(s.Points[j-1].T) <= s.Step) {
+			sum += s.Points[j].V
+			j++
+		}
+		out.Points = append(out.Points, svgchart.XY{T: s.Points[i].T, V: sum / float64(j-i)})
+		i = j
+	}
+	return out
 }
 
 // alertsHours is how many hours the front page's alert chart shows.
