@@ -50,6 +50,9 @@ type FlowPolicy struct {
 type WebPolicy struct {
 	Listen       string // host:port
 	PasswordHash string // bcrypt; "" = no login (serve on localhost only)
+	// TLSCert and TLSKey are PEM files; both set = serve HTTPS (and mark the
+	// session cookie Secure), both empty = plain HTTP.
+	TLSCert, TLSKey string
 }
 
 // Permit is what experiments may do on this node.
@@ -134,6 +137,8 @@ type rawNodeFlows struct {
 type rawWeb struct {
 	Listen       string `toml:"listen"`
 	PasswordHash string `toml:"password_hash"`
+	TLSCert      string `toml:"tls_cert"`
+	TLSKey       string `toml:"tls_key"`
 }
 
 type rawPermit struct {
@@ -270,7 +275,10 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 	}
 
 	// [web]
-	n.Web = WebPolicy{Listen: r.Web.Listen, PasswordHash: r.Web.PasswordHash}
+	n.Web = WebPolicy{Listen: r.Web.Listen, PasswordHash: r.Web.PasswordHash, TLSCert: r.Web.TLSCert, TLSKey: r.Web.TLSKey}
+	if (r.Web.TLSCert == "") != (r.Web.TLSKey == "") {
+		e.add("web.tls_cert", r.Web.TLSCert, "tls_cert and tls_key go together: set both (PEM certificate chain and its key) or neither")
+	}
 	if _, port, err := net.SplitHostPort(r.Web.Listen); err != nil {
 		e.add("web.listen", r.Web.Listen, "not host:port; use e.g. \"127.0.0.1:8080\"")
 	} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {

@@ -79,8 +79,9 @@ func DecodeSubmit(r io.Reader) (*SubmitRequest, error) {
 	return &req, nil
 }
 
-// apiHandler serves the JSON API. Authentication is the caller's job (Unix
-// socket permissions, or the web auth wrapper).
+// apiHandler serves the CLI's JSON API, on the root-only Unix socket only:
+// its permissions are the authentication. The web listener serves the
+// page's routes (webHandler), never this.
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+pathExperiments, d.handleList)
@@ -100,6 +101,8 @@ func (d *Daemon) apiHandler() http.Handler {
 	if d.flows != nil {
 		mux.Handle("GET "+pathFlows, d.flows)
 	}
+	mux.HandleFunc("GET "+pathExperiments+"/{id}/traffic", d.handleTraffic)
+	mux.HandleFunc("GET "+pathTraffic, d.handleNodeTraffic)
 	return mux
 }
 

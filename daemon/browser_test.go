@@ -29,7 +29,7 @@ func TestBrowserOwnerStops(t *testing.T) {
 	}
 	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	d, _ := testDaemon(t, string(hash))
-	srv := httptest.NewServer(d.webHandler(nil))
+	srv := httptest.NewServer(d.webHandler())
 	defer srv.Close()
 	x, err := d.mgr.Submit([]byte(goodManifest), "m.toml", "/")
 	if err != nil {
@@ -52,12 +52,17 @@ func TestBrowserOwnerStops(t *testing.T) {
 	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 
-	// Credentials travel as a Basic header, as a browser sends them after
-	// the login prompt.
-	auth := "Basic " + basic("owner", "s3cret")
+	// Log in through the form, as the owner does.
 	row := "#exp-" + x.ID
-	if err := chromedp.Do(ctx, setHeaders(map[string]any{"Authorization": auth}), chromedp.Navigate(srv.URL+"/")); err != nil {
-		t.Fatalf("browser: open page: %v", err)
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(srv.URL+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#password")),
+		chromedp.SetValue(chromedp.CSS("#password"), "s3cret"),
+		chromedp.Click(chromedp.CSS("#loginbtn")),
+		chromedp.WaitVisible(chromedp.CSS("#running")),
+	)
+	if err != nil {
+		t.Fatalf("browser: log in: %v", err)
 	}
 	running, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#running")))
 	if err != nil {
@@ -72,12 +77,12 @@ func TestBrowserOwnerStops(t *testing.T) {
 		chromedp.Click(chromedp.CSS(row+" a.stop")),
 		chromedp.WaitVisible(chromedp.CSS("#confirm")),
 		chromedp.Click(chromedp.CSS("#confirm")),
-		chromedp.WaitVisible(chromedp.CSS("#completed")),
+		chromedp.WaitVisible(chromedp.CSS("#reason")),
 	)
 	if err != nil {
 		t.Fatalf("browser: stop through the confirmation form: %v", err)
 	}
-	state, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#completed "+row+" .state")))
+	state, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#reason")))
 	if err != nil {
 		t.Fatalf("browser: completed row: %v", err)
 	}
@@ -91,20 +96,19 @@ func TestBrowserOwnerStops(t *testing.T) {
 		t.Fatalf("store: %+v", got)
 	}
 
-	// Without credentials the page is refused; a cross-site POST too.
-	resp, err := http.Get(srv.URL + "/")
+	// Without a session the page is refused; a cross-site POST too.
+	resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Get(srv.URL + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("no credentials: %s", resp.Status)
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("no session: %s", resp.Status)
 	}
 	req, _ := http.NewRequest("POST", srv.URL+"/pause", strings.NewReader("csrf=x"))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", "https://evil.example")
 	req.Header.Set("Sec-Fetch-Site", "cross-site")
-	req.SetBasicAuth("owner", "s3cret")
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -2,12 +2,14 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -16,7 +18,9 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/alertsum"
 	"github.com/arkgw/arkgw/store"
+	"github.com/arkgw/arkgw/traffic"
 )
 
 // DefaultSocket is where the CLI finds the daemon.
@@ -31,6 +35,9 @@ type Config struct {
 	// Tests inject fakes; cmd/arkgw passes the real one.
 	NewRunner func(RunnerDeps) (Runner, error)
 	Clock     Clock
+	// SampleInterval is how often the owner page's traffic graphs are
+	// sampled (0 = traffic.DefaultInterval, 10 s); tests shorten it.
+	SampleInterval time.Duration
 }
 
 // RunnerDeps are what the daemon hands to the Runner it builds.
@@ -56,6 +63,11 @@ type Daemon struct {
 	alertsPath string
 	flows      http.Handler
 	registry   *prometheus.Registry
+	traffic    *traffic.Store    // the graphs' series
+	alertSum   *alertsum.Summary // alerts aggregated for the page
+
+	cpuMu sync.Mutex
+	cpu   map[string]cpuSample // CPU use over the last sample, per running experiment
 }
 
 // Run is `arkgw run`: it returns when ctx ends (SIGTERM) after a clean
@@ -89,10 +101,20 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 
 	d.registry = prometheus.NewRegistry()
 	d.registry.MustRegister(stream.Collectors()...)
+	d.alertSum = alertsum.New()
+	now := time.Now
+	if cfg.Clock != nil {
+		now = cfg.Clock.Now
+	}
+	started := now()
+	if d.traffic, err = traffic.Open(st.DB(), cfg.SampleInterval); err != nil {
+		return err
+	}
 	var mgr *Manager
-	// Alerts reach the file and the per-experiment count.
+	// Alerts reach the file, the page's summary and the per-experiment count.
 	sink := alert.SinkFunc(func(r alert.Record) {
 		stream.Emit(r)
+		d.alertSum.Add(r)
 		if r.Experiment != "" && mgr != nil {
 			mgr.CountAlert(r.Experiment, 1)
 		}
@@ -145,6 +167,15 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 		g.Go(func() error { return r.Run(gctx) })
 	}
 	g.Go(func() error { return mgr.Run(gctx) })
+	g.Go(func() error {
+		if err := d.seedAlerts(gctx, started); err != nil {
+			d.log.Warn("alerts file not read for the owner page's summary", "file", d.alertsPath, "error", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		return d.traffic.Run(gctx, d.sampleCounters, now, func(err error) { d.log.Warn("save traffic sample", "error", err) })
+	})
 
 	ul, err := listenUnix(cfg.Socket)
 	if err != nil {
@@ -158,12 +189,21 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 		if err := checkWebExposure(addr, pol.WebPasswordHash()); err != nil {
 			return err
 		}
+		webSrv, err := d.webServer(pol)
+		if err != nil {
+			return err
+		}
+		d.auth.tls = webSrv.TLSConfig != nil
 		wl, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("node.toml: web.listen %q: %w", addr, err)
 		}
-		webSrv := &http.Server{Handler: d.webHandler(metrics), ReadHeaderTimeout: 10 * time.Second}
-		d.log.Info("owner page listening", "url", "http://"+wl.Addr().String()+"/")
+		scheme := "http"
+		if d.auth.tls {
+			scheme = "https"
+			wl = tls.NewListener(wl, webSrv.TLSConfig)
+		}
+		d.log.Info("owner page listening", "url", scheme+"://"+wl.Addr().String()+"/")
 		g.Go(func() error { return serve(gctx, webSrv, wl) })
 	}
 	if reload != nil {

@@ -78,6 +78,9 @@ func (p *Policy) WebListen() string { return p.Node.Web.Listen }
 // WebPasswordHash is the owner's bcrypt hash.
 func (p *Policy) WebPasswordHash() string { return p.Node.Web.PasswordHash }
 
+// WebTLS is the owner page's certificate and key files ("" = plain HTTP).
+func (p *Policy) WebTLS() (cert, key string) { return p.Node.Web.TLSCert, p.Node.Web.TLSKey }
+
 // Admit parses a stored or submitted manifest and admits it against this
 // policy. err is for unreadable or invalid manifests; conflicts refuse.
 func (p *Policy) Admit(manifest []byte, name, dir, id string, routers []netip.Addr) (*configs.Effective, []string, error) {

@@ -61,6 +61,12 @@ type Status struct {
 	Addr6          string  `json:"addr6,omitempty"`
 	DNSAllowed     uint64  `json:"dns_allowed"`
 	DNSRefused     uint64  `json:"dns_refused"`
+	// CPUSeconds is the CPU time the experiment's processes used so far;
+	// MemoryBytes what its cgroup is charged now, MemoryLimit its limit
+	// (0 = none or unknown).
+	CPUSeconds  float64 `json:"cpu_seconds,omitempty"`
+	MemoryBytes uint64  `json:"memory_bytes,omitempty"`
+	MemoryLimit uint64  `json:"memory_limit,omitempty"`
 }
 
 // Clock is time, injectable in tests.

@@ -5,20 +5,19 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"html/template"
 	"net"
 	"net/http"
-	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/arkgw/arkgw/alert"
-	"github.com/arkgw/arkgw/flowlog"
-	"github.com/arkgw/arkgw/store"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -27,10 +26,51 @@ var templateFS embed.FS
 
 var templates = template.Must(template.ParseFS(templateFS, "templates/*.html"))
 
-// webAuth is the owner page's access control.
+// The owner page's session and login limits.
+const (
+	sessionCookie = "arkgw_session"
+	loginCookie   = "arkgw_login" // binds the login form's CSRF token to this browser
+	sessionTTL    = 12 * time.Hour
+	maxSessions   = 64 // the oldest session gives way (an owner, a few browsers)
+	// Failed logins: at most loginFailsPerIP per address and loginFailsAll
+	// in total per loginWindow; then 429 until the window ends. Together
+	// with one bcrypt at a time this bounds the CPU a guesser can burn.
+	loginFailsPerIP = 5
+	loginFailsAll   = 20
+	loginWindow     = time.Minute
+	maxFormBytes    = 64 << 10
+)
+
+// Timeouts of the web listener: a slow or idle client cannot hold a
+// connection (and a descriptor) for long.
+const (
+	webReadHeaderTimeout = 10 * time.Second
+	webReadTimeout       = 30 * time.Second
+	webWriteTimeout      = 60 * time.Second
+	webIdleTimeout       = 120 * time.Second
+)
+
+// webAuth is the owner page's access control: one login (bcrypt, once)
+// opens a session kept in memory (a daemon restart logs the owner out);
+// every form carries a token bound to the session.
 type webAuth struct {
 	passwordHash []byte // bcrypt; empty = no login (then the page is served on loopback only)
-	csrfKey      []byte
+	key          []byte // HMAC key of CSRF tokens, made at start
+	tls          bool   // cookies are Secure
+	now          func() time.Time
+
+	mu       sync.Mutex
+	sessions map[string]time.Time // session id -> expiry
+	fails    map[string]*failWindow
+	allFails failWindow
+
+	bcryptMu sync.Mutex   // one bcrypt at a time
+	bcrypts  atomic.Int64 // comparisons made (tests: once per login)
+}
+
+type failWindow struct {
+	start time.Time
+	n     int
 }
 
 func newWebAuth(passwordHash string) (*webAuth, error) {
@@ -38,7 +78,7 @@ func newWebAuth(passwordHash string) (*webAuth, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	a := &webAuth{csrfKey: key}
+	a := &webAuth{key: key, now: time.Now, sessions: map[string]time.Time{}, fails: map[string]*failWindow{}}
 	if passwordHash != "" {
 		if _, err := bcrypt.Cost([]byte(passwordHash)); err != nil {
 			return nil, fmt.Errorf("node.toml: web.password_hash is not a bcrypt hash (%v); make one with 'htpasswd -nbB owner PASSWORD' and copy the part after the colon", err)
@@ -48,50 +88,150 @@ func newWebAuth(passwordHash string) (*webAuth, error) {
 	return a, nil
 }
 
-// csrf is the token forms carry: an HMAC of the authenticated principal under
-// a key made at start, so it cannot be guessed by another origin.
-func (a *webAuth) csrf(principal string) string {
-	m := hmac.New(sha256.New, a.csrfKey)
-	m.Write([]byte("csrf:" + principal))
+func (a *webAuth) mac(s string) string {
+	m := hmac.New(sha256.New, a.key)
+	m.Write([]byte(s))
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// csrf is the token forms carry: an HMAC of the principal (the session)
+// under a key made at start, so another origin can neither read nor guess it.
+func (a *webAuth) csrf(principal string) string { return a.mac("csrf:" + principal) }
+
+func isLoopback(r *http.Request) bool {
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// principal is who makes the request: "local" when there is no password
+// (loopback only), else the session.
 func (a *webAuth) principal(r *http.Request) (string, bool) {
 	if a.passwordHash == nil {
-		host, _, _ := net.SplitHostPort(r.RemoteAddr)
-		ip := net.ParseIP(host)
-		return "local", ip != nil && ip.IsLoopback()
+		return "local", isLoopback(r)
 	}
-	user, pass, ok := r.BasicAuth()
+	c, err := r.Cookie(sessionCookie)
+	if err != nil || c.Value == "" {
+		return "", false
+	}
+	a.mu.Lock()
+	exp, ok := a.sessions[c.Value]
+	if ok && !a.now().Before(exp) {
+		delete(a.sessions, c.Value)
+		ok = false
+	}
+	a.mu.Unlock()
 	if !ok {
 		return "", false
 	}
-	if bcrypt.CompareHashAndPassword(a.passwordHash, []byte(pass)) != nil {
-		return "", false
-	}
-	return "owner:" + user, true
+	return "session:" + c.Value, true
 }
 
-// secure wraps the whole web listener: security headers, authentication,
-// and cross-origin protection for every state-changing request.
+func randomToken() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (a *webAuth) newSession() string {
+	id := randomToken()
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, exp := range a.sessions {
+		if !now.Before(exp) {
+			delete(a.sessions, k)
+		}
+	}
+	for len(a.sessions) >= maxSessions {
+		var oldest string
+		for k, exp := range a.sessions {
+			if oldest == "" || exp.Before(a.sessions[oldest]) {
+				oldest = k
+			}
+		}
+		delete(a.sessions, oldest)
+	}
+	a.sessions[id] = now.Add(sessionTTL)
+	return id
+}
+
+func (a *webAuth) cookie(name, value string, maxAge int) *http.Cookie {
+	return &http.Cookie{Name: name, Value: value, Path: "/", MaxAge: maxAge, HttpOnly: true, Secure: a.tls, SameSite: http.SameSiteStrictMode}
+}
+
+// loginAllowed says whether ip may try a password now; retry is how long
+// to wait if not.
+func (a *webAuth) loginAllowed(ip string) (ok bool, retry time.Duration) {
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, w := range []*failWindow{a.fails[ip], &a.allFails} {
+		if w == nil || now.Sub(w.start) >= loginWindow {
+			continue
+		}
+		limit := loginFailsPerIP
+		if w == &a.allFails {
+			limit = loginFailsAll
+		}
+		if w.n >= limit {
+			return false, loginWindow - now.Sub(w.start)
+		}
+	}
+	return true, 0
+}
+
+func (a *webAuth) loginFailed(ip string) {
+	now := a.now()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.fails) > 4096 {
+		a.fails = map[string]*failWindow{} // bounded; the global window still holds
+	}
+	for _, w := range []*failWindow{a.fails[ip], &a.allFails} {
+		if w == nil {
+			w = &failWindow{}
+			a.fails[ip] = w
+		}
+		if now.Sub(w.start) >= loginWindow {
+			*w = failWindow{start: now}
+		}
+		w.n++
+	}
+}
+
+// secure wraps the whole web listener: security headers, form size limit,
+// authentication (the login page excepted) and cross-origin protection for
+// every state-changing request.
 func (a *webAuth) secure(next http.Handler) http.Handler {
 	cop := http.NewCrossOriginProtection()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
-		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+		h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "no-referrer")
 		h.Set("Cache-Control", "no-store")
-		if _, ok := a.principal(r); !ok {
-			if a.passwordHash != nil {
-				h.Set("WWW-Authenticate", `Basic realm="arkgw", charset="UTF-8"`)
-			}
-			http.Error(w, "authentication required", http.StatusUnauthorized)
-			return
+		if a.tls {
+			h.Set("Strict-Transport-Security", "max-age=31536000")
+		}
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 		}
 		if err := cop.Check(r); err != nil {
 			http.Error(w, "cross-origin request refused", http.StatusForbidden)
+			return
+		}
+		if r.URL.Path == "/login" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if _, ok := a.principal(r); !ok {
+			if a.passwordHash != nil && r.Method == http.MethodGet && !strings.HasPrefix(r.URL.Path, "/api/") {
+				http.Redirect(w, r, "/login", http.StatusSeeOther)
+				return
+			}
+			http.Error(w, "authentication required: log in at /login", http.StatusUnauthorized)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -105,231 +245,125 @@ func (a *webAuth) checkCSRF(r *http.Request) bool {
 	return got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
-// webHandler serves the owner page and, behind the same auth, the API and
-// metrics.
-func (d *Daemon) webHandler(metrics http.Handler) http.Handler {
+// webHandler serves the owner page's routes only: the views, Stop, pause
+// and resume, login, and the JSON behind the graphs. The CLI's API
+// (submit, logs, flows, ...) and /metrics are on the root-only Unix socket
+// only.
+func (d *Daemon) webHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", d.handlePage)
+	mux.HandleFunc("GET /experiments/{id}", d.handleExperimentPage)
 	mux.HandleFunc("GET /stop/{id}", d.handleStopConfirm)
 	mux.HandleFunc("POST /stop/{id}", d.handleStopForm)
 	mux.HandleFunc("GET /pause", d.handlePauseConfirm)
 	mux.HandleFunc("POST /pause", d.handlePauseForm)
 	mux.HandleFunc("POST /resume", d.handleResumeForm)
+	mux.HandleFunc("GET /login", d.handleLoginPage)
+	mux.HandleFunc("POST /login", d.handleLogin)
+	mux.HandleFunc("POST /logout", d.handleLogout)
 	if d.flows != nil {
 		mux.HandleFunc("GET /flows", d.handleFlowsPage)
 	}
-	api := d.apiHandler()
-	mux.Handle("/api/", api)
-	if metrics != nil {
-		mux.Handle("GET /metrics", metrics)
-	}
+	mux.HandleFunc("GET "+pathTraffic, d.handleNodeTraffic)
+	mux.HandleFunc("GET "+pathExperiments+"/{id}/traffic", d.handleTraffic)
 	return d.auth.secure(mux)
 }
 
-type pageRow struct {
-	ID, Title                        string
-	Experimenters                    []store.Contact
-	Start, Started, Ended, Remaining string
-	Today, Budget, Rate              string
-	Alerts                           uint64
-	Reason, Detail                   string
-}
-
-type alertRow struct {
-	Time, Experiment, Rule, What, Message string
-	Count                                 uint64
-}
-
-func (d *Daemon) handlePage(w http.ResponseWriter, r *http.Request) {
-	views, err := d.views()
+// webServer is the owner page's server, with its timeouts; TLS when the
+// policy names a certificate.
+func (d *Daemon) webServer(pol *Policy) (*http.Server, error) {
+	srv := &http.Server{
+		Handler:           d.webHandler(),
+		ReadHeaderTimeout: webReadHeaderTimeout,
+		ReadTimeout:       webReadTimeout,
+		WriteTimeout:      webWriteTimeout,
+		IdleTimeout:       webIdleTimeout,
+		MaxHeaderBytes:    32 << 10,
+	}
+	cert, key := pol.WebTLS()
+	if cert == "" {
+		return srv, nil
+	}
+	kp, err := tls.LoadX509KeyPair(cert, key)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return nil, fmt.Errorf("node.toml: web.tls_cert %q / web.tls_key %q: %v; give a PEM certificate chain and its private key", cert, key, err)
+	}
+	srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{kp}}
+	return srv, nil
+}
+
+func (d *Daemon) handleLoginPage(w http.ResponseWriter, r *http.Request) {
+	d.renderLogin(w, r, "", http.StatusOK)
+}
+
+func (d *Daemon) renderLogin(w http.ResponseWriter, r *http.Request, msg string, code int) {
+	if d.auth.passwordHash == nil {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
 	}
-	now := d.mgr.clock.Now()
-	p, _ := d.auth.principal(r)
-	paused, _ := d.mgr.store.Paused()
-	data := struct {
-		Node, Now, CSRF             string
-		Paused                      bool
-		Running, Planned, Completed []pageRow
-		Alerts                      []alertRow
-	}{Node: d.mgr.Policy().NodeName(), Now: now.UTC().Format("2006-01-02 15:04 UTC"), CSRF: d.auth.csrf(p), Paused: paused}
-	for _, v := range views {
-		row := pageRow{
-			ID: v.ID, Title: v.Title, Experimenters: v.Experimenters, Alerts: v.Alerts,
-			Start: stamp(v.Start), Started: stamp(v.Started), Ended: stamp(v.Ended),
-			Reason: v.Reason, Detail: v.Detail, Today: bytesText(v.BytesUp + v.BytesDown),
-		}
-		if v.Live != nil {
-			row.Today = bytesText(v.Live.BytesUpToday + v.Live.BytesDownToday)
-			if v.Live.BudgetBytes > 0 {
-				row.Budget = bytesText(v.Live.BudgetBytes)
-			}
-			if v.Live.RateMbps > 0 {
-				row.Rate = fmt.Sprintf("%.3g Mbit/s", v.Live.RateMbps)
-			}
-		}
-		if !v.Deadline.IsZero() {
-			row.Remaining = v.Deadline.Sub(now).Truncate(time.Minute).String()
-		}
-		switch v.State {
-		case store.Running:
-			data.Running = append(data.Running, row)
-		case store.Planned:
-			data.Planned = append(data.Planned, row)
-		default:
-			data.Completed = append(data.Completed, row)
-		}
-	}
-	recs, _ := d.recentAlerts(time.Time{}, "", 50)
-	for i := len(recs) - 1; i >= 0; i-- {
-		a := recs[i]
-		what := strings.TrimSpace(fmt.Sprintf("%s %s → %s", a.Proto, a.Src, a.Dst))
-		if a.DstPort != 0 {
-			what += fmt.Sprintf(":%d", a.DstPort)
-		}
-		if a.Name != "" {
-			what = fmt.Sprintf("DNS %s %s", a.QType, a.Name)
-		}
-		n := a.Packets
-		if n == 0 {
-			n = 1
-		}
-		data.Alerts = append(data.Alerts, alertRow{Time: stamp(a.Time), Experiment: a.Experiment, Rule: a.Rule, What: what, Message: a.Message, Count: n})
+	lc := ""
+	if c, err := r.Cookie(loginCookie); err == nil && len(c.Value) == 64 {
+		lc = c.Value
+	} else {
+		lc = randomToken()
+		http.SetCookie(w, d.auth.cookie(loginCookie, lc, 3600))
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := templates.ExecuteTemplate(w, "page.html", data); err != nil {
-		d.log.Warn("render page", "error", err)
+	w.WriteHeader(code)
+	d.render(w, "login.html", map[string]string{"Node": d.mgr.Policy().NodeName(), "CSRF": d.auth.mac("login:" + lc), "Error": msg})
+}
+
+func (d *Daemon) handleLogin(w http.ResponseWriter, r *http.Request) {
+	if d.auth.passwordHash == nil {
+		http.Redirect(w, r, "/", http.StatusSeeOther)
+		return
 	}
-}
-
-func stamp(t time.Time) string {
-	if t.IsZero() {
-		return ""
+	c, err := r.Cookie(loginCookie)
+	if err != nil || r.PostFormValue("csrf") == "" ||
+		subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(d.auth.mac("login:"+c.Value))) != 1 {
+		d.renderLogin(w, r, "The form expired; try again.", http.StatusForbidden)
+		return
 	}
-	return t.UTC().Format("2006-01-02 15:04")
-}
-
-// bytesText uses decimal units, as the policy does (max_mb_per_day = 100
-// is 100,000,000 bytes), so the page shows the owner's numbers back.
-func bytesText(n uint64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.1f GB", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+	if ok, retry := d.auth.loginAllowed(ip); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(int(retry.Seconds())+1))
+		d.renderLogin(w, r, "Too many failed logins; wait a minute and try again.", http.StatusTooManyRequests)
+		return
 	}
-	return fmt.Sprintf("%d B", n)
-}
-
-func (d *Daemon) confirm(w http.ResponseWriter, r *http.Request, question, detail, action, button string) {
-	p, _ := d.auth.principal(r)
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	templates.ExecuteTemplate(w, "confirm.html", map[string]string{
-		"Question": question, "Detail": detail, "Action": action, "Button": button, "CSRF": d.auth.csrf(p),
-	})
-}
-
-func (d *Daemon) handleStopConfirm(w http.ResponseWriter, r *http.Request) {
-	x, err := d.mgr.store.Get(r.PathValue("id"))
+	d.auth.bcryptMu.Lock()
+	d.auth.bcrypts.Add(1)
+	err = bcrypt.CompareHashAndPassword(d.auth.passwordHash, []byte(r.PostFormValue("password")))
+	d.auth.bcryptMu.Unlock()
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+		d.auth.loginFailed(ip)
+		d.log.Warn("failed owner page login", "remote", ip)
+		d.renderLogin(w, r, "Wrong password.", http.StatusUnauthorized)
 		return
 	}
-	d.confirm(w, r, fmt.Sprintf("Stop experiment %s?", x.ID),
-		fmt.Sprintf("%q will be stopped now: its processes are killed and its network removed.", x.Title),
-		"/stop/"+x.ID, "Stop "+x.ID)
+	http.SetCookie(w, d.auth.cookie(sessionCookie, d.auth.newSession(), int(sessionTTL.Seconds())))
+	http.SetCookie(w, d.auth.cookie(loginCookie, "", -1))
+	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
-func (d *Daemon) handleStopForm(w http.ResponseWriter, r *http.Request) {
+func (d *Daemon) handleLogout(w http.ResponseWriter, r *http.Request) {
 	if !d.auth.checkCSRF(r) {
 		http.Error(w, "missing or wrong form token; reload the page and try again", http.StatusForbidden)
 		return
 	}
-	if err := d.mgr.Stop(r.Context(), r.PathValue("id"), store.ReasonStoppedOwner); err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+	if c, err := r.Cookie(sessionCookie); err == nil {
+		d.auth.mu.Lock()
+		delete(d.auth.sessions, c.Value)
+		d.auth.mu.Unlock()
 	}
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.SetCookie(w, d.auth.cookie(sessionCookie, "", -1))
+	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
-func (d *Daemon) handlePauseConfirm(w http.ResponseWriter, r *http.Request) {
-	d.confirm(w, r, "Stop all experiments and pause this node?",
-		"Every running experiment is stopped now and no planned one starts until you resume.", "/pause", "Stop all and pause")
-}
-
-func (d *Daemon) handlePauseForm(w http.ResponseWriter, r *http.Request) {
-	if !d.auth.checkCSRF(r) {
-		http.Error(w, "missing or wrong form token; reload the page and try again", http.StatusForbidden)
-		return
+func (d *Daemon) render(w http.ResponseWriter, name string, data any) {
+	if w.Header().Get("Content-Type") == "" {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	}
-	if err := d.mgr.StopAll(r.Context(), store.ReasonStoppedOwner); err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	http.Redirect(w, r, "/", http.StatusSeeOther)
-}
-
-func (d *Daemon) handleResumeForm(w http.ResponseWriter, r *http.Request) {
-	if !d.auth.checkCSRF(r) {
-		http.Error(w, "missing or wrong form token; reload the page and try again", http.StatusForbidden)
-		return
-	}
-	d.mgr.Resume()
-	http.Redirect(w, r, "/", http.StatusSeeOther)
-}
-
-type flowRow struct {
-	Experiment, Proto, Inside, Public, Dst, Start, End, Bytes string
-}
-
-// handleFlowsPage is the owner's "who sent this?" form. It asks the flow
-// API (the same query the CLI makes) and renders the answer.
-func (d *Daemon) handleFlowsPage(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	data := struct {
-		Q        map[string]string
-		Searched bool
-		Err      string
-		Rows     []flowRow
-	}{Q: map[string]string{}}
-	for _, k := range []string{"dst", "port", "sport", "proto", "at"} {
-		data.Q[k] = q.Get(k)
-		data.Searched = data.Searched || q.Get(k) != ""
-	}
-	if data.Searched {
-		rec := httptest.NewRecorder()
-		api := r.Clone(r.Context())
-		api.URL.Path = pathFlows
-		d.flows.ServeHTTP(rec, api)
-		var res struct {
-			flowlog.Result
-			Error string `json:"error"`
-		}
-		if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil || rec.Code != http.StatusOK {
-			data.Err = res.Error
-			if data.Err == "" {
-				data.Err = "flow log unavailable"
-			}
-		}
-		for i, f := range append(res.Flows, res.Open...) {
-			end := stamp(f.End)
-			if i >= len(res.Flows) {
-				end = "open"
-			}
-			data.Rows = append(data.Rows, flowRow{
-				Experiment: f.Experiment, Proto: alert.ProtoName(f.Proto),
-				Inside: fmt.Sprintf("%s:%d", f.Src, f.SPort), Public: fmt.Sprintf("%s:%d", f.NATSrc, f.NATSPort),
-				Dst: fmt.Sprintf("%s:%d", f.Dst, f.DPort), Start: f.Start.UTC().Format("2006-01-02 15:04:05"), End: end,
-				Bytes: bytesText(f.BytesOut) + " / " + bytesText(f.BytesIn),
-			})
-		}
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	if err := templates.ExecuteTemplate(w, "flows.html", data); err != nil {
-		d.log.Warn("render flows page", "error", err)
+	if err := templates.ExecuteTemplate(w, name, data); err != nil {
+		d.log.Warn("render page", "template", name, "error", err)
 	}
 }

@@ -81,7 +81,7 @@ func TestDemo(t *testing.T) {
 	}
 	list, _ := nd.client.List()
 	fmt.Printf("\n=== arkgw demo ===\n")
-	fmt.Printf("owner page:   http://%s/   (JSON: /api/v1/experiments, metrics: /metrics)\n", listen)
+	fmt.Printf("owner page:   http://%s/   (graphs' JSON: /api/v1/traffic; the CLI API and /metrics are on the socket)\n", listen)
 	fmt.Printf("CLI:          ARKGW_SOCKET=%s bin/arkgw list | logs ID | stop ID | flows --dst 203.0.113.10\n", filepath.Join(state, "arkgw.sock"))
 	fmt.Printf("alerts file:  %s\n", filepath.Join(state, "alerts.jsonl"))
 	for _, x := range list {

@@ -132,7 +132,9 @@ func startNode(t *testing.T, w *netlab.World, state string, group int) *node {
 	return startNodeListen(t, w, state, group, "127.0.0.1:0")
 }
 
-func startNodeListen(t *testing.T, w *netlab.World, state string, group int, listen string) *node {
+// startNodeListen starts the daemon on a netlab node; opts adjust its
+// configuration (sampling interval, web password) before it starts.
+func startNodeListen(t *testing.T, w *netlab.World, state string, group int, listen string, opts ...func(*daemon.Config)) *node {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Join(state, "containers"), 0o755); err != nil {
 		t.Fatal(err)
@@ -163,14 +165,16 @@ nflog_group = %d
 	pcap, helper := pcapBinary(t), helperBinary(t) // here: t.Fatal only in the test's goroutine
 	ctx, cancel := context.WithCancel(context.Background())
 	nd := &node{w: w, state: state, client: daemon.NewClient(sock), cancel: cancel, done: make(chan error, 1)}
-	go func() {
-		nd.done <- daemon.Run(ctx, daemon.Config{
-			Policy: &daemon.Policy{Node: n}, Socket: sock, Logger: testLogger(),
-			NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
-				return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcap, HelperBinary: helper, CgroupParent: cgParent})
-			},
-		}, nil)
-	}()
+	cfg := daemon.Config{
+		Policy: &daemon.Policy{Node: n}, Socket: sock, Logger: testLogger(),
+		NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
+			return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcap, HelperBinary: helper, CgroupParent: cgParent})
+		},
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	go func() { nd.done <- daemon.Run(ctx, cfg, nil) }()
 	// Whatever the test does, stop its experiments and the daemon at the
 	// end, so a failing test leaves nothing behind either.
 	t.Cleanup(func() { nd.stop(t) })

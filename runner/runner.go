@@ -578,6 +578,9 @@ func (in *instance) Status() daemon.Status {
 			st.RateMbps = float64(a.RateBps) / 1e6
 		}
 	}
+	if u, err := sandbox.ReadUsage(in.eff.ID, in.r.opt.CgroupParent); err == nil {
+		st.CPUSeconds, st.MemoryBytes, st.MemoryLimit = u.CPU.Seconds(), u.MemoryBytes, u.MemoryLimit
+	}
 	return st
 }
 
