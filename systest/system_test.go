@@ -177,6 +177,13 @@ func TestPrivilegedSystemNode(t *testing.T) {
 		if code != 200 || !strings.Contains(body, "Survey that breaks its declaration") || !strings.Contains(body, "ada@example.edu") {
 			t.Errorf("owner page: %d\n%.2000s", code, body)
 		}
+		// The misbehaving experiment's page: what it declared, and its alerts.
+		code, body = n.page(web, "/experiments/"+bad)
+		for _, want := range []string{"mallory@example.org", "arkgw.test", "echo-request", netlab.Other4} {
+			if code != 200 || !strings.Contains(body, want) {
+				t.Errorf("owner page /experiments/%s: %d, lacks %q", bad, code, want)
+			}
+		}
 	})
 
 	t.Run("kill -9: forbidden traffic stays dropped, experiments re-adopted", func(t *testing.T) {
