@@ -75,6 +75,10 @@ type Effective struct {
 
 	Limits Limits
 
+	// Lab is the node's [lab] section at admission: with
+	// DocumentationPrefixes the documentation blocks are not reserved.
+	Lab LabPolicy
+
 	// Sandbox inputs.
 	Container     string
 	Architectures []string

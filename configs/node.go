@@ -38,6 +38,7 @@ type NodePolicy struct {
 	Limits   NodeLimits
 	Alerts   AlertPolicy
 	Flows    FlowPolicy
+	Lab      LabPolicy // [lab]: test labs and demos only
 }
 
 // FlowPolicy is the [flows] section: the conntrack flow log that answers
@@ -125,6 +126,11 @@ type rawNode struct {
 	Limits   rawNodeLimits `toml:"limits"`
 	Alerts   rawNodeAlerts `toml:"alerts"`
 	Flows    rawNodeFlows  `toml:"flows"`
+	Lab      rawNodeLab    `toml:"lab"`
+}
+
+type rawNodeLab struct {
+	DocumentationPrefixes bool `toml:"documentation_prefixes"`
 }
 
 type rawNodeFlows struct {
@@ -256,7 +262,8 @@ func ParseNode(name string, data []byte) (*NodePolicy, error) {
 }
 
 func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
-	n := &NodePolicy{Node: r.Node, StateDir: r.StateDir, Uplink: r.Uplink}
+	n := &NodePolicy{Node: r.Node, StateDir: r.StateDir, Uplink: r.Uplink,
+		Lab: LabPolicy{DocumentationPrefixes: r.Lab.DocumentationPrefixes}}
 	if strings.ContainsAny(r.Node, " \t\n\"") {
 		e.add("node", r.Node, "the node name must not contain spaces or quotes; use e.g. \"ark-ams3-nl\"")
 	}

@@ -99,8 +99,11 @@ func HostIfName(id string) string { return LinkPrefix + id }
 type CompileInput struct {
 	Uplink         string // "" = masquerade out of any non-experiment interface
 	DefaultRouters []netip.Addr
-	NFLOGGroup     uint16
-	Exps           []CompileExp
+	// Reserved destinations (nil = configs.ReservedPrefixes with no lab
+	// setting): dropped as "reserved" unless a default router.
+	Reserved   []netip.Prefix
+	NFLOGGroup uint16
+	Exps       []CompileExp
 	// Cache, when set, keeps each experiment's objects from one Compile to
 	// the next and reuses them while its policy and network (the same
 	// pointers) and the node inputs above are unchanged: a start then
@@ -171,7 +174,7 @@ func Compile(in CompileInput) (*Ruleset, error) {
 	estOut := &Set{Name: setEstOut, Fields: []Field{FIIFName, FCtFlow}}
 	estIn := &Set{Name: setEstIn, Fields: []Field{FOIFName, FCtFlow}}
 	rs.Sets = append(rs.Sets, from, to, inm, dnsm, exp4, exp6, estOut, estIn)
-	rs.Sets = append(rs.Sets, globalSets(in.DefaultRouters)...)
+	rs.Sets = append(rs.Sets, globalSets(in.Reserved, in.DefaultRouters)...)
 
 	unknown := []Expr{Counter{counterUnknown}, Verdict{Kind: "drop"}}
 	estab := Cmp{Field: FCtState, Mask: ctEstablished | ctRelated, Neq: true, Value: Value{Num: 0}}
@@ -280,9 +283,12 @@ func nfproto(v int) Cmp {
 
 func l4(p uint8) Cmp { return Cmp{Field: FL4Proto, Value: Value{Num: uint32(p)}} }
 
-func globalSets(routers []netip.Addr) []*Set {
+func globalSets(reserved []netip.Prefix, routers []netip.Addr) []*Set {
+	if reserved == nil {
+		reserved = configs.ReservedPrefixes(configs.LabPolicy{})
+	}
 	var r4, r6 []netip.Prefix
-	for _, p := range configs.Reserved {
+	for _, p := range reserved {
 		if p.Addr().Is4() {
 			r4 = append(r4, p)
 		} else {

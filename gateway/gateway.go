@@ -41,12 +41,16 @@ type Config struct {
 	RunDir         string         // namespace files under RunDir/ns/<id>/{user,net}
 	Uplink         string         // "" = interface of the default route
 	DefaultRouters []netip.Addr   // nil = gateways of the default routes
-	Pool4          netip.Prefix   // default 10.250.0.0/16: a /30 per slot
-	Pool6          netip.Prefix   // default fd00:a4c::/48: a /64 per slot
-	NFLOGGroup     uint16         // drops are logged here with prefix alert.LogPrefix(id, rule)
-	UIDBase        uint32         // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
-	HolderBinary   string         // nsholder.Config.Binary: arkgw-init, "" = this binary
-	Logger         hclog.Logger
+	// Reserved destinations are dropped (rule "reserved") unless they are
+	// a default router; nil = configs.ReservedPrefixes(configs.LabPolicy{}).
+	// Pass configs.ReservedPrefixes(node.Lab).
+	Reserved     []netip.Prefix
+	Pool4        netip.Prefix // default 10.250.0.0/16: a /30 per slot
+	Pool6        netip.Prefix // default fd00:a4c::/48: a /64 per slot
+	NFLOGGroup   uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
+	UIDBase      uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
+	HolderBinary string       // nsholder.Config.Binary: arkgw-init, "" = this binary
+	Logger       hclog.Logger
 }
 
 // Defaults.
@@ -119,6 +123,9 @@ func New(cfg Config) (*Gateway, error) {
 	cfg.Pool4, cfg.Pool6 = cfg.Pool4.Masked(), cfg.Pool6.Masked()
 	if cfg.UIDBase == 0 {
 		cfg.UIDBase = DefaultUIDBase
+	}
+	if cfg.Reserved == nil {
+		cfg.Reserved = configs.ReservedPrefixes(configs.LabPolicy{})
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
@@ -398,7 +405,7 @@ func (g *Gateway) closeNFT() {
 }
 
 func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
-	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, NFLOGGroup: g.cfg.NFLOGGroup}
+	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, Reserved: g.cfg.Reserved, NFLOGGroup: g.cfg.NFLOGGroup}
 	if g.mutate == nil { // a test's mutation must not reach cached objects
 		in.Cache = &g.cache
 	}
@@ -448,7 +455,7 @@ func (g *Gateway) Update(ctx context.Context, effs []*configs.Effective) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := revokeFlows(g.cfg.HostNS, st.net, st.eff, g.cfg.DefaultRouters)
+		n, err := revokeFlows(g.cfg.HostNS, st.net, st.eff, g.cfg.Reserved, g.cfg.DefaultRouters)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("gateway update %q: cut revoked flows: %w", st.eff.ID, err))
 			continue

@@ -43,14 +43,24 @@ type lab struct {
 	run    string
 }
 
+// labReserved are the reserved destinations of a node with [lab]
+// documentation_prefixes = true: netlab's fake Internet lives in them.
+var labReserved = configs.ReservedPrefixes(configs.LabPolicy{DocumentationPrefixes: true})
+
 func newLab(t *testing.T) *lab {
+	t.Helper()
+	return newLabReserved(t, labReserved)
+}
+
+// newLabReserved is newLab with the given reserved destinations.
+func newLabReserved(t *testing.T, reserved []netip.Prefix) *lab {
 	t.Helper()
 	needRoot(t)
 	w := netlab.NewWorld(t)
 	run := t.TempDir()
 	group := uint16(30000 + time.Now().UnixNano()%20000)
 	g, err := New(Config{HostNS: w.Node.NS(), RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
-		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
+		Reserved: reserved, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -954,7 +964,7 @@ func TestPrivilegedAdopt(t *testing.T) {
 	n, ns := l.add(t, eff, 3)
 	// The old daemon dies: its holder process ends, the namespaces stay.
 	n.Holder.Release()
-	g2, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group})
+	g2, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1003,7 +1013,7 @@ func TestPrivilegedIPv4OnlyNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	g, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group})
+	g, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -103,6 +103,7 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	node := deps.Policy.Node
 	gw, err := gateway.New(gateway.Config{
 		HostNS: opt.HostNS, RunDir: opt.RunDir, Uplink: node.Uplink,
+		Reserved:   configs.ReservedPrefixes(node.Lab),
 		NFLOGGroup: node.Alerts.NFLOGGroup, HolderBinary: opt.HelperBinary, Logger: log,
 	})
 	if err != nil {
