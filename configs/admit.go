@@ -441,6 +441,7 @@ func (a *admission) limits() {
 	}
 
 	l.OutputMB = nl.OutputMB
+	l.MaxFlows = nl.MaxFlows
 	l.CPUClass = m.CPU
 	pct, ok := nl.CPU[m.CPU]
 	if !ok {

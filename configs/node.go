@@ -101,7 +101,10 @@ type NodeLimits struct {
 	MaxRAMMB    int64
 	OutputMB    int64
 	TmpfsMB     int64
-	CPU         map[string]int // class -> percent of one core
+	// MaxFlows caps each experiment's tracked flows (conntrack entries);
+	// 0 = an eighth of the kernel's net.netfilter.nf_conntrack_max.
+	MaxFlows int64
+	CPU      map[string]int // class -> percent of one core
 	// AllowMissingControllers lists cgroup controllers ("cpu", "memory",
 	// "pids") the sandbox may run without when the host lacks them.
 	AllowMissingControllers []string
@@ -175,6 +178,7 @@ type rawNodeLimits struct {
 	MaxRAMMB                int64            `toml:"max_ram_mb"`
 	OutputMB                int64            `toml:"output_mb"`
 	TmpfsMB                 int64            `toml:"tmpfs_mb"`
+	MaxFlows                int64            `toml:"max_flows"`
 	CPU                     map[string]int64 `toml:"cpu"`
 	AllowMissingControllers []string         `toml:"allow_missing_controllers"`
 }
@@ -413,6 +417,10 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 	}
 	if rl.OutputMB <= 0 {
 		e.add("limits.output_mb", strconv.FormatInt(rl.OutputMB, 10), "must be more than 0 MB")
+	}
+	l.MaxFlows = rl.MaxFlows
+	if rl.MaxFlows < 0 || rl.MaxFlows > 1<<31-1 {
+		e.add("limits.max_flows", strconv.FormatInt(rl.MaxFlows, 10), "must be 0 (an eighth of nf_conntrack_max) or a number of flows up to 2147483647")
 	}
 	if rl.TmpfsMB < 0 {
 		e.add("limits.tmpfs_mb", strconv.FormatInt(rl.TmpfsMB, 10), "must not be negative; 0 means no tmpfs")

@@ -110,3 +110,18 @@ func TestLabDocumentationPrefixes(t *testing.T) {
 		t.Errorf("lab node: conflicts %v, tcp %v", conflicts, eff.TCP)
 	}
 }
+
+// limits.max_flows reaches the effective policy; 0 leaves the choice to
+// the gateway.
+func TestMaxFlows(t *testing.T) {
+	m := mustManifest(t, "", "")
+	for _, tc := range []struct {
+		node string
+		want int64
+	}{{"", 0}, {"[limits]\nmax_flows = 5000", 5000}} {
+		eff, conflicts := Admit(mustNode(t, tc.node), m, Env{})
+		if len(conflicts) != 0 || eff.Limits.MaxFlows != tc.want {
+			t.Errorf("node %q: max flows %d (conflicts %v), want %d", tc.node, eff.Limits.MaxFlows, conflicts, tc.want)
+		}
+	}
+}

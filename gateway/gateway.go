@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -44,7 +45,12 @@ type Config struct {
 	// Reserved destinations are dropped (rule "reserved") unless they are
 	// a default router; nil = configs.ReservedPrefixes(configs.LabPolicy{}).
 	// Pass configs.ReservedPrefixes(node.Lab).
-	Reserved     []netip.Prefix
+	Reserved []netip.Prefix
+	// MaxFlows limits each experiment's tracked flows when its policy
+	// does not (configs.Limits.MaxFlows = 0); 0 = an eighth of the
+	// kernel's net.netfilter.nf_conntrack_max (DefaultMaxFlows if that
+	// cannot be read).
+	MaxFlows     uint32
 	Pool4        netip.Prefix // default 10.250.0.0/16: a /30 per slot
 	Pool6        netip.Prefix // default fd00:a4c::/48: a /64 per slot
 	NFLOGGroup   uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
@@ -143,6 +149,15 @@ func New(cfg Config) (*Gateway, error) {
 		}
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}}
+	if g.cfg.MaxFlows == 0 {
+		g.cfg.MaxFlows = DefaultMaxFlows
+		v, err := readSysctl(cfg.HostNS, "net.netfilter.nf_conntrack_max")
+		if n, perr := strconv.ParseUint(v, 10, 32); err == nil && perr == nil && n >= 8 {
+			g.cfg.MaxFlows = uint32(n / 8)
+		} else {
+			g.log.Warn("cannot read net.netfilter.nf_conntrack_max; experiments may track the default number of flows", "max_flows", DefaultMaxFlows, "error", err)
+		}
+	}
 	if v, err := readSysctl(cfg.HostNS, "net.ipv6.conf.all.disable_ipv6"); err != nil || v == "1" {
 		g.no6 = true
 		g.log.Warn("ipv6 is disabled on this node: experiments get ipv4 only")
@@ -405,7 +420,7 @@ func (g *Gateway) closeNFT() {
 }
 
 func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
-	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, Reserved: g.cfg.Reserved, NFLOGGroup: g.cfg.NFLOGGroup}
+	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, Reserved: g.cfg.Reserved, NFLOGGroup: g.cfg.NFLOGGroup, MaxFlows: g.cfg.MaxFlows}
 	if g.mutate == nil { // a test's mutation must not reach cached objects
 		in.Cache = &g.cache
 	}
