@@ -145,7 +145,19 @@ func (g *Gateway) plumb(n *Net) error {
 	}
 	// Spoofed sources are checked by the ruleset; strict reverse-path
 	// filtering would drop the declared ones before it.
-	hostKVs := [][2]string{{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"}}
+	// ARP: answer only for the address of this link (arp_ignore=1; by
+	// default Linux answers for every local address on every link, so an
+	// experiment learnt the uplink address and other experiments'
+	// gateways), only where the route back leaves through this link
+	// (arp_filter=1), and ask with this link's own address as the source
+	// (arp_announce=2). IPv6 needs nothing: the kernel answers a
+	// neighbour solicitation only for addresses of the link it came in on.
+	hostKVs := [][2]string{
+		{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"},
+		{"net.ipv4.conf." + n.HostIf + ".arp_ignore", "1"},
+		{"net.ipv4.conf." + n.HostIf + ".arp_filter", "1"},
+		{"net.ipv4.conf." + n.HostIf + ".arp_announce", "2"},
+	}
 	if has6 {
 		hostKVs = append(hostKVs, [2]string{"net.ipv6.conf." + n.HostIf + ".accept_dad", "0"}, [2]string{"net.ipv6.conf." + n.HostIf + ".accept_ra", "0"})
 	}
