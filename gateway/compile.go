@@ -96,6 +96,10 @@ func InboundCounterName(id string) string { return "inbound_" + id }
 // HostIfName is the host end of an experiment's veth.
 func HostIfName(id string) string { return LinkPrefix + id }
 
+// LinkAlias is the alias (IFLA_IFALIAS) of experiment id's host veth: it
+// marks the link as arkgw's, and only links carrying it are swept.
+func LinkAlias(id string) string { return "arkgw:" + id }
+
 // CompileInput is everything the ruleset depends on.
 type CompileInput struct {
 	Uplink         string // "" = masquerade out of any non-experiment interface

@@ -341,12 +341,10 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 		return nil, fmt.Errorf("gateway adopt %q: persisted netns %s: %w (start the experiment anew)", id, netNS, err)
 	}
 	h.Close()
-	links, err := arkLinks(g.cfg.HostNS)
-	if err != nil {
-		return nil, fmt.Errorf("gateway adopt %q: %w", id, err)
-	}
-	if !slices.Contains(links, id) {
-		return nil, fmt.Errorf("gateway adopt %q: veth %s is gone (start the experiment anew)", id, HostIfName(id))
+	// The store says id is arkgw's: its veth is tagged if an older
+	// arkgw left it untagged.
+	if err := tagLink(g.cfg.HostNS, id); err != nil {
+		return nil, fmt.Errorf("gateway adopt %q: veth %s: %w (start the experiment anew)", id, HostIfName(id), err)
 	}
 	uid := g.cfg.UIDBase + uint32(slot)*65536
 	n := &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6,
@@ -516,7 +514,7 @@ func (g *Gateway) removeLocked(id string) error {
 // removeNetwork deletes the veth and the persisted namespaces of id.
 func (g *Gateway) removeNetwork(id string, h *nsholder.Holder) error {
 	var errs []error
-	if err := deleteLink(g.cfg.HostNS, HostIfName(id)); err != nil {
+	if err := deleteLink(g.cfg.HostNS, id); err != nil {
 		errs = append(errs, err)
 	}
 	if h != nil {
@@ -551,7 +549,7 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 	}
 	for _, id := range links {
 		if !keep[id] && g.exps[id] == nil {
-			if err := deleteLink(g.cfg.HostNS, HostIfName(id)); err != nil {
+			if err := deleteLink(g.cfg.HostNS, id); err != nil {
 				errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 			}
 		}
