@@ -97,6 +97,10 @@ type Gateway struct {
 	exps map[string]*expState
 	// applied is the ruleset currently in the kernel (nil = no table).
 	applied *Ruleset
+	// gen is the nftables ruleset generation right after our last load
+	// (valid when genOK): an in-place diff needs it unchanged.
+	gen   uint32
+	genOK bool
 	// cache keeps compiled experiments between reloads (under mu).
 	cache CompileCache
 	// nft is a lasting nftables connection in HostNS, host a netlink
@@ -391,22 +395,45 @@ func (g *Gateway) load(rs *Ruleset) error {
 		}
 		g.nft = c
 	}
+	// A diff is only valid against the table we last loaded. The
+	// ruleset generation changes with every nftables commit in the netns:
+	// if it moved since ours, something may have changed our table
+	// (nft by hand, another firewall tool) and the table is replaced
+	// whole. Commits to other tables (gateway/quota's included) move it
+	// too; then the replace costs time, never correctness.
 	if p, ok := Diff(g.applied, rs); ok {
-		err := applyPlanWith(g.nft, p, rs)
-		if err == nil {
-			return nil
-		}
-		g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
-		g.closeNFT() // a reply left unread must not confuse the next batch
-		if g.nft, err = nftLasting(g.cfg.HostNS); err != nil {
-			return fmt.Errorf("nftables connection: %w", err)
+		gen, gerr := ruleGeneration(g.cfg.HostNS)
+		if gerr == nil && g.genOK && gen == g.gen {
+			err := applyPlanWith(g.nft, p, rs)
+			if err == nil {
+				g.noteGeneration()
+				return nil
+			}
+			g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
+			g.closeNFT() // a reply left unread must not confuse the next batch
+			if g.nft, err = nftLasting(g.cfg.HostNS); err != nil {
+				return fmt.Errorf("nftables connection: %w", err)
+			}
+		} else {
+			g.log.Debug("nftables changed since the last load; replacing the table", "generation", gen, "loaded", g.gen, "error", gerr)
 		}
 	}
 	err := applyRulesetWith(g.nft, g.cfg.HostNS, rs)
 	if err != nil {
 		g.closeNFT()
+		g.genOK = false
+		return err
 	}
-	return err
+	g.noteGeneration()
+	return nil
+}
+
+// noteGeneration records the ruleset generation right after a load of
+// ours. (A commit by someone else in the moment between is missed; the
+// next foreign commit is not.)
+func (g *Gateway) noteGeneration() {
+	gen, err := ruleGeneration(g.cfg.HostNS)
+	g.gen, g.genOK = gen, err == nil
 }
 
 // closeNFT drops the lasting nftables connection (made again when needed).
