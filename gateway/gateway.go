@@ -33,6 +33,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/gateway/nftgen"
 	"github.com/arkgw/arkgw/nsholder"
 )
 
@@ -46,6 +47,10 @@ type Config struct {
 	// a default router; nil = configs.ReservedPrefixes(configs.LabPolicy{}).
 	// Pass configs.ReservedPrefixes(node.Lab).
 	Reserved []netip.Prefix
+	// Ledger records this process's nftables commits in HostNS; share it
+	// with gateway/quota so that its commits do not force a replace of
+	// the whole table. nil = the gateway's own.
+	Ledger *nftgen.Ledger
 	// MaxFlows limits each experiment's tracked flows when its policy
 	// does not (configs.Limits.MaxFlows = 0); 0 = an eighth of the
 	// kernel's net.netfilter.nf_conntrack_max (DefaultMaxFlows if that
@@ -97,10 +102,9 @@ type Gateway struct {
 	exps map[string]*expState
 	// applied is the ruleset currently in the kernel (nil = no table).
 	applied *Ruleset
-	// gen is the nftables ruleset generation right after our last load
-	// (valid when genOK): an in-place diff needs it unchanged.
-	gen   uint32
-	genOK bool
+	// ledger follows the nftables generation: an in-place diff needs
+	// no foreign commit since our last load.
+	ledger *nftgen.Ledger
 	// cache keeps compiled experiments between reloads (under mu).
 	cache CompileCache
 	// nft is a lasting nftables connection in HostNS, host a netlink
@@ -152,7 +156,10 @@ func New(cfg Config) (*Gateway, error) {
 			cfg.DefaultRouters = routers
 		}
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}}
+	g := &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}, ledger: cfg.Ledger}
+	if g.ledger == nil {
+		g.ledger = nftgen.NewLedger(cfg.HostNS)
+	}
 	if g.cfg.MaxFlows == 0 {
 		g.cfg.MaxFlows = DefaultMaxFlows
 		v, err := readSysctl(cfg.HostNS, "net.netfilter.nf_conntrack_max")
@@ -395,45 +402,32 @@ func (g *Gateway) load(rs *Ruleset) error {
 		}
 		g.nft = c
 	}
-	// A diff is only valid against the table we last loaded. The
-	// ruleset generation changes with every nftables commit in the netns:
-	// if it moved since ours, something may have changed our table
-	// (nft by hand, another firewall tool) and the table is replaced
-	// whole. Commits to other tables (gateway/quota's included) move it
-	// too; then the replace costs time, never correctness.
+	// A diff is only valid against the table we last loaded. The ledger
+	// follows the nftables ruleset generation, which moves with every
+	// commit in the netns: if anything but this process's own commits
+	// through the ledger (ours, gateway/quota's when it shares it) moved
+	// it, something may have changed our table (nft by hand, another
+	// firewall tool), and the table is replaced whole.
 	if p, ok := Diff(g.applied, rs); ok {
-		gen, gerr := ruleGeneration(g.cfg.HostNS)
-		if gerr == nil && g.genOK && gen == g.gen {
-			err := applyPlanWith(g.nft, p, rs)
-			if err == nil {
-				g.noteGeneration()
-				return nil
-			}
+		applied, err := g.ledger.CommitIfClean(func() error { return applyPlanWith(g.nft, p, rs) })
+		switch {
+		case applied && err == nil:
+			return nil
+		case applied:
 			g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
 			g.closeNFT() // a reply left unread must not confuse the next batch
 			if g.nft, err = nftLasting(g.cfg.HostNS); err != nil {
 				return fmt.Errorf("nftables connection: %w", err)
 			}
-		} else {
-			g.log.Debug("nftables changed since the last load; replacing the table", "generation", gen, "loaded", g.gen, "error", gerr)
+		default:
+			g.log.Debug("nftables changed behind the gateway's back since its last load; replacing the table")
 		}
 	}
-	err := applyRulesetWith(g.nft, g.cfg.HostNS, rs)
+	err := g.ledger.Replace(func() error { return applyRulesetWith(g.nft, g.cfg.HostNS, rs) })
 	if err != nil {
 		g.closeNFT()
-		g.genOK = false
-		return err
 	}
-	g.noteGeneration()
-	return nil
-}
-
-// noteGeneration records the ruleset generation right after a load of
-// ours. (A commit by someone else in the moment between is missed; the
-// next foreign commit is not.)
-func (g *Gateway) noteGeneration() {
-	gen, err := ruleGeneration(g.cfg.HostNS)
-	g.gen, g.genOK = gen, err == nil
+	return err
 }
 
 // closeNFT drops the lasting nftables connection (made again when needed).
@@ -595,7 +589,7 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 		}
 	}
 	// A scratch table left by an interrupted diagnosis (see apply.go).
-	if err := deleteTable(g.cfg.HostNS, TableName+"_probe"); err != nil {
+	if err := g.ledger.Commit(func() error { return deleteTable(g.cfg.HostNS, TableName+"_probe") }); err != nil {
 		errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 	}
 	// Rules of ids not known go with the reload; kept links that are not

@@ -8,13 +8,15 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/gateway/quota"
 )
 
 // TestPrivilegedForeignTableChange: a rule inserted into the arkgw table
 // behind the gateway's back (nft by hand) does not survive the next
 // policy update, although that update alone would be applied in place:
 // the changed ruleset generation makes the gateway replace the table.
-// Without a foreign change, updates stay in place (same table handle).
+// Without a foreign change, updates stay in place (same table handle),
+// also after commits of the accounting table through the shared ledger.
 func TestPrivilegedForeignTableChange(t *testing.T) {
 	l := newLab(t)
 	eff := &configs.Effective{ID: "x" + randSuffix()[:4], IPv4: true, IPv6: true,
@@ -43,6 +45,21 @@ func TestPrivilegedForeignTableChange(t *testing.T) {
 	updateOther(8)
 	if h := handle(); h != h0 {
 		t.Errorf("an update without a foreign change replaced the table (handle %s -> %s)", h0, h)
+	}
+	// The accounting table commits through the same ledger: its commits
+	// are this process's own and do not force a replace either.
+	acct := quota.New(quota.Config{NS: l.w.Node.NS(), Ledger: l.g.ledger})
+	t.Cleanup(func() {
+		if err := acct.Delete(); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := acct.Add(quota.Exp{ID: other.ID, HostIf: HostIfName(other.ID), BudgetBytes: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	updateOther(10)
+	if h := handle(); h != h0 {
+		t.Errorf("an update after a commit of the shared accounting table replaced the table (handle %s -> %s)", h0, h)
 	}
 	// Behind the gateway's back: accept everything of the experiment.
 	l.w.Node.Run(t, "nft", "insert", "rule", "inet", TableName, "fwd_"+eff.ID, "accept")
