@@ -70,7 +70,8 @@ func Admit(node *NodePolicy, m *Manifest, env Env) (*Effective, []Conflict) {
 
 	// What is always dropped: reserved ranges (minus the default routers)
 	// and families the experiment may not use.
-	a.reserved = ReservedSet(env.DefaultRouters)
+	eff.Lab = node.Lab
+	a.reserved = ReservedSet(node.Lab, env.DefaultRouters)
 	var db netipx.IPSetBuilder
 	db.AddSet(a.reserved)
 	if !eff.IPv4 {
@@ -440,6 +441,7 @@ func (a *admission) limits() {
 	}
 
 	l.OutputMB = nl.OutputMB
+	l.MaxFlows = nl.MaxFlows
 	l.CPUClass = m.CPU
 	pct, ok := nl.CPU[m.CPU]
 	if !ok {

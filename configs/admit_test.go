@@ -7,9 +7,13 @@ import (
 	"testing"
 )
 
+// labNode is appended to test node policies whose manifests use the
+// documentation prefixes (198.51.100.0/24, 2001:db8::/32, ...).
+const labNode = "\n[lab]\ndocumentation_prefixes = true\n"
+
 func mustNode(t *testing.T, text string) *NodePolicy {
 	t.Helper()
-	n, err := ParseNode("node.toml", []byte(text))
+	n, err := ParseNode("node.toml", []byte(text+labNode))
 	if err != nil {
 		t.Fatalf("node policy: %v", err)
 	}
@@ -64,7 +68,7 @@ syn_only_ports = [22]`,
 					t.Errorf("eff %+v", eff)
 				}
 				for _, d := range append(slices.Clone(eff.TCP), eff.UDP...) {
-					if ReservedSet(nil).OverlapsPrefix(d.Prefix) {
+					if ReservedSet(eff.Lab, nil).OverlapsPrefix(d.Prefix) {
 						t.Errorf("reserved destination %v kept", d)
 					}
 				}
@@ -139,7 +143,7 @@ back_channel = "203.0.113.7:9000"`,
 			top: `udp = ["0.0.0.0/0:53"]`,
 			check: func(t *testing.T, eff *Effective) {
 				var b = prefixSetOf(eff.UDP)
-				for _, r := range Reserved[:6] {
+				for _, r := range ReservedPrefixes(LabPolicy{})[:6] {
 					if b.OverlapsPrefix(r) && !r.Contains(routers[0]) {
 						t.Errorf("reserved %v in effective udp", r)
 					}
@@ -357,10 +361,7 @@ tcp = ["[2001:db8::/32]:443", "198.51.100.1:443"]`,
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			node := DefaultNode()
-			if tt.node != "" {
-				node = mustNode(t, tt.node)
-			}
+			node := mustNode(t, tt.node)
 			m := mustManifest(t, tt.top, tt.tables)
 			eff, conflicts := Admit(node, m, tt.env)
 			got := conflictStrings(conflicts)

@@ -75,6 +75,10 @@ type Effective struct {
 
 	Limits Limits
 
+	// Lab is the node's [lab] section at admission: with
+	// DocumentationPrefixes the documentation blocks are not reserved.
+	Lab LabPolicy
+
 	// Sandbox inputs.
 	Container     string
 	Architectures []string
@@ -94,6 +98,9 @@ type Limits struct {
 	MaxRAMMB    int64
 	TmpfsMB     int64 // 0 = no tmpfs
 	OutputMB    int64 // cap for each of stdout and stderr
+	// MaxFlows caps the experiment's tracked flows (conntrack entries it
+	// opened); 0 = the gateway's default, a share of nf_conntrack_max.
+	MaxFlows int64
 }
 
 // DNSRestricted reports whether the experiment's names are restricted, in

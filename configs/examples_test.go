@@ -31,13 +31,27 @@ func TestNodeTomlMatchesDefaults(t *testing.T) {
 	}
 }
 
-// Every example is admitted by the default node policy unless its first
-// comment says it is intentionally refused.
-func TestExamplesAgainstDefaultNode(t *testing.T) {
-	node, err := LoadNode("node.toml")
+// labDefaultNode is configs/node.toml with [lab] documentation_prefixes
+// turned on: the examples send to the documentation prefixes.
+func labDefaultNode(t *testing.T) *NodePolicy {
+	t.Helper()
+	data, err := os.ReadFile("node.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
+	text := strings.Replace(string(data), "documentation_prefixes = false", "documentation_prefixes = true", 1)
+	n, err := ParseNode("node.toml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Every example is admitted by the default node policy (in a lab: the
+// examples use documentation prefixes) unless its first comment says it is
+// intentionally refused.
+func TestExamplesAgainstDefaultNode(t *testing.T) {
+	node := labDefaultNode(t)
 	files, _ := filepath.Glob("examples/*.toml")
 	if len(files) < 5 {
 		t.Fatalf("want at least 5 examples, have %v", files)
@@ -72,12 +86,12 @@ func TestBCP38AdmittedWithSpoofDestinations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, conflicts := Admit(DefaultNode(), m, Env{})
+	_, conflicts := Admit(labDefaultNode(t), m, Env{})
 	if len(conflicts) != 1 || conflicts[0].Field != "spoof.destinations[0]" {
 		t.Fatalf("conflicts = %v, want only spoof.destinations[0]", conflicts)
 	}
 	node, err := ParseNode("node.toml", []byte(`[permit]
-spoof_destinations = ["198.51.100.5"]`))
+spoof_destinations = ["198.51.100.5"]`+labNode))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,11 +46,11 @@ func FormatEffective(w io.Writer, eff *Effective) error {
 		}
 		p("all packets:   only to %s (node policy)\n", strings.Join(ps, ", "))
 	}
-	p("tcp:           %s\n", formatDests(eff.TCP))
+	p("tcp:           %s\n", formatDests(eff.TCP, eff.Lab))
 	if len(eff.SynOnlyPorts) > 0 {
 		p("tcp syn-only:  ports %s to any destination (SYN without data)\n", FormatPorts(eff.SynOnlyPorts))
 	}
-	p("udp:           %s\n", formatDests(eff.UDP))
+	p("udp:           %s\n", formatDests(eff.UDP, eff.Lab))
 	switch {
 	case eff.ICMPAny:
 		p("icmp:          any type (ICMP and ICMPv6)\n")
@@ -135,7 +135,7 @@ func quoteList(ss []string) string {
 // formatDests groups destinations by port set and writes each group's
 // addresses compactly (reserved ranges added back, then each resulting
 // prefix written either as itself or as "PREFIX minus reserved ranges").
-func formatDests(ds []Dest) string {
+func formatDests(ds []Dest, lab LabPolicy) string {
 	if len(ds) == 0 {
 		return "none"
 	}
@@ -155,7 +155,7 @@ func formatDests(ds []Dest) string {
 		}
 		g.set.AddPrefix(d.Prefix)
 	}
-	reserved := prefixSet(Reserved...)
+	reserved := prefixSet(ReservedPrefixes(lab)...)
 	var lines []string
 	for _, g := range groups {
 		have, _ := g.set.IPSet()

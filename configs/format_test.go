@@ -55,10 +55,7 @@ func formatAdmission(t *testing.T, node *NodePolicy, m *Manifest) []byte {
 }
 
 func TestFormatEffectiveExamplesGolden(t *testing.T) {
-	node, err := LoadNode("node.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
+	node := labDefaultNode(t)
 	files, _ := filepath.Glob("examples/*.toml")
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".toml")

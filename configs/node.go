@@ -38,6 +38,7 @@ type NodePolicy struct {
 	Limits   NodeLimits
 	Alerts   AlertPolicy
 	Flows    FlowPolicy
+	Lab      LabPolicy // [lab]: test labs and demos only
 }
 
 // FlowPolicy is the [flows] section: the conntrack flow log that answers
@@ -103,7 +104,10 @@ type NodeLimits struct {
 	MaxRAMMB    int64
 	OutputMB    int64
 	TmpfsMB     int64
-	CPU         map[string]int // class -> percent of one core
+	// MaxFlows caps each experiment's tracked flows (conntrack entries);
+	// 0 = an eighth of the kernel's net.netfilter.nf_conntrack_max.
+	MaxFlows int64
+	CPU      map[string]int // class -> percent of one core
 	// AllowMissingControllers lists cgroup controllers ("cpu", "memory",
 	// "pids") the sandbox may run without when the host lacks them.
 	AllowMissingControllers []string
@@ -128,6 +132,11 @@ type rawNode struct {
 	Limits   rawNodeLimits `toml:"limits"`
 	Alerts   rawNodeAlerts `toml:"alerts"`
 	Flows    rawNodeFlows  `toml:"flows"`
+	Lab      rawNodeLab    `toml:"lab"`
+}
+
+type rawNodeLab struct {
+	DocumentationPrefixes bool `toml:"documentation_prefixes"`
 }
 
 type rawNodeFlows struct {
@@ -174,6 +183,7 @@ type rawNodeLimits struct {
 	MaxRAMMB                int64            `toml:"max_ram_mb"`
 	OutputMB                int64            `toml:"output_mb"`
 	TmpfsMB                 int64            `toml:"tmpfs_mb"`
+	MaxFlows                int64            `toml:"max_flows"`
 	CPU                     map[string]int64 `toml:"cpu"`
 	AllowMissingControllers []string         `toml:"allow_missing_controllers"`
 }
@@ -261,7 +271,8 @@ func ParseNode(name string, data []byte) (*NodePolicy, error) {
 }
 
 func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
-	n := &NodePolicy{Node: r.Node, StateDir: r.StateDir, Uplink: r.Uplink}
+	n := &NodePolicy{Node: r.Node, StateDir: r.StateDir, Uplink: r.Uplink,
+		Lab: LabPolicy{DocumentationPrefixes: r.Lab.DocumentationPrefixes}}
 	if strings.ContainsAny(r.Node, " \t\n\"") {
 		e.add("node", r.Node, "the node name must not contain spaces or quotes; use e.g. \"ark-ams3-nl\"")
 	}
@@ -414,6 +425,10 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 	}
 	if rl.OutputMB <= 0 {
 		e.add("limits.output_mb", strconv.FormatInt(rl.OutputMB, 10), "must be more than 0 MB")
+	}
+	l.MaxFlows = rl.MaxFlows
+	if rl.MaxFlows < 0 || rl.MaxFlows > 1<<31-1 {
+		e.add("limits.max_flows", strconv.FormatInt(rl.MaxFlows, 10), "must be 0 (an eighth of nf_conntrack_max) or a number of flows up to 2147483647")
 	}
 	if rl.TmpfsMB < 0 {
 		e.add("limits.tmpfs_mb", strconv.FormatInt(rl.TmpfsMB, 10), "must not be negative; 0 means no tmpfs")

@@ -16,7 +16,7 @@ func TestAdmitLargeAllowlists(t *testing.T) {
 	}
 	var owner, req []string
 	for i := range 1000 {
-		a := netip.AddrFrom4([4]byte{198, 18 + byte(i/256%2), byte(i % 256), 0})
+		a := netip.AddrFrom4([4]byte{11, byte(i / 256 % 2), byte(i % 256), 0})
 		owner = append(owner, fmt.Sprintf("%s/24:%d-%d", a, 1000+i, 1100+i))
 		req = append(req, fmt.Sprintf("%s/25:%d", a, 1000+i))
 	}

@@ -8,39 +8,10 @@ import (
 	"go4.org/netipx"
 )
 
-// Reserved lists the destinations that are always dropped, except the
-// node's default routers.
-var Reserved = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),
-	netip.MustParsePrefix("10.0.0.0/8"),
-	netip.MustParsePrefix("169.254.0.0/16"),
-	netip.MustParsePrefix("172.16.0.0/12"),
-	netip.MustParsePrefix("192.168.0.0/16"),
-	netip.MustParsePrefix("224.0.0.0/3"),
-	netip.MustParsePrefix("::/128"),
-	netip.MustParsePrefix("::1/128"),
-	netip.MustParsePrefix("fc00::/7"),
-	netip.MustParsePrefix("fe80::/10"),
-	netip.MustParsePrefix("ff00::/8"),
-}
-
 var (
 	all4 = netip.MustParsePrefix("0.0.0.0/0")
 	all6 = netip.MustParsePrefix("::/0")
 )
-
-// ReservedSet returns the reserved destinations minus the given default routers.
-func ReservedSet(routers []netip.Addr) *netipx.IPSet {
-	var b netipx.IPSetBuilder
-	for _, p := range Reserved {
-		b.AddPrefix(p)
-	}
-	for _, r := range routers {
-		b.Remove(r.Unmap())
-	}
-	s, _ := b.IPSet()
-	return s
-}
 
 func prefixSet(ps ...netip.Prefix) *netipx.IPSet {
 	var b netipx.IPSetBuilder

@@ -98,7 +98,7 @@ func TestMergeDests(t *testing.T) {
 // (address, port) pairs as the input minus the dropped set.
 func TestMergeDestsRandom(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	drop := ReservedSet([]netip.Addr{netip.MustParseAddr("10.0.0.1")})
+	drop := ReservedSet(LabPolicy{DocumentationPrefixes: true}, []netip.Addr{netip.MustParseAddr("10.0.0.1")})
 	randPrefix := func() netip.Prefix {
 		var b [4]byte
 		b[0] = []byte{10, 198, 203, 0, 192}[r.IntN(5)]
@@ -175,7 +175,7 @@ func TestUncovered(t *testing.T) {
 }
 
 func TestReservedSet(t *testing.T) {
-	s := ReservedSet([]netip.Addr{netip.MustParseAddr("192.168.77.1"), netip.MustParseAddr("fd77::1"), netip.MustParseAddr("::ffff:10.0.0.1")})
+	s := ReservedSet(LabPolicy{DocumentationPrefixes: true}, []netip.Addr{netip.MustParseAddr("192.168.77.1"), netip.MustParseAddr("fd77::1"), netip.MustParseAddr("::ffff:10.0.0.1")})
 	for a, want := range map[string]bool{
 		"0.1.2.3": true, "10.9.9.9": true, "10.0.0.1": false, "169.254.1.1": true, "172.16.0.1": true, "172.32.0.1": false,
 		"192.168.77.1": false, "192.168.77.2": true, "224.0.0.1": true, "255.255.255.255": true, "198.51.100.1": false,

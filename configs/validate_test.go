@@ -321,6 +321,7 @@ func TestNodeValidationMessages(t *testing.T) {
 		{"bad udp_ports range", "[permit]\nudp_ports = [\"200-100\"]", []string{`node.toml: permit.udp_ports[0] "200-100": range 200-100 is inverted; write 100-200`}},
 		{"bad all_packets", "[permit]\nall_packets = [\"198.51.100.0/24:80\"]", []string{`node.toml: permit.all_packets[0] "198.51.100.0/24:80": this list takes prefixes without ports; write 198.51.100.0/24`}},
 		{"bad icmp", "[permit]\nicmp = [\"echo-request\", \"icmpv6:nope\"]", []string{`node.toml: permit.icmp[1] "icmpv6:nope": unknown ICMPv6 type name`}},
+		{"negative max_flows", "[limits]\nmax_flows = -1", []string{`node.toml: limits.max_flows "-1": must be 0`}},
 		{"bad protocol", "[permit]\nprotocols = [17]", []string{`node.toml: permit.protocols[0] "17": UDP is not an other protocol; use the udp or udp_ports fields`}},
 		{"bad spoof destination", "[permit]\nspoof_destinations = [\"x\"]", []string{`node.toml: permit.spoof_destinations[0] "x": not an address or prefix`}},
 		{"bad experimenter", "[permit]\nexperimenters = [\"example.edu\"]", []string{`node.toml: permit.experimenters[0] "example.edu": not an email address or @domain`}},

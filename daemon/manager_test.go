@@ -127,10 +127,13 @@ name = "A. Researcher"
 email = "researcher@example.edu"
 `
 
+// labNode turns on the documentation prefixes the test manifests use.
+const labNode = "\n[lab]\ndocumentation_prefixes = true\n"
+
 func testPolicy(t *testing.T, extra string) *Policy {
 	t.Helper()
 	dir := t.TempDir()
-	n, err := configs.ParseNode("node.toml", []byte("state_dir = \""+dir+"\"\n"+extra))
+	n, err := configs.ParseNode("node.toml", []byte("state_dir = \""+dir+"\"\n"+extra+labNode))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +338,7 @@ func TestReloadStopsConflictingAndUpdatesTheRest(t *testing.T) {
 }
 
 func mustNode(t *testing.T, stateDir, extra string) *configs.NodePolicy {
-	n, err := configs.ParseNode("node.toml", []byte("state_dir = \""+stateDir+"\"\n"+extra))
+	n, err := configs.ParseNode("node.toml", []byte("state_dir = \""+stateDir+"\"\n"+extra+labNode))
 	if err != nil {
 		t.Fatal(err)
 	}

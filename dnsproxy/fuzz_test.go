@@ -60,6 +60,20 @@ func FuzzHandler(f *testing.F) {
 		return b
 	}
 	f.Add(seed("www.example.org.", dns.TypeA, false), ans("www.example.org."), false)
+	cname := func(name, target string) []byte {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = []dns.RR{
+			&dns.CNAME{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 60}, Target: target},
+			&dns.A{Hdr: dns.RR_Header{Name: target, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{198, 51, 100, 7}},
+		}
+		b, _ := m.Pack()
+		return b
+	}
+	f.Add(seed("alias.example.org.", dns.TypeA, false), cname("alias.example.org.", "cn.blocked.test."), false)
+	f.Add(seed("alias.example.org.", dns.TypeA, true), cname("alias.example.org.", "www.example.org."), true)
 	f.Add(seed("evil-example.org.", dns.TypeA, true), ans("evil-example.org."), true)
 	f.Add(seed("evil\\.example.org.", dns.TypeTXT, true), ans("x.example.org."), false)
 	f.Add(seed("example.org.", dns.TypeANY, true), []byte{}, true)
@@ -91,6 +105,18 @@ func FuzzHandler(f *testing.F) {
 		}
 		if !tcp && len(out) > serverUDPSize {
 			t.Fatalf("UDP answer of %d bytes", len(out))
+		}
+		// No name outside the allowlist reaches the client in an answer.
+		for _, rr := range append(append([]dns.RR(nil), r.Answer...), r.Extra...) {
+			if _, opt := rr.(*dns.OPT); opt {
+				continue
+			}
+			if !m.Allowed(rr.Header().Name) {
+				t.Fatalf("answer carries a record of a denied name: %v", rr)
+			}
+			if c, ok := rr.(*dns.CNAME); ok && !m.Allowed(c.Target) {
+				t.Fatalf("answer carries a CNAME to a denied name: %v", rr)
+			}
 		}
 	})
 }

@@ -249,17 +249,30 @@ func upstreamQuery(j *job) []byte {
 func (p *Proxy) forward(ctx context.Context, j *job) []byte {
 	raw, err := p.ex.exchange(ctx, upstreamQuery(j), j.question)
 	if err == nil {
-		if out, ok := patchAnswer(j, raw); ok {
-			return p.deliver(j, out)
-		}
 		m := new(dns.Msg)
-		if uerr := m.Unpack(raw); uerr == nil {
+		if uerr := m.Unpack(raw); uerr != nil {
+			err = fmt.Errorf("unpack upstream answer: %w", uerr)
+		} else {
+			repack := false
+			if !p.match.Any() {
+				// Every name the answer names must be allowed too: a
+				// CNAME chain from an allowed name into a denied one is
+				// refused like a query for the denied name; records of
+				// denied names in the additional section are stripped.
+				if name, bad := p.deniedInAnswer(m); bad {
+					return p.refuseAnswer(j, name)
+				}
+				repack = p.stripExtra(m)
+			}
+			if !repack {
+				if out, ok := patchAnswer(j, raw); ok {
+					return p.deliver(j, out)
+				}
+			}
 			if full := p.finish(j, m); full != nil {
 				return p.deliver(j, full)
 			}
 			err = errors.New("repack upstream answer")
-		} else {
-			err = fmt.Errorf("unpack upstream answer: %w", uerr)
 		}
 	}
 	p.stats.upstreamFailures.Add(1)
@@ -303,9 +316,10 @@ func (j *job) opt() *dns.OPT {
 // the client's ID and question (its letter case), our EDNS buffer size.
 // It declines (ok false) when the answer's EDNS does not line up with the
 // client's or carries options, or the framing is odd; finish handles those.
-// walkAnswer checks only the framing, so the records' contents are parsed
-// too: a malformed answer from upstream (an A record of 3 bytes) must reach
-// the general path, which answers SERVFAIL, not the client or the cache.
+// walkAnswer checks only the framing, so the records' contents must have
+// been parsed (dns.Msg.Unpack) by the caller: a malformed answer from
+// upstream (an A record of 3 bytes) must reach the general path, which
+// answers SERVFAIL, not the client or the cache.
 func patchAnswer(j *job, raw []byte) ([]byte, bool) {
 	info, ok := walkAnswer(raw, false)
 	if !ok || (info.optOff != 0) != j.hasOPT || info.optRd != 0 || len(raw) < hdrLen+len(j.rawQ) {
@@ -317,9 +331,6 @@ func patchAnswer(j *job, raw []byte) ([]byte, bool) {
 	if !sameQuestion(raw[hdrLen:], j.question) {
 		return nil, false
 	}
-	if err := new(dns.Msg).Unpack(raw); err != nil {
-		return nil, false
-	}
 	binary.BigEndian.PutUint16(raw, j.id)
 	raw[2] = (raw[2] | 0x80) &^ 0x78 // QR, opcode QUERY (the mux checks QR; be exact)
 	copy(raw[hdrLen:], j.rawQ)
@@ -327,6 +338,62 @@ func patchAnswer(j *job, raw []byte) ([]byte, bool) {
 		binary.BigEndian.PutUint16(raw[info.optOff:], serverUDPSize)
 	}
 	return raw, true
+}
+
+// deniedInAnswer returns the first name in the answer section that the
+// allowlist denies: an owner name or a CNAME or DNAME target. The
+// question's own name is allowed (it was checked before forwarding).
+func (p *Proxy) deniedInAnswer(m *dns.Msg) (string, bool) {
+	for _, rr := range m.Answer {
+		if !p.match.Allowed(rr.Header().Name) {
+			return rr.Header().Name, true
+		}
+		switch rr := rr.(type) {
+		case *dns.CNAME:
+			if !p.match.Allowed(rr.Target) {
+				return rr.Target, true
+			}
+		case *dns.DNAME:
+			if !p.match.Allowed(rr.Target) {
+				return rr.Target, true
+			}
+		}
+	}
+	return "", false
+}
+
+// stripExtra removes additional-section records (glue addresses for MX,
+// SRV or NS targets) whose owner is denied; it reports whether it removed
+// any. Authority records (SOA, NS of parent zones) are kept: they name
+// zones, not answers.
+func (p *Proxy) stripExtra(m *dns.Msg) bool {
+	kept := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if _, opt := rr.(*dns.OPT); opt || p.match.Allowed(rr.Header().Name) {
+			kept = append(kept, rr)
+		}
+	}
+	stripped := len(kept) != len(m.Extra)
+	m.Extra = kept
+	return stripped
+}
+
+// refuseAnswer answers j like a query for the denied name the upstream's
+// answer led to, and raises the alert. Not cached: the refusal is cheap
+// and the next answer may differ.
+func (p *Proxy) refuseAnswer(j *job, denied string) []byte {
+	p.stats.refused.Add(1)
+	var nb [256]byte
+	via := ""
+	if req := j.msg(); len(req.Question) == 1 {
+		via = req.Question[0].Name
+	}
+	if n, err := dns.PackDomainName(dns.Fqdn(denied), nb[:], 0, nil, false); err == nil {
+		p.alertDeniedVia(lowerWire(nb[:n]), j.qtype, via)
+	}
+	return p.reply(j.msg(), j.opt(), p.denyRcode(), &dns.EDNS0_EDE{
+		InfoCode: dns.ExtendedErrorCodeBlocked, ExtraText: "answer leads to a name not in this experiment's dns allowlist",
+	}, j.tcp)
 }
 
 // deliver caches a complete client answer (when cacheable) and fits it to

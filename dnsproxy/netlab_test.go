@@ -198,10 +198,18 @@ func TestPrivilegedResolveThroughGateway(t *testing.T) {
 	if r.Rcode != dns.RcodeSuccess || len(r.Answer) == 0 {
 		t.Fatalf("arkgw.test TXT: %v", r)
 	}
-	// A CNAME out of the allowlist is passed through (README: decisions).
-	r = w.expQuery(t, "udp", srv4, "alias-out.arkgw.test.", dns.TypeA, 1232)
-	if r.Rcode != dns.RcodeSuccess || len(r.Answer) < 2 {
-		t.Errorf("alias-out: %v", r)
+	// A CNAME chain inside the allowlist is answered whole.
+	r = w.expQuery(t, "udp", srv4, "a.arkgw.test.", dns.TypeA, 1232)
+	if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 3 {
+		t.Errorf("a -> b -> www: %v", r)
+	}
+	// A CNAME out of the allowlist is refused like the name it leads to
+	// (README: decisions), with no address of it.
+	for _, network := range []string{"udp", "tcp"} {
+		r = w.expQuery(t, network, srv4, "alias-out.arkgw.test.", dns.TypeA, 1232)
+		if r.Rcode != dns.RcodeRefused || len(r.Answer) != 0 || len(r.Extra) != 1 {
+			t.Errorf("alias-out over %s: %v", network, r)
+		}
 	}
 
 	// Denied: REFUSED, an alert, and the authoritative server never asked.
@@ -223,7 +231,8 @@ func TestPrivilegedResolveThroughGateway(t *testing.T) {
 	if len(recs) != 2 { // the second www.denied.test A is a repeat within AlertInterval
 		t.Fatalf("alerts: %+v", recs)
 	}
-	if a := recs[0]; a.Kind != alert.KindDNS || a.Experiment != "lab1" || a.Name != "www.denied.test." || a.QType != "A" {
+	// The first is the CNAME's: it names the denied target and the alias.
+	if a := recs[0]; a.Kind != alert.KindDNS || a.Experiment != "lab1" || a.Name != "www.denied.test." || a.QType != "A" || !strings.Contains(a.Message, "alias-out.arkgw.test") {
 		t.Errorf("alert %+v", a)
 	}
 	if w.internet.Seen(func(r netlab.Record) bool { return strings.Contains(r.Detail, "denied.test") }) {
@@ -242,7 +251,7 @@ func TestPrivilegedResolveThroughGateway(t *testing.T) {
 		t.Errorf("%d upstream UDP sources: sockets not reused", len(ports))
 	}
 	s := p.Stats()
-	if s.Refused != 3 || s.Allowed < 10 {
+	if s.Refused != 5 || s.Allowed < 12 {
 		t.Errorf("stats %+v", s)
 	}
 }

@@ -415,7 +415,11 @@ func (p *Proxy) alertLoop(ctx context.Context) {
 
 // alertDenied queues one alert for a denied name (lowercase wire form),
 // unless the same name and type was alerted within AlertInterval.
-func (p *Proxy) alertDenied(wire []byte, qtype uint16) {
+func (p *Proxy) alertDenied(wire []byte, qtype uint16) { p.alertDeniedVia(wire, qtype, "") }
+
+// alertDeniedVia is alertDenied for a denied name that an answer for the
+// allowed name via led to (a CNAME or DNAME chain, or a record's owner).
+func (p *Proxy) alertDeniedVia(wire []byte, qtype uint16, via string) {
 	var kb [258]byte
 	key := append(append(kb[:0], wire...), byte(qtype>>8), byte(qtype))
 	now := time.Now()
@@ -453,6 +457,9 @@ func (p *Proxy) alertDenied(wire []byte, qtype uint16) {
 		Name:       name,
 		QType:      dns.Type(qtype).String(),
 		Message:    fmt.Sprintf("dns query for %s %s refused: the name is not in this experiment's dns allowlist; %s", name, dns.Type(qtype), fix),
+	}
+	if via != "" {
+		r.Message = fmt.Sprintf("dns answer for %s %s refused: it leads to %s, which is not in this experiment's dns allowlist; %s", via, dns.Type(qtype), name, fix)
 	}
 	select {
 	case p.alerts <- r:

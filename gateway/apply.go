@@ -608,6 +608,8 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 				&expr.NAT{Type: expr.NATTypeDestNAT, Family: fam, RegAddrMin: 1})
 		case Masquerade:
 			out = append(out, &expr.Masq{})
+		case CtCountOver:
+			out = append(out, &expr.Connlimit{Count: e.Count, Flags: expr.NFT_CONNLIMIT_F_INV})
 		case Verdict:
 			out = append(out, verdictOf(e))
 		default:

@@ -80,6 +80,7 @@ const (
 	RuleNode       = "node"
 	RulePeer       = "peer"
 	RuleAllPackets = "all-packets"
+	RuleCtLimit    = "ct-limit"
 )
 
 // CounterName is the named nft counter that counts drops of experiment id
@@ -95,12 +96,22 @@ func InboundCounterName(id string) string { return "inbound_" + id }
 // HostIfName is the host end of an experiment's veth.
 func HostIfName(id string) string { return LinkPrefix + id }
 
+// LinkAlias is the alias (IFLA_IFALIAS) of experiment id's host veth: it
+// marks the link as arkgw's, and only links carrying it are swept.
+func LinkAlias(id string) string { return "arkgw:" + id }
+
 // CompileInput is everything the ruleset depends on.
 type CompileInput struct {
 	Uplink         string // "" = masquerade out of any non-experiment interface
 	DefaultRouters []netip.Addr
-	NFLOGGroup     uint16
-	Exps           []CompileExp
+	// Reserved destinations (nil = configs.ReservedPrefixes with no lab
+	// setting): dropped as "reserved" unless a default router.
+	Reserved   []netip.Prefix
+	NFLOGGroup uint16
+	// MaxFlows is the tracked-flow limit of experiments whose policy says
+	// 0 (configs.Limits.MaxFlows); 0 here = DefaultMaxFlows.
+	MaxFlows uint32
+	Exps     []CompileExp
 	// Cache, when set, keeps each experiment's objects from one Compile to
 	// the next and reuses them while its policy and network (the same
 	// pointers) and the node inputs above are unchanged: a start then
@@ -114,10 +125,11 @@ type CompileInput struct {
 // CompileInput.Cache). The zero value is ready to use; it is not safe for
 // concurrent use.
 type CompileCache struct {
-	uplink  string
-	routers []netip.Addr
-	group   uint16
-	frags   map[string]*fragment
+	maxFlows uint32
+	uplink   string
+	routers  []netip.Addr
+	group    uint16
+	frags    map[string]*fragment
 }
 
 // fragment is one experiment's compiled objects.
@@ -130,9 +142,9 @@ type fragment struct {
 // fragments returns the cache's map for in, emptied when a node input
 // changed.
 func (c *CompileCache) fragments(in CompileInput) map[string]*fragment {
-	if c.frags == nil || c.uplink != in.Uplink || c.group != in.NFLOGGroup || !slices.Equal(c.routers, in.DefaultRouters) {
+	if c.frags == nil || c.uplink != in.Uplink || c.group != in.NFLOGGroup || c.maxFlows != in.MaxFlows || !slices.Equal(c.routers, in.DefaultRouters) {
 		c.frags = map[string]*fragment{}
-		c.uplink, c.group, c.routers = in.Uplink, in.NFLOGGroup, slices.Clone(in.DefaultRouters)
+		c.uplink, c.group, c.routers, c.maxFlows = in.Uplink, in.NFLOGGroup, slices.Clone(in.DefaultRouters), in.MaxFlows
 	}
 	return c.frags
 }
@@ -154,7 +166,23 @@ const (
 
 	ctEstablished = 2
 	ctRelated     = 4
+	ctNew         = 8
 )
+
+// DefaultMaxFlows is the tracked-flow limit per experiment when neither
+// the policy nor the node's conntrack table size say otherwise.
+const DefaultMaxFlows = 8192
+
+// maxFlows is the tracked-flow limit of one experiment.
+func (c *expCompiler) maxFlows() uint32 {
+	if m := c.eff.Limits.MaxFlows; m > 0 {
+		return uint32(min(m, 1<<31-1))
+	}
+	if c.in.MaxFlows > 0 {
+		return c.in.MaxFlows
+	}
+	return DefaultMaxFlows
+}
 
 // Compile turns the effective policies into the arkgw table. It is pure.
 func Compile(in CompileInput) (*Ruleset, error) {
@@ -171,7 +199,7 @@ func Compile(in CompileInput) (*Ruleset, error) {
 	estOut := &Set{Name: setEstOut, Fields: []Field{FIIFName, FCtFlow}}
 	estIn := &Set{Name: setEstIn, Fields: []Field{FOIFName, FCtFlow}}
 	rs.Sets = append(rs.Sets, from, to, inm, dnsm, exp4, exp6, estOut, estIn)
-	rs.Sets = append(rs.Sets, globalSets(in.DefaultRouters)...)
+	rs.Sets = append(rs.Sets, globalSets(in.Reserved, in.DefaultRouters)...)
 
 	unknown := []Expr{Counter{counterUnknown}, Verdict{Kind: "drop"}}
 	estab := Cmp{Field: FCtState, Mask: ctEstablished | ctRelated, Neq: true, Value: Value{Num: 0}}
@@ -280,9 +308,12 @@ func nfproto(v int) Cmp {
 
 func l4(p uint8) Cmp { return Cmp{Field: FL4Proto, Value: Value{Num: uint32(p)}} }
 
-func globalSets(routers []netip.Addr) []*Set {
+func globalSets(reserved []netip.Prefix, routers []netip.Addr) []*Set {
+	if reserved == nil {
+		reserved = configs.ReservedPrefixes(configs.LabPolicy{})
+	}
 	var r4, r6 []netip.Prefix
-	for _, p := range configs.Reserved {
+	for _, p := range reserved {
 		if p.Addr().Is4() {
 			r4 = append(r4, p)
 		} else {
@@ -413,6 +444,13 @@ func (c *expCompiler) compile() error {
 		r6 = append(r6, Lookup{Fields: []Field{FIP6Daddr}, Set: setRouters6, Neq: true})
 	}
 	add(c.drop(RuleReserved, r4...), c.drop(RuleReserved, r6...))
+
+	// 2b. Tracked flows: a new flow beyond the experiment's share of the
+	// node's conntrack table is dropped, so one experiment cannot fill it.
+	// A flow that a later rule drops is counted only until the kernel sees
+	// it never entered the table (two jiffies). The count lives in the
+	// rule: it restarts when an Update rebuilds this chain.
+	add(c.drop(RuleCtLimit, Cmp{Field: FCtState, Mask: ctNew, Neq: true, Value: Value{Num: 0}}, CtCountOver{c.maxFlows()}))
 
 	// 3. Anti-spoofing: the source is the experiment's own address, or a
 	// declared spoof source going to a declared destination.

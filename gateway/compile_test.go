@@ -189,14 +189,64 @@ func TestAdmits(t *testing.T) {
 		{"icmp timestamp", FlowKey{Proto: 1, Src: n.Addr4, Dst: addr("203.0.113.1"), ICMPType: 13}, false},
 		{"gre", FlowKey{Proto: 47, Src: n.Addr4, Dst: addr("203.0.113.1")}, true},
 		{"reserved", FlowKey{Proto: 1, Src: n.Addr4, Dst: addr("10.1.1.1"), ICMPType: 8}, false},
+		{"carrier-grade nat reserved", FlowKey{Proto: 1, Src: n.Addr4, Dst: addr("100.64.0.1"), ICMPType: 8}, false},
+		{"ipv4-mapped reserved", FlowKey{Proto: 58, Src: n.Addr6, Dst: addr("::ffff:198.51.100.80"), ICMPType: 128}, false},
 		{"router", FlowKey{Proto: 1, Src: n.Addr4, Dst: addr("192.168.77.1"), ICMPType: 8}, true},
 		{"spoof ok", FlowKey{Proto: 17, Src: addr("192.0.2.9"), Dst: addr("198.51.100.9"), DstPort: 9, Mark: MarkSpoofed}, true},
 		{"spoof elsewhere", FlowKey{Proto: 17, Src: addr("192.0.2.9"), Dst: addr("198.51.100.10"), DstPort: 9}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := Admits(eff, n, routers, tc.k); got != tc.want {
+			if got := Admits(eff, n, labReserved, routers, tc.k); got != tc.want {
 				t.Errorf("Admits = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// The reserved sets hold what configs derives from the registries: by
+// default the documentation blocks too, with the lab setting not.
+func TestCompileReservedFromRegistry(t *testing.T) {
+	in4 := func(s *Set, a netip.Addr) bool {
+		for _, e := range s.Elems {
+			if e.Key[0].Addr.Compare(a) <= 0 && a.Compare(e.End[0].Addr) <= 0 {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct {
+		name     string
+		reserved []netip.Prefix
+		in, out  []string
+	}{
+		{"default", nil,
+			[]string{"127.0.0.1", "100.64.0.1", "192.0.0.1", "198.18.0.1", "198.51.100.7", "203.0.113.1", "255.255.255.255", "::ffff:8.8.8.8", "64:ff9b:1::1", "2001:db8::1"},
+			[]string{"8.8.8.8", "192.0.0.10", "64:ff9b::1", "2001:4860::1"}},
+		{"lab", labReserved,
+			[]string{"127.0.0.1", "100.64.0.1", "198.18.0.1", "::ffff:8.8.8.8"},
+			[]string{"198.51.100.7", "203.0.113.1", "192.0.2.1", "2001:db8:100::7"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs, err := Compile(CompileInput{Reserved: tc.reserved})
+			if err != nil {
+				t.Fatal(err)
+			}
+			set := func(a netip.Addr) *Set {
+				if a.Is4() {
+					return rs.SetByName(setReserved4)
+				}
+				return rs.SetByName(setReserved6)
+			}
+			for _, s := range tc.in {
+				if a := addr(s); !in4(set(a), a) {
+					t.Errorf("%s not in the reserved set", s)
+				}
+			}
+			for _, s := range tc.out {
+				if a := addr(s); in4(set(a), a) {
+					t.Errorf("%s in the reserved set", s)
+				}
 			}
 		})
 	}

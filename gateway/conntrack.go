@@ -36,10 +36,13 @@ type FlowKey struct {
 
 // Admits reports whether the policy would admit the flow now: the same
 // decision the compiled ruleset makes on a flow's first packet.
-func Admits(eff *configs.Effective, n *Net, routers []netip.Addr, f FlowKey) bool {
+// reserved are the node's reserved destinations (Config.Reserved).
+func Admits(eff *configs.Effective, n *Net, reserved []netip.Prefix, routers []netip.Addr, f FlowKey) bool {
 	dst, src := f.Dst.Unmap(), f.Src.Unmap()
-	for _, p := range configs.Reserved {
-		if p.Contains(dst) && !slices.Contains(routers, dst) {
+	for _, p := range reserved {
+		// An IPv6 flow to ::ffff:a.b.c.d is reserved as it stands
+		// (::ffff:0:0/96), not as the IPv4 address it maps.
+		if (p.Contains(dst) || p.Contains(f.Dst)) && !slices.Contains(routers, dst) {
 			return false
 		}
 	}
@@ -152,8 +155,8 @@ func deleteFlows(ns nsdo.NS, slot int) (int, error) {
 }
 
 // revokeFlows deletes the flows of n that eff no longer admits.
-func revokeFlows(ns nsdo.NS, n *Net, eff *configs.Effective, routers []netip.Addr) (int, error) {
-	return cutFlows(ns, n.Slot, func(k FlowKey) bool { return Admits(eff, n, routers, k) })
+func revokeFlows(ns nsdo.NS, n *Net, eff *configs.Effective, reserved []netip.Prefix, routers []netip.Addr) (int, error) {
+	return cutFlows(ns, n.Slot, func(k FlowKey) bool { return Admits(eff, n, reserved, routers, k) })
 }
 
 func cutFlows(ns nsdo.NS, slot int, keep func(FlowKey) bool) (int, error) {

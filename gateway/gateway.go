@@ -24,6 +24,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,6 +34,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/gateway/nftgen"
 	"github.com/arkgw/arkgw/nsholder"
 )
 
@@ -42,12 +44,25 @@ type Config struct {
 	RunDir         string       // namespace files under RunDir/ns/<id>/{user,net}
 	Uplink         string       // "" = interface of the default route
 	DefaultRouters []netip.Addr // nil = gateways of the default routes
-	Pool4          netip.Prefix // default 10.250.0.0/16: a /30 per slot
-	Pool6          netip.Prefix // default fd00:a4c::/48: a /64 per slot
-	NFLOGGroup     uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
-	UIDBase        uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
-	HolderBinary   string       // nsholder.Config.Binary: arkgw-init, "" = this binary
-	Logger         hclog.Logger
+	// Reserved destinations are dropped (rule "reserved") unless they are
+	// a default router; nil = configs.ReservedPrefixes(configs.LabPolicy{}).
+	// Pass configs.ReservedPrefixes(node.Lab).
+	Reserved []netip.Prefix
+	// Ledger records this process's nftables commits in HostNS; share it
+	// with gateway/quota so that its commits do not force a replace of
+	// the whole table. nil = the gateway's own.
+	Ledger *nftgen.Ledger
+	// MaxFlows limits each experiment's tracked flows when its policy
+	// does not (configs.Limits.MaxFlows = 0); 0 = an eighth of the
+	// kernel's net.netfilter.nf_conntrack_max (DefaultMaxFlows if that
+	// cannot be read).
+	MaxFlows     uint32
+	Pool4        netip.Prefix // default 10.250.0.0/16: a /30 per slot
+	Pool6        netip.Prefix // default fd00:a4c::/48: a /64 per slot
+	NFLOGGroup   uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
+	UIDBase      uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
+	HolderBinary string       // nsholder.Config.Binary: arkgw-init, "" = this binary
+	Logger       hclog.Logger
 }
 
 // Defaults.
@@ -88,6 +103,9 @@ type Gateway struct {
 	exps map[string]*expState
 	// applied is the ruleset currently in the kernel (nil = no table).
 	applied *Ruleset
+	// ledger follows the nftables generation: an in-place diff needs
+	// no foreign commit since our last load.
+	ledger *nftgen.Ledger
 	// cache keeps compiled experiments between reloads (under mu).
 	cache CompileCache
 	// nft is a lasting nftables connection in HostNS, host a netlink
@@ -121,6 +139,9 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.UIDBase == 0 {
 		cfg.UIDBase = DefaultUIDBase
 	}
+	if cfg.Reserved == nil {
+		cfg.Reserved = configs.ReservedPrefixes(configs.LabPolicy{})
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -136,7 +157,19 @@ func New(cfg Config) (*Gateway, error) {
 			cfg.DefaultRouters = routers
 		}
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}}
+	g := &Gateway{cfg: cfg, log: cfg.Logger.Named("gateway"), exps: map[string]*expState{}, ledger: cfg.Ledger}
+	if g.ledger == nil {
+		g.ledger = nftgen.NewLedger(cfg.HostNS)
+	}
+	if g.cfg.MaxFlows == 0 {
+		g.cfg.MaxFlows = DefaultMaxFlows
+		v, err := readSysctl(cfg.HostNS, "net.netfilter.nf_conntrack_max")
+		if n, perr := strconv.ParseUint(v, 10, 32); err == nil && perr == nil && n >= 8 {
+			g.cfg.MaxFlows = uint32(n / 8)
+		} else {
+			g.log.Warn("cannot read net.netfilter.nf_conntrack_max; experiments may track the default number of flows", "max_flows", DefaultMaxFlows, "error", err)
+		}
+	}
 	if v, err := readSysctl(cfg.HostNS, "net.ipv6.conf.all.disable_ipv6"); err != nil || v == "1" {
 		g.no6 = true
 		g.log.Warn("ipv6 is disabled on this node: experiments get ipv4 only")
@@ -320,12 +353,10 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 		return nil, fmt.Errorf("gateway adopt %q: persisted netns %s: %w (start the experiment anew)", id, netNS, err)
 	}
 	h.Close()
-	links, err := arkLinks(g.cfg.HostNS)
-	if err != nil {
-		return nil, fmt.Errorf("gateway adopt %q: %w", id, err)
-	}
-	if !slices.Contains(links, id) {
-		return nil, fmt.Errorf("gateway adopt %q: veth %s is gone (start the experiment anew)", id, HostIfName(id))
+	// The store says id is arkgw's: its veth is tagged if an older
+	// arkgw left it untagged.
+	if err := tagLink(g.cfg.HostNS, id); err != nil {
+		return nil, fmt.Errorf("gateway adopt %q: veth %s: %w (start the experiment anew)", id, HostIfName(id), err)
 	}
 	uid := g.cfg.UIDBase + uint32(slot)*65536
 	n := &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6,
@@ -372,18 +403,28 @@ func (g *Gateway) load(rs *Ruleset) error {
 		}
 		g.nft = c
 	}
+	// A diff is only valid against the table we last loaded. The ledger
+	// follows the nftables ruleset generation, which moves with every
+	// commit in the netns: if anything but this process's own commits
+	// through the ledger (ours, gateway/quota's when it shares it) moved
+	// it, something may have changed our table (nft by hand, another
+	// firewall tool), and the table is replaced whole.
 	if p, ok := Diff(g.applied, rs); ok {
-		err := applyPlanWith(g.nft, p, rs)
-		if err == nil {
+		applied, err := g.ledger.CommitIfClean(func() error { return applyPlanWith(g.nft, p, rs) })
+		switch {
+		case applied && err == nil:
 			return nil
-		}
-		g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
-		g.closeNFT() // a reply left unread must not confuse the next batch
-		if g.nft, err = nftLasting(g.cfg.HostNS); err != nil {
-			return fmt.Errorf("nftables connection: %w", err)
+		case applied:
+			g.log.Warn("changing the ruleset in place failed; replacing the table", "error", err)
+			g.closeNFT() // a reply left unread must not confuse the next batch
+			if g.nft, err = nftLasting(g.cfg.HostNS); err != nil {
+				return fmt.Errorf("nftables connection: %w", err)
+			}
+		default:
+			g.log.Debug("nftables changed behind the gateway's back since its last load; replacing the table")
 		}
 	}
-	err := applyRulesetWith(g.nft, g.cfg.HostNS, rs)
+	err := g.ledger.Replace(func() error { return applyRulesetWith(g.nft, g.cfg.HostNS, rs) })
 	if err != nil {
 		g.closeNFT()
 	}
@@ -399,7 +440,7 @@ func (g *Gateway) closeNFT() {
 }
 
 func (g *Gateway) compileInput(exps map[string]*expState) CompileInput {
-	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, NFLOGGroup: g.cfg.NFLOGGroup}
+	in := CompileInput{Uplink: g.cfg.Uplink, DefaultRouters: g.cfg.DefaultRouters, Reserved: g.cfg.Reserved, NFLOGGroup: g.cfg.NFLOGGroup, MaxFlows: g.cfg.MaxFlows}
 	if g.mutate == nil { // a test's mutation must not reach cached objects
 		in.Cache = &g.cache
 	}
@@ -449,7 +490,7 @@ func (g *Gateway) Update(ctx context.Context, effs []*configs.Effective) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := revokeFlows(g.cfg.HostNS, st.net, st.eff, g.cfg.DefaultRouters)
+		n, err := revokeFlows(g.cfg.HostNS, st.net, st.eff, g.cfg.Reserved, g.cfg.DefaultRouters)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("gateway update %q: cut revoked flows: %w", st.eff.ID, err))
 			continue
@@ -495,7 +536,7 @@ func (g *Gateway) removeLocked(id string) error {
 // removeNetwork deletes the veth and the persisted namespaces of id.
 func (g *Gateway) removeNetwork(id string, h *nsholder.Holder) error {
 	var errs []error
-	if err := deleteLink(g.cfg.HostNS, HostIfName(id)); err != nil {
+	if err := deleteLink(g.cfg.HostNS, id); err != nil {
 		errs = append(errs, err)
 	}
 	if h != nil {
@@ -530,7 +571,7 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 	}
 	for _, id := range links {
 		if !keep[id] && g.exps[id] == nil {
-			if err := deleteLink(g.cfg.HostNS, HostIfName(id)); err != nil {
+			if err := deleteLink(g.cfg.HostNS, id); err != nil {
 				errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 			}
 		}
@@ -549,7 +590,7 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 		}
 	}
 	// A scratch table left by an interrupted diagnosis (see apply.go).
-	if err := deleteTable(g.cfg.HostNS, TableName+"_probe"); err != nil {
+	if err := g.ledger.Commit(func() error { return deleteTable(g.cfg.HostNS, TableName+"_probe") }); err != nil {
 		errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 	}
 	// Rules of ids not known go with the reload; kept links that are not

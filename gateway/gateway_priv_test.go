@@ -42,6 +42,10 @@ type lab struct {
 	run    string
 }
 
+// labReserved are the reserved destinations of a node with [lab]
+// documentation_prefixes = true: netlab's fake Internet lives in them.
+var labReserved = configs.ReservedPrefixes(configs.LabPolicy{DocumentationPrefixes: true})
+
 func newLab(t *testing.T) *lab {
 	return newLabAt(t, false)
 }
@@ -50,6 +54,12 @@ func newLab(t *testing.T) *lab {
 // process runs in (inside netlab.InOwnNetNS's child) and the gateway is
 // given nsdo.Current().
 func newLabAt(t *testing.T, current bool) *lab {
+	t.Helper()
+	return newLabReserved(t, current, labReserved)
+}
+
+// newLabReserved is newLabAt with the given reserved destinations.
+func newLabReserved(t *testing.T, current bool, reserved []netip.Prefix) *lab {
 	t.Helper()
 	needRoot(t)
 	var w *netlab.World
@@ -63,7 +73,7 @@ func newLabAt(t *testing.T, current bool) *lab {
 	run := t.TempDir()
 	group := uint16(30000 + time.Now().UnixNano()%20000)
 	g, err := New(Config{HostNS: hostNS, RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
-		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
+		Reserved: reserved, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -957,11 +967,23 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 		t.Errorf("ruleset after a refused update:\n%s", after)
 	}
 
-	// Leftovers of an id (a stale link) do not stop a new Add.
+	// Leftovers of an id (a stale link of arkgw's) do not stop a new Add.
 	id2 := "old" + randSuffix()[:4]
 	l.w.Node.Run(t, "ip", "link", "add", HostIfName(id2), "type", "veth", "peer", "name", "oldpeer"+randSuffix()[:4])
+	l.w.Node.Run(t, "ip", "link", "set", HostIfName(id2), "alias", LinkAlias(id2))
 	if _, err := l.g.Add(context.Background(), &configs.Effective{ID: id2, IPv4: true}, 2); err != nil {
 		t.Fatalf("add over a stale link: %v", err)
+	}
+	// A link of the same name that is not arkgw's is neither deleted nor
+	// taken over: Add fails and says so.
+	id3 := "for" + randSuffix()[:4]
+	l.w.Node.Run(t, "ip", "link", "add", HostIfName(id3), "type", "veth", "peer", "name", "forpeer"+randSuffix()[:4])
+	t.Cleanup(func() { l.w.Node.Run(t, "ip", "link", "del", HostIfName(id3)) })
+	if _, err := l.g.Add(context.Background(), &configs.Effective{ID: id3, IPv4: true}, 3); err == nil || !strings.Contains(err.Error(), "not arkgw's") {
+		t.Errorf("add over a foreign link: %v", err)
+	}
+	if out := l.w.Node.Run(t, "ip", "-o", "link"); !strings.Contains(out, HostIfName(id3)+"@") {
+		t.Errorf("foreign link %s removed: %s", HostIfName(id3), out)
 	}
 }
 
@@ -975,13 +997,29 @@ func TestPrivilegedSweep(t *testing.T) {
 	l.add(t, gone, 1)
 	stale := "s" + randSuffix()[:4]
 	l.w.Node.Run(t, "ip", "link", "add", HostIfName(stale), "type", "veth", "peer", "name", "stalepeer"+randSuffix()[:3])
+	l.w.Node.Run(t, "ip", "link", "set", HostIfName(stale), "alias", LinkAlias(stale))
 	os.MkdirAll(l.g.nsDir(stale), 0o700)
+	// Links named like arkgw's but without its alias are another
+	// program's: the sweep leaves them.
+	foreign := []string{"arkfoo", HostIfName("f" + randSuffix()[:4])}
+	for i, name := range foreign {
+		l.w.Node.Run(t, "ip", "link", "add", name, "type", "veth", "peer", "name", fmt.Sprintf("frpeer%d%s", i, randSuffix()[:3]))
+		t.Cleanup(func() { l.w.Node.Run(t, "ip", "link", "del", name) })
+	}
 	if err := l.g.Sweep(context.Background(), map[string]bool{keep.ID: true}); err != nil {
 		t.Fatal(err)
 	}
 	links := l.w.Node.Run(t, "ip", "-o", "link")
 	if strings.Contains(links, HostIfName(stale)) || strings.Contains(links, HostIfName(gone.ID)) || !strings.Contains(links, kn.HostIf) {
 		t.Errorf("links after sweep: %s", links)
+	}
+	for _, name := range foreign {
+		if !strings.Contains(links, " "+name+"@") {
+			t.Errorf("untagged link %s removed by the sweep: %s", name, links)
+		}
+	}
+	if out := l.w.Node.Run(t, "ip", "-d", "link", "show", kn.HostIf); !strings.Contains(out, "alias "+LinkAlias(keep.ID)) {
+		t.Errorf("experiment link without arkgw's alias: %s", out)
 	}
 	if _, err := os.Stat(l.g.nsDir(stale)); !os.IsNotExist(err) {
 		t.Error("stale namespace dir left")
@@ -1010,7 +1048,7 @@ func TestPrivilegedAdopt(t *testing.T) {
 	n, ns := l.add(t, eff, 3)
 	// The old daemon dies: its holder process ends, the namespaces stay.
 	n.Holder.Release()
-	g2, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group})
+	g2, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1059,7 +1097,7 @@ func TestPrivilegedIPv4OnlyNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	g, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group})
+	g, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
 	if err != nil {
 		t.Fatal(err)
 	}

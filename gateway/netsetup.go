@@ -131,17 +131,41 @@ func (g *Gateway) plumb(n *Net) error {
 
 	la := netlink.NewLinkAttrs()
 	la.Name = n.HostIf
+	// The alias marks the link as arkgw's: the sweep deletes only links
+	// that carry it.
+	la.Alias = LinkAlias(n.ID)
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: "eth0", PeerNamespace: expNS.LinkNS()}
 	if err := host.LinkAdd(veth); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add veth %s: a link of that name exists and is not arkgw's; rename or remove it", n.HostIf)
+		}
 		return fmt.Errorf("add veth %s (peer eth0 in %s): %w", n.HostIf, n.NetNSPath, err)
 	}
 	hl, err := host.LinkByName(n.HostIf)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", n.HostIf, err)
 	}
+	if hl.Attrs().Alias != la.Alias {
+		// Kernels that ignore IFLA_IFALIAS on creation.
+		if err := host.LinkSetAlias(hl, la.Alias); err != nil {
+			return fmt.Errorf("set alias of %s: %w", n.HostIf, err)
+		}
+	}
 	// Spoofed sources are checked by the ruleset; strict reverse-path
 	// filtering would drop the declared ones before it.
-	hostKVs := [][2]string{{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"}}
+	// ARP: answer only for the address of this link (arp_ignore=1; by
+	// default Linux answers for every local address on every link, so an
+	// experiment learnt the uplink address and other experiments'
+	// gateways), only where the route back leaves through this link
+	// (arp_filter=1), and ask with this link's own address as the source
+	// (arp_announce=2). IPv6 needs nothing: the kernel answers a
+	// neighbour solicitation only for addresses of the link it came in on.
+	hostKVs := [][2]string{
+		{"net.ipv4.conf." + n.HostIf + ".rp_filter", "0"},
+		{"net.ipv4.conf." + n.HostIf + ".arp_ignore", "1"},
+		{"net.ipv4.conf." + n.HostIf + ".arp_filter", "1"},
+		{"net.ipv4.conf." + n.HostIf + ".arp_announce", "2"},
+	}
 	if has6 {
 		hostKVs = append(hostKVs, [2]string{"net.ipv6.conf." + n.HostIf + ".accept_dad", "0"}, [2]string{"net.ipv6.conf." + n.HostIf + ".accept_ra", "0"})
 	}
@@ -205,8 +229,11 @@ func (g *Gateway) plumb(n *Net) error {
 	return nil
 }
 
-// deleteLink deletes link name in ns; a missing link is not an error.
-func deleteLink(ns nsdo.NS, name string) error {
+// deleteLink deletes experiment id's veth "ark<id>" in ns if it is
+// arkgw's (it carries LinkAlias(id)); a missing link is not an error, a
+// link of that name that is not arkgw's is left alone and reported.
+func deleteLink(ns nsdo.NS, id string) error {
+	name := HostIfName(id)
 	h, err := handleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
@@ -220,13 +247,18 @@ func deleteLink(ns nsdo.NS, name string) error {
 		}
 		return fmt.Errorf("find link %s: %w", name, err)
 	}
+	if l.Attrs().Alias != LinkAlias(id) {
+		return fmt.Errorf("link %s is not arkgw's (its alias is %q, not %q): left in place; rename or remove it", name, l.Attrs().Alias, LinkAlias(id))
+	}
 	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("delete link %s: %w", name, err)
 	}
 	return nil
 }
 
-// arkLinks lists the experiment ids of "ark<id>" veths in ns.
+// arkLinks lists the experiment ids of arkgw's veths "ark<id>" in ns:
+// those carrying LinkAlias(id). Links of that name without it are some
+// other program's and are never touched.
 func arkLinks(ns nsdo.NS) ([]string, error) {
 	h, err := handleAt(ns)
 	if err != nil {
@@ -244,11 +276,35 @@ func arkLinks(ns nsdo.NS) ([]string, error) {
 			continue
 		}
 		id := strings.TrimPrefix(name, LinkPrefix)
-		if configs.ValidID(id) == nil {
+		if configs.ValidID(id) == nil && l.Attrs().Alias == LinkAlias(id) {
 			ids = append(ids, id)
 		}
 	}
 	return ids, nil
+}
+
+// tagLink gives an existing veth "ark<id>" arkgw's alias (Adopt: the store
+// says the experiment is arkgw's; an older arkgw made it untagged).
+func tagLink(ns nsdo.NS, id string) error {
+	h, err := handleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink handle: %w", err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(HostIfName(id))
+	if err != nil {
+		return fmt.Errorf("find link %s: %w", HostIfName(id), err)
+	}
+	if l.Type() != "veth" {
+		return fmt.Errorf("link %s is a %s, not arkgw's veth", HostIfName(id), l.Type())
+	}
+	if l.Attrs().Alias == LinkAlias(id) {
+		return nil
+	}
+	if err := h.LinkSetAlias(l, LinkAlias(id)); err != nil {
+		return fmt.Errorf("set alias of %s: %w", HostIfName(id), err)
+	}
+	return nil
 }
 
 // defaultRoutes finds the uplink (interface of the IPv4 default route, else

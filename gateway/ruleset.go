@@ -132,6 +132,11 @@ type DNAT struct{ Addr netip.Addr }
 // Masquerade source-NATs to the address of the outgoing interface.
 type Masquerade struct{}
 
+// CtCountOver matches when the rule's own list of tracked flows (every
+// flow whose packet evaluated it and that conntrack still holds) has more
+// than Count entries; evaluating adds the packet's flow to the list.
+type CtCountOver struct{ Count uint32 }
+
 // Verdict ends (accept, drop) or jumps.
 type Verdict struct {
 	Kind  string // "accept", "drop", "jump", "return"
@@ -169,6 +174,9 @@ func (c Counter) render() string   { return fmt.Sprintf("counter name %q", c.Nam
 func (l Log) render() string       { return fmt.Sprintf("log prefix %q group %d", l.Prefix, l.Group) }
 func (s SetCtMark) render() string { return fmt.Sprintf("ct mark set 0x%08x", s.Value) }
 func (Masquerade) render() string  { return "masquerade" }
+func (c CtCountOver) render() string {
+	return fmt.Sprintf("ct count over %d", c.Count)
+}
 func (d DNAT) render() string {
 	if d.Addr.Is4() {
 		return "dnat ip to " + d.Addr.String()

@@ -60,7 +60,7 @@ func startProcNode(t *testing.T, w *netlab.World, name string, group int) (*proc
 	web := ln.Addr().String()
 	ln.Close()
 	config := filepath.Join(state, "node.toml")
-	os.WriteFile(config, []byte(fmt.Sprintf("node = %q\nstate_dir = %q\nuplink = \"eth0\"\n[web]\nlisten = %q\n[dns]\nupstreams = [%q]\n[alerts]\nnflog_group = %d\n",
+	os.WriteFile(config, []byte(fmt.Sprintf("node = %q\nstate_dir = %q\nuplink = \"eth0\"\n[web]\nlisten = %q\n[dns]\nupstreams = [%q]\n[alerts]\nnflog_group = %d\n[lab]\ndocumentation_prefixes = true\n",
 		name, state, web, netlab.DNS4, group)), 0o644)
 	// Its log: the state dir's, or ARKGW_TEST_LOG's file (benchmarks,
 	// debugging; ARKGW_LOG_LEVEL=debug reaches the daemon too).

@@ -152,6 +152,8 @@ uplink = "eth0"
 upstreams = [%q]
 [alerts]
 nflog_group = %d
+[lab]
+documentation_prefixes = true
 `, state, netlab.DNS4, group)
 	n, err := configs.ParseNode("node.toml", []byte(policy))
 	if err != nil {

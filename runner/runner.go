@@ -26,6 +26,7 @@ import (
 	"github.com/arkgw/arkgw/dnsproxy"
 	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/gateway"
+	"github.com/arkgw/arkgw/gateway/nftgen"
 	"github.com/arkgw/arkgw/gateway/quota"
 	"github.com/arkgw/arkgw/gateway/shape"
 	"github.com/arkgw/arkgw/nflog"
@@ -98,8 +99,14 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 		log.Info("no arkgw-init beside the arkgw binary: holders and sandbox inits re-execute arkgw, which starts slower")
 	}
 	node := deps.Policy.Node
+	// The gateway and the accounting table share one record of this
+	// process's nftables commits: the gateway changes its table in place
+	// only while nothing else has committed.
+	ledger := nftgen.NewLedger(opt.HostNS)
 	gw, err := gateway.New(gateway.Config{
+		Ledger: ledger,
 		HostNS: opt.HostNS, RunDir: opt.RunDir, Uplink: node.Uplink,
+		Reserved:   configs.ReservedPrefixes(node.Lab),
 		NFLOGGroup: node.Alerts.NFLOGGroup, HolderBinary: opt.HelperBinary, Logger: log,
 	})
 	if err != nil {
@@ -151,7 +158,7 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 		fs.Close()
 		return nil, err
 	}
-	r.quota = quota.New(quota.Config{NS: opt.HostNS, NFLOGGroup: node.Alerts.NFLOGGroup, Logger: log})
+	r.quota = quota.New(quota.Config{NS: opt.HostNS, NFLOGGroup: node.Alerts.NFLOGGroup, Logger: log, Ledger: ledger})
 	if deps.Store != nil {
 		r.acct, err = accounting.New(accounting.Config{
 			DB: deps.Store.DB(), Kernel: r.quota, Shaper: r.shaper, Alerts: r.alerts,

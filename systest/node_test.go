@@ -104,6 +104,10 @@ uplink = %q
 listen = "127.0.0.1:%d"
 [dns]
 upstreams = [%q]
+# netlab's fake Internet answers documentation prefixes, which a node
+# otherwise drops as not globally reachable.
+[lab]
+documentation_prefixes = true
 `, state, netlab.NodeUplinkIf, webPort, netlab.DNS4)
 }
 

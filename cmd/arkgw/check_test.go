@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,7 +14,17 @@ import (
 func TestCheckExitCodes(t *testing.T) {
 	t.Setenv("ARKGW_SOCKET", filepath.Join(t.TempDir(), "no-daemon.sock"))
 	t.Setenv("ARKGW_CONFIG", "")
-	node := filepath.Join("..", "..", "configs", "node.toml")
+	// The examples send to documentation prefixes: the commented default
+	// with [lab] documentation_prefixes turned on.
+	def, err := os.ReadFile(filepath.Join("..", "..", "configs", "node.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := filepath.Join(t.TempDir(), "node.toml")
+	lab := strings.Replace(string(def), "documentation_prefixes = false", "documentation_prefixes = true", 1)
+	if err := os.WriteFile(node, []byte(lab), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	ex := func(name string) string { return filepath.Join("..", "..", "configs", "examples", name) }
 	cases := []struct {
 		name   string

@@ -54,6 +54,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
+	"github.com/arkgw/arkgw/gateway/nftgen"
 	"github.com/arkgw/arkgw/nsdo"
 )
 
@@ -98,6 +99,9 @@ type Config struct {
 	NS         nsdo.NS // the node's netns; zero value = current
 	NFLOGGroup uint16
 	Logger     hclog.Logger
+	// Ledger, when set, records the table's commits (share the
+	// gateway's, so that they do not make it replace its table).
+	Ledger *nftgen.Ledger
 }
 
 // Table manages inet arkgw_acct. Its methods are safe for concurrent use
@@ -139,6 +143,14 @@ func (t *Table) conn() (*nftables.Conn, error) {
 	}
 	t.c = c
 	return c, nil
+}
+
+// flush sends c's batch, through the ledger when there is one.
+func (t *Table) flush(c *nftables.Conn) error {
+	if t.cfg.Ledger == nil {
+		return c.Flush()
+	}
+	return t.cfg.Ledger.Commit(c.Flush)
 }
 
 // release ends a use of the connection; after a failed call it is
@@ -277,7 +289,7 @@ func (t *Table) Add(e Exp) (created bool, err error) {
 		c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, "quota"), Type: nftables.ObjTypeQuota, Obj: q})
 	}
 	t.addRules(c, e)
-	if err := c.Flush(); err != nil {
+	if err := t.flush(c); err != nil {
 		return false, fmt.Errorf("quota: add experiment %q to table %s: %w", e.ID, TableName, err)
 	}
 	t.log.Debug("accounting rules installed", "experiment", e.ID, "created", created, "budget", e.BudgetBytes)
@@ -356,7 +368,7 @@ func (t *Table) RestoreUsed(e Exp, used uint64) (err error) {
 	c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(e.ID, "quota"), Type: nftables.ObjTypeQuota,
 		Obj: &expr.Quota{Bytes: e.BudgetBytes, Consumed: used, Over: true}})
 	t.addRules(c, e)
-	if err := c.Flush(); err != nil {
+	if err := t.flush(c); err != nil {
 		return fmt.Errorf("quota: restore used bytes of %q: %w", e.ID, err)
 	}
 	return nil
@@ -372,7 +384,7 @@ func (t *Table) SetBudget(id string, bytes uint64) (err error) {
 	defer t.release(&err)
 	c.AddObj(&nftables.NamedObj{Table: t.t, Name: objName(id, "quota"), Type: nftables.ObjTypeQuota,
 		Obj: &expr.Quota{Bytes: bytes, Over: true}})
-	if err := c.Flush(); err != nil {
+	if err := t.flush(c); err != nil {
 		return fmt.Errorf("quota: set budget of %q to %d bytes: %w", id, bytes, err)
 	}
 	return nil
@@ -487,7 +499,7 @@ func (t *Table) Remove(id string) (err error) {
 			c.DeleteObject(o)
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err := t.flush(c); err != nil {
 		return fmt.Errorf("quota: remove experiment %q from %s: %w", id, TableName, err)
 	}
 	return nil
@@ -517,7 +529,7 @@ func (t *Table) Delete() (err error) {
 		return nil
 	}
 	c.DelTable(t.t)
-	if err := c.Flush(); err != nil {
+	if err := t.flush(c); err != nil {
 		return fmt.Errorf("quota: delete table %s: %w", TableName, err)
 	}
 	return nil
