@@ -100,33 +100,35 @@ func (e *RefusedError) Error() string {
 // Submit admits a manifest and schedules it. It returns the stored record.
 func (m *Manager) Submit(manifest []byte, name, dir string) (*store.Experiment, error) {
 	pol := m.Policy()
-	id, slot, err := m.store.NewID()
+	routers := m.runner.DefaultRouters()
+	// Admission, id and slot in one store transaction: a slot picked here
+	// is recorded before any other submit can pick it.
+	x, err := m.store.Create(func(id string, slot int) (*store.Experiment, error) {
+		eff, conflicts, err := pol.Admit(manifest, name, dir, id, routers)
+		if err != nil {
+			return nil, err
+		}
+		if len(conflicts) > 0 {
+			return nil, &RefusedError{Conflicts: conflicts}
+		}
+		now := m.clock.Now().UTC()
+		start := eff.Start
+		if start.IsZero() || start.Before(now) {
+			start = now
+		}
+		x := &store.Experiment{
+			ID: id, Slot: slot, Title: eff.Title, Manifest: string(manifest), ManifestName: name, ManifestDir: dir,
+			State: store.Planned, Submitted: now, Start: start,
+		}
+		for _, c := range eff.Experimenters {
+			x.Experimenters = append(x.Experimenters, store.Contact{Name: c.Name, Email: c.Email})
+		}
+		return x, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("allocate experiment id: %w", err)
+		return nil, err // names the manifest, the conflicts or the state file
 	}
-	eff, conflicts, err := pol.Admit(manifest, name, dir, id, m.runner.DefaultRouters())
-	if err != nil {
-		return nil, err
-	}
-	if len(conflicts) > 0 {
-		return nil, &RefusedError{Conflicts: conflicts}
-	}
-	now := m.clock.Now().UTC()
-	start := eff.Start
-	if start.IsZero() || start.Before(now) {
-		start = now
-	}
-	x := &store.Experiment{
-		ID: id, Slot: slot, Title: eff.Title, Manifest: string(manifest), ManifestName: name, ManifestDir: dir,
-		State: store.Planned, Submitted: now, Start: start,
-	}
-	for _, c := range eff.Experimenters {
-		x.Experimenters = append(x.Experimenters, store.Contact{Name: c.Name, Email: c.Email})
-	}
-	if err := m.store.Put(x); err != nil {
-		return nil, fmt.Errorf("record experiment %s: %w", id, err)
-	}
-	m.log.Info("experiment submitted", "experiment", id, "title", x.Title, "start", start)
+	m.log.Info("experiment submitted", "experiment", x.ID, "title", x.Title, "start", x.Start)
 	m.poke()
 	return x, nil
 }
