@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
 )
 
@@ -49,11 +50,12 @@ func fail(err error) int {
 	if errors.As(err, &ref) {
 		fmt.Fprintln(os.Stderr, "arkgw: refused by node policy:")
 		for _, c := range ref.Conflicts {
-			fmt.Fprintln(os.Stderr, "  "+c)
+			fmt.Fprintln(os.Stderr, "  "+alert.Escape(c))
 		}
 		return 1
 	}
-	fmt.Fprintln(os.Stderr, "arkgw:", err)
+	// The daemon's messages quote manifests and names.
+	fmt.Fprintln(os.Stderr, "arkgw:", escapeText(err.Error()))
 	return 1
 }
 
@@ -110,9 +112,11 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tTITLE\tCONTACTS\tWHEN\tBYTES TODAY\tRATE\tALERTS")
 	for _, x := range list {
+		// Title, contacts and reasons are the experimenter's text:
+		// escaped, so no control character reaches the terminal.
 		var contacts []string
 		for _, c := range x.Experimenters {
-			contacts = append(contacts, c.Email)
+			contacts = append(contacts, alert.Escape(c.Email))
 		}
 		when := ""
 		switch x.State {
@@ -121,7 +125,7 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 		case "running":
 			when = "ends in " + x.Deadline.Sub(now).Truncate(time.Second).String()
 		default:
-			when = x.Reason
+			when = alert.Escape(x.Reason)
 			if x.ExitCode != 0 {
 				when += fmt.Sprintf(" (exit %d)", x.ExitCode)
 			}
@@ -136,7 +140,7 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 				rate = fmt.Sprintf("%.3gMbit/s", x.Live.RateMbps)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", x.ID, x.State, x.Title, strings.Join(contacts, ","), when, bytes, rate, x.Alerts)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", alert.Escape(x.ID), alert.Escape(x.State), alert.Escape(x.Title), strings.Join(contacts, ","), when, bytes, rate, x.Alerts)
 	}
 	tw.Flush()
 }
