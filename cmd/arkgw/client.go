@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -176,10 +177,31 @@ func runLogs(args []string) int {
 		fmt.Fprintln(os.Stderr, "usage: arkgw logs ID [--stderr]")
 		return 2
 	}
-	out, err := daemon.NewClient(*sock).Logs(pos[0], *stderr)
-	if err != nil {
-		return fail(err)
+	return printLogs(daemon.NewClient(*sock), pos[0], *stderr, os.Stdout, os.Stderr)
+}
+
+// printLogs streams an experiment's whole output to stdout. A copy cut
+// short (the daemon went away, a write failed) says so on stderr and exits
+// 1; output the node's cap dropped is said on stderr too, so stdout stays
+// the experiment's bytes.
+func printLogs(c *daemon.Client, id string, stderr bool, stdout, errw io.Writer) int {
+	stream := "stdout"
+	if stderr {
+		stream = "stderr"
 	}
-	os.Stdout.Write(out)
+	info, err := c.LogsTo(id, stderr, stdout)
+	if err != nil {
+		if errors.Is(err, syscall.EPIPE) {
+			return 0 // the reader (head, a pager) went away
+		}
+		fmt.Fprintf(errw, "arkgw logs: %s; the %s shown is incomplete\n", escapeText(err.Error()), stream)
+		return 1
+	}
+	switch {
+	case info.Dropped > 0:
+		fmt.Fprintf(errw, "arkgw logs: %s %s: %d bytes shown; %d more bytes were dropped by the node's output cap ([limits].output_mb)\n", alert.Escape(id), stream, info.Bytes, info.Dropped)
+	case info.AtCap > 0:
+		fmt.Fprintf(errw, "arkgw logs: %s %s: %d bytes shown; the output reached the node's cap of %d bytes ([limits].output_mb) and what it writes past it is dropped\n", alert.Escape(id), stream, info.Bytes, info.AtCap)
+	}
 	return 0
 }
