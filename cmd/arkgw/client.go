@@ -13,6 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mattn/go-isatty"
+
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
 )
@@ -169,15 +171,24 @@ func runLogs(args []string) int {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	sock := socketFlag(fs)
 	stderr := fs.Bool("stderr", false, "show stderr instead of stdout")
+	raw := fs.Bool("raw", false, "write the bytes as they are even to a terminal (default: control characters escaped on a terminal)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: arkgw logs ID [--stderr]")
+		fmt.Fprintln(os.Stderr, "usage: arkgw logs ID [--stderr] [--raw]")
 		return 2
 	}
-	return printLogs(daemon.NewClient(*sock), pos[0], *stderr, os.Stdout, os.Stderr)
+	if *raw || !isatty.IsTerminal(os.Stdout.Fd()) {
+		return printLogs(daemon.NewClient(*sock), pos[0], *stderr, os.Stdout, os.Stderr)
+	}
+	// The output is the experiment's: on a terminal its control sequences
+	// are shown, not obeyed.
+	tw := &terminalWriter{w: os.Stdout}
+	code := printLogs(daemon.NewClient(*sock), pos[0], *stderr, tw, os.Stderr)
+	tw.Flush()
+	return code
 }
 
 // printLogs streams an experiment's whole output to stdout. A copy cut

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/arkgw/arkgw/alert"
 )
@@ -49,5 +50,45 @@ func (e *escapingWriter) Flush() error {
 	}
 	_, err := io.WriteString(e.w, escapeText(string(e.buf)))
 	e.buf = e.buf[:0]
+	return err
+}
+
+// terminalWriter escapes a byte stream for a terminal as it passes
+// (escapeText: control characters become visible, line feeds and tabs
+// stay), holding back at most the 3 bytes of a UTF-8 sequence cut by a
+// write boundary. Write reports the input bytes as written. Call Flush at
+// the end.
+type terminalWriter struct {
+	w       io.Writer
+	pending []byte
+}
+
+func (t *terminalWriter) Write(p []byte) (int, error) {
+	buf := append(t.pending, p...)
+	// Keep an incomplete UTF-8 sequence at the end for the next write.
+	cut := len(buf)
+	for i := len(buf) - 1; i >= 0 && i >= len(buf)-utf8.UTFMax+1; i-- {
+		if utf8.RuneStart(buf[i]) {
+			if !utf8.FullRune(buf[i:]) {
+				cut = i
+			}
+			break
+		}
+	}
+	_, err := io.WriteString(t.w, escapeText(string(buf[:cut])))
+	t.pending = append(t.pending[:0:0], buf[cut:]...)
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Flush writes what was held back.
+func (t *terminalWriter) Flush() error {
+	if len(t.pending) == 0 {
+		return nil
+	}
+	_, err := io.WriteString(t.w, escapeText(string(t.pending)))
+	t.pending = nil
 	return err
 }

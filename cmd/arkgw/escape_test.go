@@ -80,5 +80,42 @@ func FuzzListAndFlowsTables(f *testing.F) {
 		if out := b.String(); alert.HasControl(out) {
 			t.Fatalf("check report %q", out)
 		}
+		b.Reset()
+		tw := &terminalWriter{w: &b}
+		tw.Write([]byte(title))
+		tw.Write([]byte(reason))
+		tw.Flush()
+		if out := b.String(); alert.HasControl(out) {
+			t.Fatalf("logs on a terminal %q", out)
+		}
 	})
+}
+
+// `arkgw logs` to a terminal: the experiment's escape sequences arrive
+// escaped, lines and tabs kept, multi-byte characters intact across any
+// write boundary.
+func TestTerminalWriter(t *testing.T) {
+	in := "plain line\n\x1b[2J\x1b]0;PWN\x07 café\tcol ☕ \u202e end\n\xff"
+	want := "plain line\n" + `\x1b[2J\x1b]0;PWN\x07 café` + "\tcol ☕ " + `\u202e end` + "\n" + `\xff`
+	for split := 0; split <= len(in); split++ {
+		for _, step := range []int{1, 2, 3, len(in)} {
+			var b bytes.Buffer
+			w := &terminalWriter{w: &b}
+			chunks := []string{in[:split]}
+			for rest := in[split:]; rest != ""; {
+				n := min(step, len(rest))
+				chunks = append(chunks, rest[:n])
+				rest = rest[n:]
+			}
+			for _, c := range chunks {
+				if n, err := w.Write([]byte(c)); err != nil || n != len(c) {
+					t.Fatalf("Write = %d, %v", n, err)
+				}
+			}
+			w.Flush()
+			if b.String() != want {
+				t.Fatalf("split %d step %d:\n got %q\nwant %q", split, step, b.String(), want)
+			}
+		}
+	}
 }
