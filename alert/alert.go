@@ -17,6 +17,7 @@ const (
 	KindQuota    = "quota"    // daily budget thresholds
 	KindOverrun  = "overrun"  // the alert path itself lost or dropped records
 	KindEnforced = "enforced" // arkgw stopped an experiment because of alerts
+	KindFlood    = "flood"    // an experiment's violations exceed what is alerted one by one: they are summarised
 	// KindFault (fault.go): the daemon's own machinery failed.
 )
 

@@ -8,7 +8,9 @@ import (
 	"time"
 )
 
-// FormatLine renders r as one readable line for staff:
+// FormatLine renders r as one readable line for staff. Every string in it
+// goes through Escape: a line never holds a control character, whatever
+// the experiment named its process or queried:
 //
 //	2026-11-25T18:00:00Z e1 packet/tcp-dst tcp 10.250.0.2:40000 -> 198.51.100.1:25 x1 [pid 42 nc] experiment e1 sent ...
 func FormatLine(r Record) string {
@@ -19,12 +21,12 @@ func FormatLine(r Record) string {
 	if exp == "" {
 		exp = "-"
 	}
-	b.WriteString(exp)
+	b.WriteString(Escape(exp))
 	b.WriteByte(' ')
-	b.WriteString(r.Kind)
+	b.WriteString(Escape(r.Kind))
 	if r.Rule != "" {
 		b.WriteByte('/')
-		b.WriteString(r.Rule)
+		b.WriteString(Escape(r.Rule))
 	}
 	if flow := flowText(r); flow != "" {
 		b.WriteByte(' ')
@@ -38,11 +40,12 @@ func FormatLine(r Record) string {
 		fmt.Fprintf(&b, " (%d times)", r.Occurrences)
 	}
 	if r.PID > 0 {
-		fmt.Fprintf(&b, " [pid %d %s]", r.PID, r.Command)
+		// The command is the process name: the experiment sets it.
+		fmt.Fprintf(&b, " [pid %d %s]", r.PID, Escape(r.Command))
 	}
 	if r.Message != "" {
 		b.WriteByte(' ')
-		b.WriteString(strings.ReplaceAll(r.Message, "\n", " "))
+		b.WriteString(Escape(strings.ReplaceAll(r.Message, "\n", " ")))
 	}
 	return b.String()
 }
@@ -63,18 +66,18 @@ func hostPort(addr string, port int) string {
 func flowText(r Record) string {
 	switch {
 	case r.Kind == KindDNS:
-		s := "dns " + r.Name
+		s := "dns " + Escape(r.Name)
 		if r.QType != "" {
-			s += " " + r.QType
+			s += " " + Escape(r.QType)
 		}
 		if r.Src != "" {
-			s += " from " + r.Src
+			s += " from " + Escape(r.Src)
 		}
 		return s
 	case r.Proto == "" && r.Dst == "":
 		return ""
 	}
-	s := r.Proto + " " + hostPort(r.Src, r.SrcPort) + " -> " + hostPort(r.Dst, r.DstPort)
+	s := Escape(r.Proto) + " " + Escape(hostPort(r.Src, r.SrcPort)) + " -> " + Escape(hostPort(r.Dst, r.DstPort))
 	if r.ICMPType != nil {
 		s += " type " + strconv.Itoa(*r.ICMPType)
 		if r.ICMPCode != nil {

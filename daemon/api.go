@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -208,29 +207,8 @@ func (d *Daemon) handleStop(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, x)
 }
 
-func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {
-	id := r.PathValue("id")
-	if _, err := d.mgr.store.Get(id); err != nil {
-		writeErr(w, http.StatusNotFound, err)
-		return
-	}
-	name := "stdout"
-	if r.URL.Query().Get("stream") == "stderr" {
-		name = "stderr"
-	}
-	f, err := os.Open(filepath.Join(d.mgr.ExperimentDir(id), name))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			return // no output yet
-		}
-		writeErr(w, http.StatusInternalServerError, err)
-		return
-	}
-	defer f.Close()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	io.Copy(w, f)
-}
+// handleLogs streams an experiment's output whole (logs.go).
+func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) { d.serveLogs(w, r) }
 
 func (d *Daemon) handleAlerts(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()

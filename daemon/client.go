@@ -45,24 +45,17 @@ func (c *Client) do(method, path string, body any, out any) error {
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, "http://arkgw"+path, rd)
+	resp, err := c.send(method, path, rd)
 	if err != nil {
 		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
-			return fmt.Errorf("the arkgw daemon is not running (no socket at %s); start it with 'arkgw run' or 'systemctl start arkgw'", c.Socket)
-		}
-		if errors.Is(err, syscall.EACCES) {
-			return fmt.Errorf("permission denied on %s: the arkgw CLI must run as root", c.Socket)
-		}
-		return fmt.Errorf("talk to arkgw at %s: %w", c.Socket, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
 	if err != nil {
 		return err
+	}
+	if len(data) > maxResponse {
+		return fmt.Errorf("arkgw: the answer to %s is larger than %d MiB; not read (narrow the query)", path, maxResponse>>20)
 	}
 	if resp.StatusCode >= 300 {
 		var e ErrorResponse
@@ -82,6 +75,55 @@ func (c *Client) do(method, path string, body any, out any) error {
 		return nil
 	}
 	return json.Unmarshal(data, out)
+}
+
+// maxResponse bounds the JSON answers the client reads whole (logs are
+// streamed, see LogsTo).
+const maxResponse = 64 << 20
+
+// send makes one request over the socket.
+func (c *Client) send(method, path string, body io.Reader) (*http.Response, error) {
+	return c.sendWith(c.hc, method, path, body)
+}
+
+func (c *Client) sendWith(hc *http.Client, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequest(method, "http://arkgw"+path, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("the arkgw daemon is not running (no socket at %s); start it with 'arkgw run' or 'systemctl start arkgw'", c.Socket)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return nil, fmt.Errorf("permission denied on %s: the arkgw CLI must run as root", c.Socket)
+		}
+		return nil, fmt.Errorf("talk to arkgw at %s: %w", c.Socket, err)
+	}
+	return resp, nil
+}
+
+// get GETs path for a streamed body, with no overall timeout (the reader
+// may be a pager); an error status is returned as an error (the body is
+// closed then).
+func (c *Client) get(path string) (*http.Response, error) {
+	stream := *c.hc
+	stream.Timeout = 0
+	resp, err := c.sendWith(&stream, "GET", path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 300 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var e ErrorResponse
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		return nil, errors.New(e.Error)
+	}
+	return nil, fmt.Errorf("arkgw: %s: %s", resp.Status, strings.TrimSpace(string(data)))
 }
 
 // Submit sends a manifest; dir is the absolute directory its files are in.
@@ -107,16 +149,6 @@ func (c *Client) Get(id string) (*ExperimentView, error) {
 func (c *Client) Stop(id string) (*store.Experiment, error) {
 	var x store.Experiment
 	return &x, c.do("POST", pathExperiments+"/"+url.PathEscape(id)+"/stop", StopRequest{Reason: store.ReasonStoppedStaff}, &x)
-}
-
-// Logs returns an experiment's collected stdout or stderr.
-func (c *Client) Logs(id string, stderr bool) ([]byte, error) {
-	q := ""
-	if stderr {
-		q = "?stream=stderr"
-	}
-	var b []byte
-	return b, c.do("GET", pathExperiments+"/"+url.PathEscape(id)+"/logs"+q, nil, &b)
 }
 
 // Raw GETs an API path and returns the body (used by `arkgw flows`).

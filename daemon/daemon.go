@@ -121,12 +121,13 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	})
 	deps := RunnerDeps{
 		Policy: pol, Store: st, Alerts: sink, Registry: d.registry, Logger: d.log,
+		// The manager owns these stops: shutdown waits for them.
 		Stop: func(id, reason string) {
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				mgr.Stop(ctx, id, reason)
-			}()
+			if mgr == nil {
+				d.log.Error("stop requested before the manager exists; not stopped", "experiment", id, "reason", reason)
+				return
+			}
+			mgr.StopAsync(id, reason)
 		},
 		Lookup: func(id string) (string, []string, bool) {
 			x, err := st.Get(id)

@@ -42,7 +42,21 @@ type Manager struct {
 	// daemon, so a shutdown never waits for them.
 	quit     chan struct{}
 	quitOnce sync.Once
+	// stops owns the stops the daemon decided on by itself (policy
+	// reload, violations, quota): Run waits for them before it returns,
+	// so a shutdown never leaves an experiment half stopped with its
+	// completion unrecorded. closed (under mu) refuses new ones.
+	stops  sync.WaitGroup
+	closed bool
+	// applyMu orders the kernel-facing changes of the policy: a reload
+	// (compile, apply, commit) and an experiment's start (admit under the
+	// policy in force, start under it) never interleave, so no experiment
+	// starts under a policy that a reload is replacing.
+	applyMu sync.Mutex
 }
+
+// stopTimeout bounds one stop the daemon starts by itself.
+const stopTimeout = time.Minute
 
 type live struct {
 	inst   Instance
@@ -100,33 +114,35 @@ func (e *RefusedError) Error() string {
 // Submit admits a manifest and schedules it. It returns the stored record.
 func (m *Manager) Submit(manifest []byte, name, dir string) (*store.Experiment, error) {
 	pol := m.Policy()
-	id, slot, err := m.store.NewID()
+	routers := m.runner.DefaultRouters()
+	// Admission, id and slot in one store transaction: a slot picked here
+	// is recorded before any other submit can pick it.
+	x, err := m.store.Create(func(id string, slot int) (*store.Experiment, error) {
+		eff, conflicts, err := pol.Admit(manifest, name, dir, id, routers)
+		if err != nil {
+			return nil, err
+		}
+		if len(conflicts) > 0 {
+			return nil, &RefusedError{Conflicts: conflicts}
+		}
+		now := m.clock.Now().UTC()
+		start := eff.Start
+		if start.IsZero() || start.Before(now) {
+			start = now
+		}
+		x := &store.Experiment{
+			ID: id, Slot: slot, Title: eff.Title, Manifest: string(manifest), ManifestName: name, ManifestDir: dir,
+			State: store.Planned, Submitted: now, Start: start,
+		}
+		for _, c := range eff.Experimenters {
+			x.Experimenters = append(x.Experimenters, store.Contact{Name: c.Name, Email: c.Email})
+		}
+		return x, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("allocate experiment id: %w", err)
+		return nil, err // names the manifest, the conflicts or the state file
 	}
-	eff, conflicts, err := pol.Admit(manifest, name, dir, id, m.runner.DefaultRouters())
-	if err != nil {
-		return nil, err
-	}
-	if len(conflicts) > 0 {
-		return nil, &RefusedError{Conflicts: conflicts}
-	}
-	now := m.clock.Now().UTC()
-	start := eff.Start
-	if start.IsZero() || start.Before(now) {
-		start = now
-	}
-	x := &store.Experiment{
-		ID: id, Slot: slot, Title: eff.Title, Manifest: string(manifest), ManifestName: name, ManifestDir: dir,
-		State: store.Planned, Submitted: now, Start: start,
-	}
-	for _, c := range eff.Experimenters {
-		x.Experimenters = append(x.Experimenters, store.Contact{Name: c.Name, Email: c.Email})
-	}
-	if err := m.store.Put(x); err != nil {
-		return nil, fmt.Errorf("record experiment %s: %w", id, err)
-	}
-	m.log.Info("experiment submitted", "experiment", id, "title", x.Title, "start", start)
+	m.log.Info("experiment submitted", "experiment", x.ID, "title", x.Title, "start", x.Start)
 	m.poke()
 	return x, nil
 }
@@ -180,7 +196,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 
 // effective re-admits a stored experiment under the current policy.
 func (m *Manager) effective(x *store.Experiment) (*configs.Effective, error) {
-	eff, conflicts, err := m.Policy().Admit([]byte(x.Manifest), x.ManifestName, x.ManifestDir, x.ID, m.runner.DefaultRouters())
+	return m.admitUnder(m.Policy(), x)
+}
+
+// admitUnder re-admits a stored experiment under pol.
+func (m *Manager) admitUnder(pol *Policy, x *store.Experiment) (*configs.Effective, error) {
+	eff, conflicts, err := pol.Admit([]byte(x.Manifest), x.ManifestName, x.ManifestDir, x.ID, m.runner.DefaultRouters())
 	if err != nil {
 		return nil, err
 	}
@@ -199,6 +220,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.tick(ctx)
 		select {
 		case <-ctx.Done():
+			m.mu.Lock()
+			m.closed = true
+			m.mu.Unlock()
+			// Stops under way finish first (each within stopTimeout): the
+			// watchers record their completion.
+			m.stops.Wait()
 			m.quitOnce.Do(func() { close(m.quit) })
 			m.wg.Wait()
 			return nil
@@ -231,6 +258,8 @@ func (m *Manager) tick(ctx context.Context) {
 }
 
 func (m *Manager) start(ctx context.Context, x *store.Experiment) {
+	m.applyMu.Lock()
+	defer m.applyMu.Unlock()
 	log := m.log.With("experiment", x.ID)
 	eff, err := m.effective(x)
 	if err != nil {
@@ -391,6 +420,30 @@ func (m *Manager) Stop(ctx context.Context, id, reason string) error {
 	return m.waitCompleted(ctx, id)
 }
 
+// StopAsync stops an experiment in the background, for components that
+// decide on a stop on a path that must not wait (the alerter's
+// enforcement, the quota, a policy reload). The Manager owns the stop: Run
+// waits for it before returning. After Run has returned it is refused (and
+// logged): the experiment keeps running and the next daemon re-admits it.
+func (m *Manager) StopAsync(id, reason string) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		m.log.Warn("daemon shutting down; stop not started", "experiment", id, "reason", reason)
+		return
+	}
+	m.stops.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.stops.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+		defer cancel()
+		if err := m.Stop(ctx, id, reason); err != nil {
+			m.log.Error("stop failed", "experiment", id, "reason", reason, "error", err)
+		}
+	}()
+}
+
 func (m *Manager) waitCompleted(ctx context.Context, id string) error {
 	for {
 		x, err := m.store.Get(id)
@@ -434,42 +487,83 @@ func (m *Manager) Resume() error {
 	return err
 }
 
-// Reload puts a new node policy in force: running experiments are
-// re-admitted; those now in conflict are stopped with the reason recorded;
-// the rules of the others are replaced in one transaction.
+// Reload puts a new node policy in force, all or nothing:
+//
+//  1. keys that only take effect at start (Policy.RestartKeys) refuse the
+//     whole reload, naming them;
+//  2. every running experiment is re-admitted under the new policy (not
+//     yet in force): those admitted get their new rules compiled, those in
+//     conflict are set aside;
+//  3. the runner applies the new rules of the admitted ones in one
+//     transaction (and their new rate caps and budgets); if that fails, the
+//     previous rules are re-applied and the previous policy stays in force
+//     for admission too;
+//  4. only then the new policy is committed, and the experiments in
+//     conflict are stopped with the reason recorded.
+//
+// Everything else in node.toml applies: [permit] and the per-experiment
+// rate and budget to running experiments at once; [dns] allow, qps and
+// deny_answer and the other [limits] to experiments started after the
+// reload (a running one that no longer fits them is stopped).
 func (m *Manager) Reload(ctx context.Context, p *Policy) error {
+	m.applyMu.Lock()
+	defer m.applyMu.Unlock()
+	old := m.Policy()
+	if keys := old.RestartKeys(p); len(keys) > 0 {
+		return &ReloadError{RestartKeys: keys}
+	}
 	m.mu.Lock()
-	m.policy = p
 	ids := make([]string, 0, len(m.running))
-	for id := range m.running {
+	prev := make([]*configs.Effective, 0, len(m.running))
+	for id, l := range m.running {
 		ids = append(ids, id)
+		prev = append(prev, l.eff)
 	}
 	m.mu.Unlock()
 	sort.Strings(ids)
+	sort.Slice(prev, func(i, j int) bool { return prev[i].ID < prev[j].ID })
+
 	var keep []*configs.Effective
+	refused := map[string]error{}
 	for _, id := range ids {
 		x, err := m.store.Get(id)
 		if err != nil {
-			continue
+			return &ReloadError{Err: fmt.Errorf("read experiment %s: %w", id, err)}
 		}
-		eff, err := m.effective(x)
+		eff, err := m.admitUnder(p, x)
 		if err != nil {
-			m.log.Warn("experiment no longer admitted; stopping it", "experiment", id, "error", err)
-			m.store.Update(id, func(e *store.Experiment) error { e.Detail = err.Error(); return nil })
-			go m.Stop(context.Background(), id, store.ReasonPolicy)
+			refused[id] = err
 			continue
 		}
-		m.mu.Lock()
-		if l := m.running[id]; l != nil {
-			l.eff = eff
-		}
-		m.mu.Unlock()
 		keep = append(keep, eff)
 	}
 	if err := m.runner.Update(ctx, keep); err != nil {
-		return fmt.Errorf("apply reloaded policy: %w", err)
+		// The gateway keeps its previous ruleset when the kernel refuses
+		// the new one, but rate caps, budgets or a cut of flows may have
+		// gone through: put the previous policies back everywhere.
+		if rerr := m.runner.Update(context.WithoutCancel(ctx), prev); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("restore the previous rules: %w", rerr))
+		}
+		return &ReloadError{Err: fmt.Errorf("apply reloaded policy: %w", err)}
 	}
-	m.log.Info("node policy reloaded", "running", len(keep))
+	m.mu.Lock()
+	m.policy = p
+	for _, eff := range keep {
+		if l := m.running[eff.ID]; l != nil {
+			l.eff = eff
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range ids {
+		err, ok := refused[id]
+		if !ok {
+			continue
+		}
+		m.log.Warn("experiment no longer admitted; stopping it", "experiment", id, "error", err)
+		m.store.Update(id, func(e *store.Experiment) error { e.Detail = err.Error(); return nil })
+		m.StopAsync(id, store.ReasonPolicy)
+	}
+	m.log.Info("node policy reloaded", "running", len(keep), "stopping", len(refused))
 	m.poke()
 	return nil
 }

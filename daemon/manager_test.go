@@ -24,10 +24,15 @@ type fakeRunner struct {
 	updates  [][]string
 	startErr error
 	adoptErr error
+	// updateErr fails the next Update (then clears itself).
+	updateErr error
+	// stopGate, when set, holds every instance's Stop until it is closed.
+	stopGate chan struct{}
 }
 
 type fakeInstance struct {
 	id      string
+	gate    chan struct{}
 	done    chan struct{}
 	once    sync.Once
 	stopped bool
@@ -40,6 +45,9 @@ func (f *fakeInstance) Status() Status {
 	return Status{BytesUpToday: 100, BytesDownToday: 200, RateMbps: 1}
 }
 func (f *fakeInstance) Stop(context.Context) error {
+	if f.gate != nil {
+		<-f.gate
+	}
 	f.stopped = true
 	f.exit(Result{Signal: "killed"})
 	return nil
@@ -56,7 +64,7 @@ func (r *fakeRunner) Start(_ context.Context, eff *configs.Effective, slot int, 
 	if r.startErr != nil {
 		return nil, r.startErr
 	}
-	i := &fakeInstance{id: eff.ID, done: make(chan struct{})}
+	i := &fakeInstance{id: eff.ID, done: make(chan struct{}), gate: r.stopGate}
 	r.started[eff.ID] = i
 	return i, nil
 }
@@ -81,6 +89,10 @@ func (r *fakeRunner) Update(_ context.Context, effs []*configs.Effective) error 
 		ids = append(ids, e.ID)
 	}
 	r.updates = append(r.updates, ids)
+	if err := r.updateErr; err != nil {
+		r.updateErr = nil
+		return err
+	}
 	return nil
 }
 

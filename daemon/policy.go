@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strings"
 
 	"github.com/arkgw/arkgw/configs"
 )
@@ -95,3 +97,63 @@ func (p *Policy) Admit(manifest []byte, name, dir, id string, routers []netip.Ad
 	}
 	return eff, lines, nil
 }
+
+// RestartKeys names the node.toml keys whose values differ between p and
+// next and that only take effect when the daemon starts: the node's name,
+// state and uplink, the listeners and sinks it opens once ([web],
+// [alerts], [flows]), and what the runner fixes for its lifetime (DNS
+// upstreams, the node-wide rate cap, the cgroup controllers it may run
+// without). A reload that changes one of them is refused whole, naming
+// them; everything else applies on reload (see Reload).
+func (p *Policy) RestartKeys(next *Policy) []string {
+	a, b := p.Node, next.Node
+	var keys []string
+	diff := func(key string, same bool) {
+		if !same {
+			keys = append(keys, key)
+		}
+	}
+	diff("node", a.Node == b.Node)
+	diff("state_dir", a.StateDir == b.StateDir)
+	diff("uplink", a.Uplink == b.Uplink)
+	diff("web.listen", a.Web.Listen == b.Web.Listen)
+	diff("web.password_hash", a.Web.PasswordHash == b.Web.PasswordHash)
+	diff("web.tls_cert", a.Web.TLSCert == b.Web.TLSCert)
+	diff("web.tls_key", a.Web.TLSKey == b.Web.TLSKey)
+	diff("lab.documentation_prefixes", a.Lab == b.Lab)
+	diff("dns.upstreams", slices.Equal(a.DNS.Upstreams, b.DNS.Upstreams))
+	diff("limits.node_mbps", a.Limits.NodeMbps == b.Limits.NodeMbps)
+	diff("limits.allow_missing_controllers", slices.Equal(sorted(a.Limits.AllowMissingControllers), sorted(b.Limits.AllowMissingControllers)))
+	diff("alerts.nflog_group", a.Alerts.NFLOGGroup == b.Alerts.NFLOGGroup)
+	diff("alerts.file", a.Alerts.File == b.Alerts.File)
+	diff("alerts.syslog", a.Alerts.Syslog == b.Alerts.Syslog)
+	diff("alerts.stop_after", a.Alerts.StopAfter == b.Alerts.StopAfter)
+	diff("alerts.window", a.Alerts.Window == b.Alerts.Window)
+	diff("flows.retention_days", a.Flows.RetentionDays == b.Flows.RetentionDays)
+	return keys
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
+}
+
+// ReloadError is a reload that was not applied; the previous policy stays
+// in force for rules and admission alike.
+type ReloadError struct {
+	// RestartKeys are changed keys that need a daemon restart.
+	RestartKeys []string
+	Err         error
+}
+
+func (e *ReloadError) Error() string {
+	if len(e.RestartKeys) > 0 {
+		return fmt.Sprintf("node policy reload refused: %s changed, which only take effect when arkgw starts; "+
+			"restart the daemon (systemctl restart arkgw: running experiments are re-adopted) or undo the change; "+
+			"the previous policy stays in force", strings.Join(e.RestartKeys, ", "))
+	}
+	return fmt.Sprintf("node policy reload not applied: %v; the previous policy stays in force", e.Err)
+}
+
+func (e *ReloadError) Unwrap() error { return e.Err }

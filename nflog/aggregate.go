@@ -17,10 +17,19 @@ type Event struct {
 	Packet
 }
 
-// Rule names of the alerter's own overrun records.
+// Rule names of the alerter's own records.
 const (
-	RuleOverflow = "overflow" // too many open aggregates: packets folded per experiment
+	RuleOverflow = "overflow" // an experiment's summaries are full too: packets folded per experiment
 	RuleLost     = "lost"     // the kernel or the alerter lost packets (seq gaps, ENOBUFS, full queue)
+	RuleFlood    = "flood"    // an experiment's violations are being summarised
+)
+
+// Defaults of the Aggregator's bounds.
+const (
+	DefaultMaxOpen        = 64   // detailed aggregates open per experiment
+	DefaultMaxSummaries   = 16   // summary aggregates open per experiment
+	DefaultMaxKinds       = 256  // first-of-kind memory per experiment
+	DefaultMaxExperiments = 4096 // experiments with aggregates open at once
 )
 
 // aggKey is what one aggregate groups: experiment, rule, destination,
@@ -32,11 +41,30 @@ type aggKey struct {
 	port      uint16
 }
 
+// sumKey is what a summary groups when an experiment floods: rule,
+// protocol and destination prefix (/24 for IPv4, /48 for IPv6).
+type sumKey struct {
+	rule  string
+	proto uint8
+	dst   netip.Prefix
+}
+
+// kindKey is what makes a violation new in kind: the rule, the protocol
+// and the class of destination port (well-known, registered, dynamic) or
+// the ICMP type. A violation of a new kind always gets its own line.
+type kindKey struct {
+	rule  string
+	proto uint8
+	class uint16
+}
+
 type aggregate struct {
 	key        aggKey
+	sum        *sumKey   // set for a summary
+	dsts       int       // summary: distinct destination keys folded in
 	start      time.Time // window start (the first packet)
 	first      Event     // the packet that raised the immediate alert
-	n, bytes   uint64    // packets after the first
+	n, bytes   uint64    // packets after the first (summary: all packets)
 	firstSeen  time.Time // of those
 	lastSeen   time.Time
 	src        netip.Addr
@@ -46,42 +74,72 @@ type aggregate struct {
 	overflow   bool
 }
 
+// expState is one experiment's share of the aggregator: its budgets are
+// its own, so a flooding experiment cannot touch another's alerts.
+type expState struct {
+	open      map[aggKey]*aggregate
+	sums      map[sumKey]*aggregate
+	seen      map[sumKey]map[aggKey]struct{} // summary: distinct keys (bounded by maxSumKeys)
+	overflow  *aggregate
+	kinds     map[kindKey]struct{}
+	floodTill time.Time // summarising since; a flood alert is raised again only after a quiet window
+}
+
+const maxSumKeys = 4096 // distinct keys remembered per summary (counting only)
+
+func (e *expState) empty() bool {
+	return len(e.open) == 0 && len(e.sums) == 0 && e.overflow == nil
+}
+
 // Aggregator turns events into alert records. It is pure (time comes from
 // the events and the callers) and not safe for concurrent use.
 //
 // The first packet of a key raises an alert at once (Packets 1); later
 // packets of the key within Window are counted and reported by one record
-// when the window ends (Packets = the packets after the first, so the sum of
-// Packets over all records is the exact number of packets seen). At most
-// MaxOpen aggregates are open; packets of further keys are folded into one
-// overflow aggregate per experiment, reported as alert.KindOverrun (rule
-// "overflow") with exact counts, so memory stays bounded whatever the flood.
+// when the window ends (Packets = the packets after the first, so the sum
+// of Packets over all records is the exact number of packets seen).
+//
+// Every budget is per experiment. An experiment has at most MaxOpen keys
+// open with their own lines; beyond that it is flooding: one flood record
+// says so at once (kind flood, at most once per quiet window), and the
+// packets of further keys are summarised per rule, protocol and
+// destination prefix (MaxSummaries, one record each at the window's end,
+// no immediate line); past those, one overflow record per experiment. A
+// violation of a kind the experiment has not shown yet (a new rule, a new
+// protocol, a new class of port or ICMP type) always gets its own line.
+// So a flooding experiment writes at most about 2*MaxOpen + MaxSummaries +
+// 2 lines per window, plus its new kinds, and other experiments' alerts
+// keep every detail.
 type Aggregator struct {
-	Window  time.Duration
-	MaxOpen int
+	Window         time.Duration
+	MaxOpen        int // per experiment
+	MaxSummaries   int // per experiment
+	MaxKinds       int // per experiment
+	MaxExperiments int
 
-	open     map[aggKey]*aggregate
-	overflow map[string]*aggregate
+	exps   map[string]*expState
+	nOpen  int // detailed aggregates, all experiments
+	nOther int // summaries and overflows, all experiments
 }
 
-// NewAggregator returns an Aggregator (window default 60 s, maxOpen default
-// 4096).
+// NewAggregator returns an Aggregator (window default 60 s, maxOpen per
+// experiment default 64).
 func NewAggregator(window time.Duration, maxOpen int) *Aggregator {
 	if window <= 0 {
 		window = 60 * time.Second
 	}
 	if maxOpen <= 0 {
-		maxOpen = 4096
+		maxOpen = DefaultMaxOpen
 	}
-	return &Aggregator{Window: window, MaxOpen: maxOpen, open: map[aggKey]*aggregate{}, overflow: map[string]*aggregate{}}
+	return &Aggregator{Window: window, MaxOpen: maxOpen, MaxSummaries: DefaultMaxSummaries,
+		MaxKinds: DefaultMaxKinds, MaxExperiments: DefaultMaxExperiments, exps: map[string]*expState{}}
 }
 
-// Open is the number of open aggregates (not counting overflow ones, of
-// which there is at most one per experiment, and at most MaxOpen).
-func (a *Aggregator) Open() int { return len(a.open) }
+// Open is the number of open detailed aggregates, all experiments.
+func (a *Aggregator) Open() int { return a.nOpen }
 
-// OpenOverflow is the number of open overflow aggregates.
-func (a *Aggregator) OpenOverflow() int { return len(a.overflow) }
+// OpenOverflow is the number of open summary and overflow aggregates.
+func (a *Aggregator) OpenOverflow() int { return a.nOther }
 
 func keyOf(ev Event) aggKey {
 	k := aggKey{exp: ev.Experiment, rule: ev.Rule, proto: ev.ProtoNum, dst: ev.Dst}
@@ -94,33 +152,115 @@ func keyOf(ev Event) aggKey {
 	return k
 }
 
+func kindOf(ev Event) kindKey {
+	k := kindKey{rule: ev.Rule, proto: ev.ProtoNum}
+	switch {
+	case ev.HasICMP:
+		k.class = uint16(ev.ICMPType)
+	case ev.ProtoNum == 6 || ev.ProtoNum == 17:
+		switch {
+		case ev.DstPort < 1024:
+			k.class = 1
+		case ev.DstPort < 49152:
+			k.class = 2
+		default:
+			k.class = 3
+		}
+	}
+	return k
+}
+
+func sumOf(ev Event) sumKey {
+	k := sumKey{rule: ev.Rule, proto: ev.ProtoNum}
+	if ev.Dst.IsValid() {
+		bits := 24
+		if ev.Dst.Is6() && !ev.Dst.Is4In6() {
+			bits = 48
+		}
+		k.dst, _ = ev.Dst.Unmap().Prefix(bits)
+	}
+	return k
+}
+
+func (a *Aggregator) state(id string) *expState {
+	if e := a.exps[id]; e != nil {
+		return e
+	}
+	if len(a.exps) >= a.MaxExperiments {
+		id = "" // even the experiments are too many: one shared state
+		if e := a.exps[id]; e != nil {
+			return e
+		}
+	}
+	e := &expState{open: map[aggKey]*aggregate{}, sums: map[sumKey]*aggregate{}, seen: map[sumKey]map[aggKey]struct{}{}, kinds: map[kindKey]struct{}{}}
+	a.exps[id] = e
+	return e
+}
+
 // Add accounts ev and returns the record to emit now, if any: the first
-// packet of a key, or the first packet folded into an experiment's overflow.
+// packet of a key, or the flood record of an experiment that starts being
+// summarised.
 func (a *Aggregator) Add(ev Event) (alert.Record, bool) {
 	k := keyOf(ev)
-	if g := a.open[k]; g != nil {
+	e := a.state(ev.Experiment)
+	if g := e.open[k]; g != nil {
 		g.add(ev)
 		return alert.Record{}, false
 	}
-	if len(a.open) < a.MaxOpen {
-		a.open[k] = &aggregate{key: k, start: ev.Time, first: ev}
+	kind := kindOf(ev)
+	_, known := e.kinds[kind]
+	newKind := !known && len(e.kinds) < a.MaxKinds
+	if len(e.open) < a.MaxOpen || newKind {
+		if newKind {
+			e.kinds[kind] = struct{}{}
+		}
+		e.open[k] = &aggregate{key: k, start: ev.Time, first: ev}
+		a.nOpen++
 		return firstRecord(ev), true
 	}
-	ok := ev.Experiment
-	if _, exists := a.overflow[ok]; !exists && len(a.overflow) >= a.MaxOpen {
-		ok = "" // even the experiments are too many: one shared overflow
+	// Flooding: summarise.
+	var flood alert.Record
+	raise := false
+	if !ev.Time.Before(e.floodTill) {
+		raise = true
+		flood = firstRecord(ev)
+		flood.Kind, flood.Rule, flood.Packets, flood.Bytes = alert.KindFlood, RuleFlood, 0, 0
+		flood.Message = fmt.Sprintf("experiment %s is flooding violations: more than %d distinct ones within %s (this one: rule %s, %s); "+
+			"further ones are summarised per rule and destination prefix, new kinds still alerted one by one; a candidate for [alerts] stop_after",
+			ev.Experiment, a.MaxOpen, a.Window, ev.Rule, describe(ev.Packet))
 	}
-	if g := a.overflow[ok]; g != nil {
-		g.add(ev)
-		return alert.Record{}, false
+	e.floodTill = ev.Time.Add(a.Window)
+	sk := sumOf(ev)
+	if g := e.sums[sk]; g != nil {
+		g.addSum(ev, e.seen[sk], k)
+		return flood, raise
 	}
-	a.overflow[ok] = &aggregate{key: aggKey{exp: ok, rule: RuleOverflow}, start: ev.Time, first: ev, overflow: true}
-	r := firstRecord(ev)
-	r.Experiment = ok
-	r.Kind = alert.KindOverrun
-	r.Rule = RuleOverflow
-	r.Message = fmt.Sprintf("more than %d distinct violations open in %s: packets of new ones are counted per experiment without details (this one: rule %s, %s)", a.MaxOpen, a.Window, ev.Rule, describe(ev.Packet))
-	return r, true
+	if len(e.sums) < a.MaxSummaries {
+		g := &aggregate{key: aggKey{exp: ev.Experiment, rule: ev.Rule, proto: ev.ProtoNum}, sum: &sk, start: ev.Time, first: ev}
+		e.sums[sk] = g
+		e.seen[sk] = map[aggKey]struct{}{}
+		g.addSum(ev, e.seen[sk], k)
+		a.nOther++
+		return flood, raise
+	}
+	if e.overflow == nil {
+		e.overflow = &aggregate{key: aggKey{exp: ev.Experiment, rule: RuleOverflow}, start: ev.Time, first: ev, overflow: true}
+		a.nOther++
+	}
+	e.overflow.add(ev)
+	return flood, raise
+}
+
+// addSum counts ev (every packet, the first included: a summary has no
+// immediate line) and its distinct key.
+func (g *aggregate) addSum(ev Event, seen map[aggKey]struct{}, k aggKey) {
+	if _, ok := seen[k]; !ok {
+		g.dsts++
+		if len(seen) < maxSumKeys {
+			seen[k] = struct{}{}
+		}
+	}
+	g.add(ev)
 }
 
 func (g *aggregate) add(ev Event) {
@@ -158,23 +298,35 @@ func (a *Aggregator) FlushAll(now time.Time) []alert.Record {
 
 func (a *Aggregator) flush(now time.Time, all bool) []alert.Record {
 	var done []*aggregate
-	for k, g := range a.open {
-		if all || !now.Before(g.start.Add(a.Window)) {
-			delete(a.open, k)
-			if g.n > 0 {
-				done = append(done, g)
+	due := func(g *aggregate) bool { return all || !now.Before(g.start.Add(a.Window)) }
+	for id, e := range a.exps {
+		for k, g := range e.open {
+			if due(g) {
+				delete(e.open, k)
+				a.nOpen--
+				if g.n > 0 {
+					done = append(done, g)
+				}
 			}
 		}
-	}
-	for k, g := range a.overflow {
-		if all || !now.Before(g.start.Add(a.Window)) {
-			delete(a.overflow, k)
-			if g.n > 0 {
-				done = append(done, g)
+		for k, g := range e.sums {
+			if due(g) {
+				delete(e.sums, k)
+				delete(e.seen, k)
+				a.nOther--
+				done = append(done, g) // a summary always counted packets
 			}
 		}
+		if g := e.overflow; g != nil && due(g) {
+			e.overflow = nil
+			a.nOther--
+			done = append(done, g)
+		}
+		if e.empty() {
+			delete(a.exps, id)
+		}
 	}
-	sort.Slice(done, func(i, j int) bool { return done[i].start.Before(done[j].start) })
+	sort.SliceStable(done, func(i, j int) bool { return done[i].start.Before(done[j].start) })
 	out := make([]alert.Record, 0, len(done))
 	for _, g := range done {
 		out = append(out, g.record(now, a.Window))
@@ -198,13 +350,21 @@ func (g *aggregate) record(now time.Time, window time.Duration) alert.Record {
 	if g.mixedSrc {
 		srcs = " from several sources"
 	}
-	if g.overflow {
+	switch {
+	case g.overflow:
 		r.Experiment, r.Kind, r.Rule = g.key.exp, alert.KindOverrun, RuleOverflow
 		r.Proto, r.Dst, r.DstPort, r.ICMPType, r.ICMPCode, r.Src, r.SrcPort = "", "", 0, nil, nil, "", 0
-		r.Message = fmt.Sprintf("%d more packets (%d bytes) of violations beyond the open-aggregate cap in %s%s", g.n, g.bytes, window, srcs)
-		return r
+		r.Message = fmt.Sprintf("%d more packets (%d bytes) of violations beyond the experiment's summaries in %s%s", g.n, g.bytes, window, srcs)
+	case g.sum != nil:
+		r.DstPort, r.ICMPType, r.ICMPCode, r.SrcPort = 0, nil, nil, 0
+		r.Dst = ""
+		if g.sum.dst.IsValid() {
+			r.Dst = g.sum.dst.String()
+		}
+		r.Message = fmt.Sprintf("summary of a flood: %d packets (%d bytes) to %d distinct destinations in %s dropped by rule %s within %s%s", g.n, g.bytes, g.dsts, r.Dst, g.key.rule, window, srcs)
+	default:
+		r.Message = fmt.Sprintf("%d more packets (%d bytes) dropped by rule %s since the first alert, within %s%s", g.n, g.bytes, g.key.rule, window, srcs)
 	}
-	r.Message = fmt.Sprintf("%d more packets (%d bytes) dropped by rule %s since the first alert, within %s%s", g.n, g.bytes, g.key.rule, window, srcs)
 	return r
 }
 

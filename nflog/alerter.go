@@ -36,7 +36,7 @@ type Config struct {
 	AttributeBudget time.Duration
 
 	Window   time.Duration // aggregation window (60 s)
-	MaxOpen  int           // open aggregates at most (4096)
+	MaxOpen  int           // aggregates with their own lines open per experiment (DefaultMaxOpen, 64); beyond: summarised
 	QueueLen int           // events between the netlink reader and the aggregator (65536)
 
 	ReadBuffer int    // netlink socket receive buffer in bytes (16 MiB; SO_RCVBUFFORCE)
@@ -118,7 +118,7 @@ func New(cfg Config) (*Alerter, error) {
 		cfg.Window = 60 * time.Second
 	}
 	if cfg.MaxOpen <= 0 {
-		cfg.MaxOpen = 4096
+		cfg.MaxOpen = DefaultMaxOpen
 	}
 	if cfg.QueueLen <= 0 {
 		cfg.QueueLen = 65536

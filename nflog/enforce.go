@@ -29,7 +29,7 @@ func NewEnforcer(stopAfter int, window time.Duration) *Enforcer {
 
 // Counts reports whether r counts towards enforcement.
 func Counts(r alert.Record) bool {
-	return r.Experiment != "" && (r.Kind == alert.KindPacket || r.Kind == alert.KindDNS)
+	return r.Experiment != "" && (r.Kind == alert.KindPacket || r.Kind == alert.KindDNS || r.Kind == alert.KindFlood)
 }
 
 // Observe accounts r at now. It returns a reason when the experiment must be

@@ -39,6 +39,9 @@ const (
 	floodLo   = 20000 // forbidden UDP ports floodLo..floodHi
 	floodHi   = 20999
 	icmpType  = 13 // timestamp request: forbidden
+	// e2Port: TCP to it is logged as another experiment's drop ("e2"), as
+	// drops of every experiment reach the one NFLOG group.
+	e2Port = 26
 )
 
 // capSink captures records for assertions.
@@ -144,13 +147,14 @@ func (tl *testLab) installRules(t *testing.T) {
 		return []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpGte, Register: 1, Data: b(lo)}, &expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: b(hi)}}
 	}
-	drop := func(rule string) []expr.Any {
+	dropAs := func(exp, rule string) []expr.Any {
 		return []expr.Any{
-			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: tl.group, Data: []byte(alert.LogPrefix("e1", rule))},
+			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: tl.group, Data: []byte(alert.LogPrefix(exp, rule))},
 			&expr.Objref{Type: 1, Name: "drops"},
 			&expr.Verdict{Kind: expr.VerdictDrop},
 		}
 	}
+	drop := func(rule string) []expr.Any { return dropAs("e1", rule) }
 	cat := func(parts ...[]expr.Any) []expr.Any {
 		var out []expr.Any
 		for _, p := range parts {
@@ -166,6 +170,7 @@ func (tl *testLab) installRules(t *testing.T) {
 	for _, e := range [][]expr.Any{
 		spoof,
 		cat(l4(unix.IPPROTO_TCP), dport(tcpPort, tcpPort), drop("tcp-dst")),
+		cat(l4(unix.IPPROTO_TCP), dport(e2Port, e2Port), dropAs("e2", "tcp-dst")),
 		cat(l4(unix.IPPROTO_UDP), dport(udpPort, udpPort), drop("udp-dst")),
 		cat(l4(unix.IPPROTO_UDP), dport(floodLo, floodHi), drop("udp-dst")),
 		cat(l4(unix.IPPROTO_ICMP), []expr.Any{
@@ -560,9 +565,11 @@ func TestPrivilegedFlood(t *testing.T) {
 	kernel := tl.drops(t)
 	st := r.a.Stats()
 	var counted, lost, overflow uint64
-	var packetRecs int
+	var packetRecs, floods int
 	for _, rec := range r.cap.all() {
 		switch {
+		case rec.Kind == alert.KindFlood:
+			floods++
 		case rec.Kind == alert.KindPacket:
 			counted += rec.Packets
 			packetRecs++
@@ -580,11 +587,12 @@ func TestPrivilegedFlood(t *testing.T) {
 	if counted+overflow+lost != kernel {
 		t.Fatalf("alerts account for %d+%d packets and report %d lost, kernel counter says %d", counted, overflow, lost, kernel)
 	}
-	if overflow == 0 {
-		t.Fatalf("1000 destinations with a cap of %d open aggregates: no overflow aggregate", maxOpen)
+	if floods == 0 {
+		t.Fatalf("1000 destinations with a cap of %d open aggregates: no flood record", maxOpen)
 	}
-	if m := r.a.MaxOpenSeen(); m > maxOpen+1 {
-		t.Fatalf("open aggregates reached %d, cap %d (+1 overflow)", m, maxOpen)
+	// The flood is one kind of violation to one /24: one summary.
+	if m := r.a.MaxOpenSeen(); m > maxOpen+2 {
+		t.Fatalf("open aggregates reached %d, cap %d (+1 summary, +1 overflow)", m, maxOpen)
 	}
 	if packetRecs > 4*maxOpen*(int(took/(2*time.Second))+3) {
 		t.Fatalf("%d packet records for a flood: not aggregated", packetRecs)
@@ -712,7 +720,7 @@ func TestPrivilegedLossIsCounted(t *testing.T) {
 		if r.Kind == alert.KindOverrun && r.Rule == RuleLost {
 			lost += r.Packets
 			lostMsg = r.Message
-		} else if r.Kind == alert.KindPacket || r.Kind == alert.KindOverrun {
+		} else if r.Kind == alert.KindPacket || r.Kind == alert.KindOverrun { // summaries are packet records
 			counted += r.Packets
 		}
 	}
@@ -722,5 +730,57 @@ func TestPrivilegedLossIsCounted(t *testing.T) {
 	}
 	if counted+lost != kernel {
 		t.Fatalf("counted %d + lost %d != kernel %d", counted, lost, kernel)
+	}
+}
+
+// TestPrivilegedFloodDoesNotBlindOthers: e1 floods 1000 forbidden UDP ports
+// with real packets, far past its budget of open aggregates. While it
+// does, another experiment's drop (e2) and e1's own first TCP violation
+// still get their own alerts with every detail, and e1's flood is raised
+// as one flood record with the rest summarised.
+func TestPrivilegedFloodDoesNotBlindOthers(t *testing.T) {
+	tl := newLab(t)
+	r := tl.start(t, Config{Window: 30 * time.Second, MaxOpen: 50})
+	floodUDP(t, tl.exp, 20000, floodLo, floodHi)
+	syn := func(port int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		if c, err := tl.exp.Dial(ctx, "tcp4", net.JoinHostPort(dstAddr, fmt.Sprint(port))); err == nil {
+			c.Close()
+			t.Fatalf("forbidden TCP to port %d connected", port)
+		}
+	}
+	syn(e2Port)
+	syn(tcpPort)
+	e2 := r.cap.wait(t, "e2's alert", 5*time.Second, func(a alert.Record) bool { return a.Experiment == "e2" })
+	if e2.Kind != alert.KindPacket || e2.Rule != "tcp-dst" || e2.Dst != dstAddr || e2.DstPort != e2Port || e2.Proto != "tcp" {
+		t.Fatalf("e2's alert during e1's flood lost its details: %s", alert.FormatLine(e2))
+	}
+	tcp := r.cap.wait(t, "e1's tcp alert", 5*time.Second, func(a alert.Record) bool { return a.Experiment == "e1" && a.Rule == "tcp-dst" })
+	if tcp.Kind != alert.KindPacket || tcp.Dst != dstAddr || tcp.DstPort != tcpPort {
+		t.Fatalf("e1's first TCP violation during its flood: %s", alert.FormatLine(tcp))
+	}
+	flood := r.cap.wait(t, "flood record", 5*time.Second, func(a alert.Record) bool { return a.Kind == alert.KindFlood })
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	var floods, summaries, lines int
+	for _, rec := range r.cap.all() {
+		if rec.Experiment == "e1" {
+			lines++
+		}
+		switch {
+		case rec.Kind == alert.KindFlood:
+			floods++
+		case rec.Experiment == "e1" && rec.Rule == "udp-dst" && strings.HasPrefix(rec.Message, "summary of a flood"):
+			summaries++
+		}
+	}
+	t.Logf("flood: %s; e1 wrote %d lines, %d summaries", alert.FormatLine(flood), lines, summaries)
+	if floods != 1 || flood.Experiment != "e1" || summaries == 0 {
+		t.Fatalf("%d flood records, %d summaries; want one flood record for e1 and its summary", floods, summaries)
+	}
+	if lines > 2*50+DefaultMaxSummaries+4 {
+		t.Fatalf("e1 wrote %d lines for one window of flood", lines)
 	}
 }

@@ -49,13 +49,31 @@ const (
 	DefaultQueuePackets = 4096
 	DefaultQueueBytes   = 8 << 20
 	DefaultMaxReaders   = 8
-	DefaultCaptureBuf   = 4 << 20
-	DefaultSocketMode   = 0o660
-	handshakeTimeout    = 5 * time.Second
-	finalWriteTimeout   = 2 * time.Second
-	statsInterval       = time.Second
-	maxBatch            = 256 << 10 // bytes of pcap records per P frame
-	flushDelay          = 10 * time.Millisecond
+	// DefaultMaxPending bounds connections of one experiment that have not
+	// finished their handshake; DefaultMaxConns bounds all its connections
+	// (readers, handshakes, refusals being written). An experiment may run
+	// 512 processes with 1024 descriptors each: without these bounds it
+	// could hold the daemon's whole descriptor table open through its
+	// socket (docs/HARDENING.md, "Descriptors").
+	DefaultMaxPending = 4
+	DefaultMaxConns   = DefaultMaxReaders + DefaultMaxPending
+	// DefaultHandshakeTimeout: cmd/pcap sends its request at once; a
+	// connection that says nothing for this long is closed (the DNS proxy
+	// closes idle TCP after 2 s too).
+	DefaultHandshakeTimeout = 2 * time.Second
+	DefaultCaptureBuf       = 4 << 20
+	DefaultSocketMode       = 0o660
+	// overflowWriteTimeout bounds writing the refusal to a connection over
+	// the caps, from the accept loop (a fresh socket's buffer is empty, so
+	// it does not wait in practice).
+	overflowWriteTimeout = 10 * time.Millisecond
+	// overflowLogEvery: connections refused over the caps are counted
+	// always, logged at most this often.
+	overflowLogEvery  = 10 * time.Second
+	finalWriteTimeout = 2 * time.Second
+	statsInterval     = time.Second
+	maxBatch          = 256 << 10 // bytes of pcap records per P frame
+	flushDelay        = 10 * time.Millisecond
 )
 
 // Config configures a Server for one experiment.
@@ -73,6 +91,15 @@ type Config struct {
 	QueuePackets int // per-reader queue bound in packets; 0 = DefaultQueuePackets
 	QueueBytes   int // per-reader queue bound in bytes; 0 = DefaultQueueBytes
 	MaxReaders   int // concurrent readers; 0 = DefaultMaxReaders
+	// MaxPending bounds connections still in their handshake; 0 =
+	// DefaultMaxPending. MaxConns bounds all connections of the
+	// experiment; 0 = MaxReaders + MaxPending. A connection over either
+	// is refused at once and closed.
+	MaxPending int
+	MaxConns   int
+	// HandshakeTimeout closes a connection that has not sent its request
+	// in time; 0 = DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 	// CaptureBuffer is the capture socket's receive buffer in bytes, or
 	// the ring's size with Ring (what absorbs bursts while the capture
 	// goroutine is not scheduled); 0 = DefaultCaptureBuf.
@@ -109,7 +136,9 @@ type Server struct {
 	cap     *capture // nil while no reader is connected
 	all     map[*reader]struct{}
 	conns   map[net.Conn]struct{}
+	pending int // connections in their handshake
 	stopped bool
+	lastLog time.Time // of an over-the-caps refusal
 
 	nextID atomic.Uint64
 	ready  chan struct{} // closed when the socket exists
@@ -122,6 +151,7 @@ type Server struct {
 	opens        atomic.Uint64
 	acceptedConn atomic.Uint64
 	refused      atomic.Uint64
+	overflow     atomic.Uint64
 }
 
 // New checks cfg and returns a Server. It touches nothing; Run creates the
@@ -139,7 +169,8 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.SocketPath) > 107 {
 		return nil, fmt.Errorf("pcapstream: socket path %q is %d bytes, Unix sockets allow 107: use a shorter experiment directory", cfg.SocketPath, len(cfg.SocketPath))
 	}
-	if cfg.Snaplen < 0 || cfg.QueuePackets < 0 || cfg.QueueBytes < 0 || cfg.MaxReaders < 0 || cfg.CaptureBuffer < 0 {
+	if cfg.Snaplen < 0 || cfg.QueuePackets < 0 || cfg.QueueBytes < 0 || cfg.MaxReaders < 0 || cfg.CaptureBuffer < 0 ||
+		cfg.MaxPending < 0 || cfg.MaxConns < 0 || cfg.HandshakeTimeout < 0 {
 		return nil, fmt.Errorf("pcapstream: experiment %q: negative snaplen, queue size or reader limit", cfg.Experiment)
 	}
 	if cfg.Snaplen == 0 || cfg.Snaplen > DefaultSnaplen {
@@ -156,6 +187,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxReaders == 0 {
 		cfg.MaxReaders = DefaultMaxReaders
+	}
+	if cfg.MaxPending == 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = cfg.MaxReaders + cfg.MaxPending
+	}
+	if cfg.HandshakeTimeout == 0 {
+		cfg.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if cfg.SocketMode == 0 {
 		cfg.SocketMode = DefaultSocketMode
@@ -219,7 +259,27 @@ func (s *Server) Run(ctx context.Context) error {
 			c.Close()
 			continue
 		}
+		if len(s.conns) >= s.cfg.MaxConns || s.pending >= s.cfg.MaxPending {
+			// Over the caps: refuse from here and close, without a
+			// goroutine or a descriptor kept for it.
+			msg := fmt.Sprintf("too many pcap connections for experiment %s (at most %d, of which %d without a request)", s.cfg.Experiment, s.cfg.MaxConns, s.cfg.MaxPending)
+			logIt := time.Since(s.lastLog) >= overflowLogEvery
+			if logIt {
+				s.lastLog = time.Now()
+			}
+			s.mu.Unlock()
+			n := s.overflow.Add(1)
+			s.refused.Add(1)
+			c.SetWriteDeadline(time.Now().Add(overflowWriteTimeout))
+			wire.WriteFrame(c, wire.FrameError, []byte(msg))
+			c.Close()
+			if logIt {
+				s.log.Warn("pcap connections over the cap refused", "max_conns", s.cfg.MaxConns, "max_pending", s.cfg.MaxPending, "refused_total", n)
+			}
+			continue
+		}
 		s.conns[c] = struct{}{}
+		s.pending++
 		s.mu.Unlock()
 		s.acceptedConn.Add(1)
 		wg.Add(1)
@@ -357,8 +417,11 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 	stopWatch := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Now().Add(finalWriteTimeout)) })
 	defer stopWatch()
 
-	c.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	req, filter, err := readHandshake(c)
+	s.mu.Lock()
+	s.pending--
+	s.mu.Unlock()
 	if err != nil {
 		log.Debug("bad pcap request", "error", err)
 		s.refuse(c, err.Error())
@@ -673,7 +736,10 @@ type Stats struct {
 	Dropped       uint64 // packets lost by readers with full queues (summed)
 	KernelDropped uint64 // packets the socket lost (PACKET_STATISTICS)
 	Connections   uint64 // connections accepted
-	Refused       uint64 // connections refused (bad request, too many readers, no capture)
+	Refused       uint64 // connections refused (bad request, too many readers, no capture, over the caps)
+	Overflow      uint64 // of those, refused at accept for being over MaxConns or MaxPending
+	Open          int    // connections held now (readers and handshakes)
+	Pending       int    // of those, still in their handshake
 	Readers       []ReaderStats
 }
 
@@ -687,6 +753,9 @@ func (s *Server) Stats() Stats {
 		Captured:    s.captured.Load(),
 		Connections: s.acceptedConn.Load(),
 		Refused:     s.refused.Load(),
+		Overflow:    s.overflow.Load(),
+		Open:        len(s.conns),
+		Pending:     s.pending,
 	}
 	st.Delivered, st.Dropped = s.delivered.Load(), s.dropped.Load()
 	for r := range s.all {

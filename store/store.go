@@ -134,15 +134,21 @@ func (s *Store) DB() *bolt.DB { return s.db }
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
-// NewID allocates the next experiment id ("x1", "x2", ...) and the lowest
-// slot not used by a planned or running experiment.
-func (s *Store) NewID() (id string, slot int, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+// Create allocates the next experiment id ("x1", "x2", ...) and the lowest
+// slot not used by a planned or running experiment, hands both to build,
+// and stores the record build returns, all in one transaction: no other
+// Create can see the slot free in between, so concurrent submits never
+// share one. An error from build (a refused manifest) stores nothing and
+// uses up no id. build runs with the state file's write lock held: it must
+// be quick and must not call the Store.
+func (s *Store) Create(build func(id string, slot int) (*Experiment, error)) (*Experiment, error) {
+	var out *Experiment
+	err := s.db.Update(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		var n uint64
 		if v := meta.Get(keyNextID); v != nil {
 			if err := json.Unmarshal(v, &n); err != nil {
-				return err
+				return fmt.Errorf("read next id: %w", err)
 			}
 		}
 		n++
@@ -150,7 +156,7 @@ func (s *Store) NewID() (id string, slot int, err error) {
 		if err := meta.Put(keyNextID, v); err != nil {
 			return err
 		}
-		id = fmt.Sprintf("x%d", n)
+		id := fmt.Sprintf("x%d", n)
 		used := map[int]bool{}
 		err := tx.Bucket(bucketActive).ForEach(func(_, v []byte) error {
 			var slot int
@@ -161,14 +167,29 @@ func (s *Store) NewID() (id string, slot int, err error) {
 			return nil
 		})
 		if err != nil {
-			return err
+			return fmt.Errorf("read active slots: %w", err)
 		}
+		slot := 0
 		for used[slot] {
 			slot++
 		}
-		return nil
+		e, err := build(id, slot)
+		if err != nil {
+			return err
+		}
+		if e.ID != id || e.Slot != slot {
+			return fmt.Errorf("create experiment: record has id %q slot %d, allocated %q slot %d", e.ID, e.Slot, id, slot)
+		}
+		if e.State == Completed {
+			return fmt.Errorf("create experiment %s: a new record must be planned or running", id)
+		}
+		out = e
+		return put(tx, e)
 	})
-	return id, slot, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // index records e in the active index, or removes it once completed.

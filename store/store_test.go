@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,18 +16,12 @@ func TestLifecycleSurvivesReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, slot, err := s.NewID()
-	if err != nil {
-		t.Fatal(err)
-	}
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	id, slot := create(t, s, Planned, now)
 	if id != "x1" || slot != 0 {
 		t.Fatalf("first id/slot = %s/%d, want x1/0", id, slot)
 	}
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	if err := s.Put(&Experiment{ID: id, Slot: slot, Title: "t", State: Planned, Submitted: now}); err != nil {
-		t.Fatal(err)
-	}
-	id2, slot2, _ := s.NewID()
+	id2, slot2 := create(t, s, Planned, now)
 	if id2 != "x2" || slot2 != 1 {
 		t.Fatalf("second id/slot = %s/%d, want x2/1 (slot 0 is in use)", id2, slot2)
 	}
@@ -49,7 +44,8 @@ func TestLifecycleSurvivesReopen(t *testing.T) {
 	}
 	// A completed experiment frees its slot; ids never repeat.
 	s.Update(id, func(e *Experiment) error { e.State = Completed; return nil })
-	id3, slot3, _ := s.NewID()
+	// x2 still holds slot 1.
+	id3, slot3 := create(t, s, Planned, now)
 	if id3 != "x3" || slot3 != 0 {
 		t.Fatalf("third id/slot = %s/%d, want x3/0", id3, slot3)
 	}
@@ -107,10 +103,7 @@ func TestActiveIndex(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	for i, st := range []string{Planned, Running, Completed, Running} {
-		id, slot, _ := s.NewID()
-		if err := s.Put(&Experiment{ID: id, Slot: slot, State: st, Submitted: now.Add(time.Duration(i) * time.Minute)}); err != nil {
-			t.Fatal(err)
-		}
+		create(t, s, st, now.Add(time.Duration(i)*time.Minute))
 	}
 	ids := func() string {
 		t.Helper()
@@ -148,7 +141,71 @@ func TestActiveIndex(t *testing.T) {
 	}
 	// x2's slot (1) is free again; x1 holds 0, x4 holds 2 (x3 completed
 	// with slot 2 before x4 took it).
-	if _, slot, _ := s.NewID(); slot != 1 {
+	if _, slot := create(t, s, Planned, now); slot != 1 {
 		t.Errorf("next slot %d, want 1", slot)
+	}
+}
+
+// create stores a new experiment through Create and moves it to state.
+func create(t *testing.T, s *Store, state string, submitted time.Time) (string, int) {
+	t.Helper()
+	x, err := s.Create(func(id string, slot int) (*Experiment, error) {
+		return &Experiment{ID: id, Slot: slot, Title: "t", State: Planned, Submitted: submitted}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state != Planned {
+		if _, err := s.Update(x.ID, func(e *Experiment) error { e.State = state; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return x.ID, x.Slot
+}
+
+// A refused build stores nothing and uses up no id; concurrent Creates
+// never share a slot.
+func TestCreateIsAtomic(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Create(func(id string, slot int) (*Experiment, error) {
+		return nil, errors.New("refused")
+	}); err == nil || err.Error() != "refused" {
+		t.Fatalf("refused build: %v", err)
+	}
+	if xs, _ := s.List(); len(xs) != 0 {
+		t.Fatalf("refused build stored %+v", xs[0])
+	}
+	const n = 50
+	var wg sync.WaitGroup
+	slots := make(chan int, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x, err := s.Create(func(id string, slot int) (*Experiment, error) {
+				return &Experiment{ID: id, Slot: slot, State: Planned}, nil
+			})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			slots <- x.Slot
+		}()
+	}
+	wg.Wait()
+	close(slots)
+	seen := map[int]bool{}
+	for sl := range slots {
+		if seen[sl] || sl >= n {
+			t.Errorf("slot %d given twice or beyond %d", sl, n-1)
+		}
+		seen[sl] = true
+	}
+	if x, err := s.Get("x1"); err != nil || x.Slot != 0 {
+		t.Fatalf("the first id after a refusal is x1 in slot 0: %+v %v", x, err)
 	}
 }

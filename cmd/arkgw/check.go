@@ -20,7 +20,13 @@ import (
 // the effective policy and every conflict. Exit status: 0 admitted,
 // 1 refused, 2 unreadable or invalid input.
 func runCheck(args []string) int {
-	return checkManifest(args, os.Stdout, os.Stderr, configs.DefaultNodePath)
+	// The manifest's title, contacts and values reach the report: escaped
+	// line by line on the way out.
+	stdout, stderr := &escapingWriter{w: os.Stdout}, &escapingWriter{w: os.Stderr}
+	code := checkManifest(args, stdout, stderr, configs.DefaultNodePath)
+	stdout.Flush()
+	stderr.Flush()
+	return code
 }
 
 func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) int {

@@ -9,9 +9,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/mattn/go-isatty"
+
+	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/store"
 )
@@ -50,11 +54,12 @@ func fail(err error) int {
 	if errors.As(err, &ref) {
 		fmt.Fprintln(os.Stderr, "arkgw: refused by node policy:")
 		for _, c := range ref.Conflicts {
-			fmt.Fprintln(os.Stderr, "  "+c)
+			fmt.Fprintln(os.Stderr, "  "+alert.Escape(c))
 		}
 		return 1
 	}
-	fmt.Fprintln(os.Stderr, "arkgw:", err)
+	// The daemon's messages quote manifests and names.
+	fmt.Fprintln(os.Stderr, "arkgw:", escapeText(err.Error()))
 	return 1
 }
 
@@ -111,9 +116,11 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tSTATE\tTITLE\tCONTACTS\tWHEN\tBYTES TODAY\tRATE\tALERTS")
 	for _, x := range list {
+		// Title, contacts and reasons are the experimenter's text:
+		// escaped, so no control character reaches the terminal.
 		var contacts []string
 		for _, c := range x.Experimenters {
-			contacts = append(contacts, c.Email)
+			contacts = append(contacts, alert.Escape(c.Email))
 		}
 		when := ""
 		switch x.State {
@@ -122,9 +129,9 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 		case "running":
 			when = "ends in " + x.Deadline.Sub(now).Truncate(time.Second).String()
 		default:
-			when = x.Reason
+			when = alert.Escape(x.Reason)
 			if x.Reason == store.ReasonRefused || x.Reason == store.ReasonLost || x.Reason == store.ReasonPolicy {
-				when += ": " + clip(x.Detail, 100)
+				when += ": " + alert.Escape(clip(x.Detail, 100))
 			}
 			if x.ExitCode != 0 {
 				when += fmt.Sprintf(" (exit %d)", x.ExitCode)
@@ -140,7 +147,7 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 				rate = fmt.Sprintf("%.3gMbit/s", x.Live.RateMbps)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", x.ID, x.State, x.Title, strings.Join(contacts, ","), when, bytes, rate, x.Alerts)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", alert.Escape(x.ID), alert.Escape(x.State), alert.Escape(x.Title), strings.Join(contacts, ","), when, bytes, rate, x.Alerts)
 	}
 	tw.Flush()
 }
@@ -168,24 +175,56 @@ func runLogs(args []string) int {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	sock := socketFlag(fs)
 	stderr := fs.Bool("stderr", false, "show stderr instead of stdout")
+	raw := fs.Bool("raw", false, "write the bytes as they are even to a terminal (default: control characters escaped on a terminal)")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return 2
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(os.Stderr, "usage: arkgw logs ID [--stderr]")
+		fmt.Fprintln(os.Stderr, "usage: arkgw logs ID [--stderr] [--raw]")
 		return 2
 	}
 	c := daemon.NewClient(*sock)
-	out, err := c.Logs(pos[0], *stderr)
-	if err != nil {
-		return fail(err)
-	}
-	os.Stdout.Write(out)
 	// A command that never ran has no output to explain itself: say why
 	// (its stderr stream carries the same line, written by the daemon).
-	if x, err := c.Get(pos[0]); err == nil && x.State == store.Completed && x.Reason == store.ReasonRefused && !*stderr {
-		fmt.Fprintf(os.Stderr, "arkgw: experiment %s failed to start (exit %d): %s\n", x.ID, x.ExitCode, x.Detail)
+	defer func() {
+		if x, err := c.Get(pos[0]); err == nil && x.State == store.Completed && x.Reason == store.ReasonRefused && !*stderr {
+			fmt.Fprintf(os.Stderr, "arkgw: experiment %s failed to start (exit %d): %s\n", alert.Escape(x.ID), x.ExitCode, alert.Escape(x.Detail))
+		}
+	}()
+	if *raw || !isatty.IsTerminal(os.Stdout.Fd()) {
+		return printLogs(c, pos[0], *stderr, os.Stdout, os.Stderr)
+	}
+	// The output is the experiment's: on a terminal its control sequences
+	// are shown, not obeyed.
+	tw := &terminalWriter{w: os.Stdout}
+	code := printLogs(c, pos[0], *stderr, tw, os.Stderr)
+	tw.Flush()
+	return code
+}
+
+// printLogs streams an experiment's whole output to stdout. A copy cut
+// short (the daemon went away, a write failed) says so on stderr and exits
+// 1; output the node's cap dropped is said on stderr too, so stdout stays
+// the experiment's bytes.
+func printLogs(c *daemon.Client, id string, stderr bool, stdout, errw io.Writer) int {
+	stream := "stdout"
+	if stderr {
+		stream = "stderr"
+	}
+	info, err := c.LogsTo(id, stderr, stdout)
+	if err != nil {
+		if errors.Is(err, syscall.EPIPE) {
+			return 0 // the reader (head, a pager) went away
+		}
+		fmt.Fprintf(errw, "arkgw logs: %s; the %s shown is incomplete\n", escapeText(err.Error()), stream)
+		return 1
+	}
+	switch {
+	case info.Dropped > 0:
+		fmt.Fprintf(errw, "arkgw logs: %s %s: %d bytes shown; %d more bytes were dropped by the node's output cap ([limits].output_mb)\n", alert.Escape(id), stream, info.Bytes, info.Dropped)
+	case info.AtCap > 0:
+		fmt.Fprintf(errw, "arkgw logs: %s %s: %d bytes shown; the output reached the node's cap of %d bytes ([limits].output_mb) and what it writes past it is dropped\n", alert.Escape(id), stream, info.Bytes, info.AtCap)
 	}
 	return 0
 }

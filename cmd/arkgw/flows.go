@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"text/tabwriter"
@@ -60,14 +61,26 @@ func runFlows(args []string) int {
 	if err := json.Unmarshal(body, &res); err != nil {
 		return fail(err)
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	printFlows(os.Stdout, res)
+	if len(res.Flows)+len(res.Open) == 0 {
+		fmt.Fprintln(os.Stderr, "arkgw flows: no matching flow")
+		return 1
+	}
+	return 0
+}
+
+// printFlows writes the flow table. The experiment cell is escaped (the
+// other cells are addresses, numbers and times): a table line never carries
+// a control character to the terminal.
+func printFlows(w io.Writer, res flowlog.Result) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "EXPERIMENT\tPROTO\tINSIDE\tPUBLIC SOURCE\tDESTINATION\tSTART\tEND\tBYTES OUT/IN")
 	show := func(fl flowlog.Flow, open bool) {
 		end := fl.End.Format("15:04:05")
 		if open {
 			end = "(open)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s:%d\t%s:%d\t%s\t%s\t%d/%d\n", fl.Experiment, alert.ProtoName(fl.Proto),
+		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s:%d\t%s:%d\t%s\t%s\t%d/%d\n", alert.Escape(fl.Experiment), alert.ProtoName(fl.Proto),
 			fl.Src, fl.SPort, fl.NATSrc, fl.NATSPort, fl.Dst, fl.DPort,
 			fl.Start.Format("2006-01-02 15:04:05"), end, fl.BytesOut, fl.BytesIn)
 	}
@@ -78,9 +91,4 @@ func runFlows(args []string) int {
 		show(fl, true)
 	}
 	tw.Flush()
-	if len(res.Flows)+len(res.Open) == 0 {
-		fmt.Fprintln(os.Stderr, "arkgw flows: no matching flow")
-		return 1
-	}
-	return 0
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/mattn/go-isatty"
+	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
@@ -65,6 +66,7 @@ func runDaemon(args []string) int {
 	}
 	explicit := configPath(cfgPath)
 	log := newLogger()
+	raiseNoFile(log)
 	pol, err := loadPolicy(*cfgPath, explicit, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "arkgw:", err)
@@ -151,4 +153,34 @@ func runCleanup(args []string) int {
 	}
 	fmt.Printf("arkgw cleanup: done (%d running experiments kept)\n", len(keep))
 	return 0
+}
+
+// minNoFile is the descriptor limit below which the daemon warns: about
+// 180 descriptors per running experiment at most (docs/HARDENING.md,
+// "Descriptors") for a few dozen experiments, plus the node-wide ones.
+const minNoFile = 8192
+
+// raiseNoFile raises the soft RLIMIT_NOFILE to the hard one (the Go
+// runtime does so too since Go 1.19; this makes it explicit and says what
+// the daemon got) and warns when that is below minNoFile.
+func raiseNoFile(log hclog.Logger) {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		log.Warn("cannot read the descriptor limit", "error", err)
+		return
+	}
+	if lim.Cur < lim.Max {
+		want := lim
+		want.Cur = lim.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &want); err != nil {
+			log.Warn("cannot raise the descriptor limit to the hard limit", "soft", lim.Cur, "hard", lim.Max, "error", err)
+		} else {
+			lim = want
+		}
+	}
+	if lim.Cur < minNoFile {
+		log.Warn("descriptor limit is low for a node; set LimitNOFILE=65536 in the systemd unit", "limit", lim.Cur, "recommended", minNoFile)
+		return
+	}
+	log.Debug("descriptor limit", "limit", lim.Cur)
 }
