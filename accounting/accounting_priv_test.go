@@ -10,8 +10,8 @@ import (
 
 	"github.com/arkgw/arkgw/gateway/quota"
 	"github.com/arkgw/arkgw/gateway/shape"
-	"github.com/arkgw/arkgw/gateway/shape/bwlab"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/netlab/bwlab"
 )
 
 // push writes n bytes from exp to addr for at most d, then waits until the

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/arkgw/arkgw/gateway/shape/bwlab"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/netlab/bwlab"
 )
 
 // push sends n bytes from exp to addr, giving up after d (the quota stalls

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/gateway/quota"
-	"github.com/arkgw/arkgw/gateway/shape/bwlab"
+	"github.com/arkgw/arkgw/netlab/bwlab"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/arkgw/arkgw/gateway/shape/bwlab"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/netlab/bwlab"
 	"github.com/vishvananda/netlink"
 )
 
