@@ -78,6 +78,9 @@ func runFlows(args []string) int {
 		show(fl, true)
 	}
 	tw.Flush()
+	if res.OpenError != "" {
+		fmt.Fprintf(os.Stderr, "arkgw flows: open flows unknown: %s\n", res.OpenError)
+	}
 	if len(res.Flows)+len(res.Open) == 0 {
 		fmt.Fprintln(os.Stderr, "arkgw flows: no matching flow")
 		return 1
