@@ -94,10 +94,12 @@ func parsePrefix(s string) (netip.Prefix, error) {
 }
 
 // Result is the API answer: stored (finished) flows and, from a live dump,
-// flows still open.
+// flows still open. OpenError says why the live dump failed (the open
+// flows are then unknown, not absent).
 type Result struct {
-	Flows []Flow `json:"flows"`
-	Open  []Flow `json:"open,omitempty"`
+	Flows     []Flow `json:"flows"`
+	Open      []Flow `json:"open,omitempty"`
+	OpenError string `json:"open_error,omitempty"`
 }
 
 // Handler serves GET /api/v1/flows.
@@ -117,7 +119,9 @@ func Handler(s *Store, r *Recorder) http.Handler {
 			return
 		}
 		if r != nil && (q.At.IsZero() || time.Since(q.At) < 24*time.Hour) {
-			res.Open, _ = r.Open(q)
+			if res.Open, err = r.Open(q); err != nil {
+				res.OpenError = err.Error()
+			}
 		}
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")

@@ -55,6 +55,8 @@ type Recorder struct {
 	faults *alert.Faults
 	// subscribeHook replaces subscribe in tests.
 	subscribeHook func(context.Context) error
+	// openHook replaces opening the conntrack socket in tests.
+	openHook func() (*ct.Nfct, error)
 
 	recorded, lost, resubscribes, unattributed atomic.Uint64
 	writeNanos                                 atomic.Int64
@@ -154,7 +156,7 @@ func (r *Recorder) Run(ctx context.Context) error {
 var errSubscribe = errors.New("cannot subscribe to conntrack events")
 
 func (r *Recorder) subscribe(ctx context.Context) error {
-	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
+	nfct, err := r.openConntrack()
 	if err != nil {
 		return fmt.Errorf("%w: open conntrack netlink in netns %s: %w", errSubscribe, r.cfg.NS, err)
 	}
@@ -356,10 +358,18 @@ func counter(c *ct.Counter) (pkts, bytes uint64) {
 	return pkts, bytes
 }
 
+// openConntrack opens a conntrack netlink socket in the recorder's netns.
+func (r *Recorder) openConntrack() (*ct.Nfct, error) {
+	if r.openHook != nil {
+		return r.openHook()
+	}
+	return ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
+}
+
 // Open lists flows still open, from a live conntrack dump (flows have no
 // end yet, so they are not in the store).
 func (r *Recorder) Open(q Query) ([]Flow, error) {
-	nfct, err := ct.Open(&ct.Config{NetNS: r.cfg.NS.NetlinkNetNS()})
+	nfct, err := r.openConntrack()
 	if err != nil {
 		return nil, fmt.Errorf("open conntrack netlink in netns %s: %w", r.cfg.NS, err)
 	}

@@ -1,8 +1,8 @@
 // Package gateway builds each experiment's network and enforces the node
 // owner's egress policy on the host side of the experiment's veth.
 //
-// Per experiment: a user namespace and a network namespace owned by it
-// (nsholder, persisted under RunDir/ns/<id>), a veth pair "ark<id>" (host)
+// Per experiment, in the namespaces the caller made (the runner: a user
+// namespace and a network namespace owned by it, see nsholder): a veth pair "ark<id>" (host)
 // / "eth0" (inside), addresses from the pools (a /30 and a /64 per slot),
 // default routes via the host end, and the experiment's chains in the one
 // nftables table "inet arkgw".
@@ -19,10 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/arkgw/arkgw/nsdo"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -31,17 +28,15 @@ import (
 	"github.com/google/nftables"
 	"github.com/hashicorp/go-hclog"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/gateway/nftgen"
-	"github.com/arkgw/arkgw/nsholder"
+	"github.com/arkgw/arkgw/nsdo"
 )
 
 // Config configures a Gateway. Zero values take the documented defaults.
 type Config struct {
 	HostNS         nsdo.NS      // the node's netns; zero value = current
-	RunDir         string       // namespace files under RunDir/ns/<id>/{user,net}
 	Uplink         string       // "" = interface of the default route
 	DefaultRouters []netip.Addr // nil = gateways of the default routes
 	// Reserved destinations are dropped (rule "reserved") unless they are
@@ -61,7 +56,6 @@ type Config struct {
 	Pool6        netip.Prefix // default fd00:a4c::/48: a /64 per slot
 	NFLOGGroup   uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
 	UIDBase      uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
-	HolderBinary string       // nsholder.Config.Binary: arkgw-init, "" = this binary
 	Logger       hclog.Logger
 }
 
@@ -82,8 +76,18 @@ type Net struct {
 	GW4, GW6     netip.Addr // host end = default routes inside = DNS proxy addresses
 
 	NetNSPath, UserNSPath string
-	Holder                *nsholder.Holder // nil when re-adopted after a restart
 	HostUID, HostGID      uint32
+}
+
+// ExpNS is the experiment's namespaces, made by the caller (namespaces are
+// the runner's business; the gateway wires links and rules into them).
+type ExpNS struct {
+	NetNSPath  string // the experiment's network namespace file
+	UserNSPath string // the user namespace owning it
+	// Wait, if set, blocks until the namespaces exist, so the caller can
+	// make them while Add loads the rules; an error aborts Add. Add calls
+	// it at most once.
+	Wait func() error
 }
 
 type expState struct {
@@ -120,9 +124,6 @@ type Gateway struct {
 // New checks cfg, fills defaults, resolves the uplink and default routers
 // from HostNS's routes, and returns a Gateway. It changes nothing.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.RunDir == "" {
-		return nil, errors.New("gateway: RunDir is empty (set it to the daemon's run directory)")
-	}
 	if !cfg.Pool4.IsValid() {
 		cfg.Pool4 = DefaultPool4
 	}
@@ -238,11 +239,15 @@ func (g *Gateway) Addresses(slot int) (addr4, gw4, addr6, gw6 netip.Addr, err er
 	return addr4, gw4, addr6, gw6, nil
 }
 
-func (g *Gateway) nsDir(id string) string { return filepath.Join(g.cfg.RunDir, "ns", id) }
+// HostID is the first host uid (and gid) of slot's experiment: its user
+// namespace maps 0..65535 to HostID(slot).. (UIDBase + slot*65536).
+func (g *Gateway) HostID(slot int) uint32 { return g.cfg.UIDBase + uint32(slot)*65536 }
 
-// Add builds experiment eff.ID's network in slot and loads the ruleset with
-// its policy. On any error everything Add did is undone.
-func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n *Net, err error) {
+// Add builds experiment eff.ID's network in slot, inside the namespaces
+// ns (whose user namespace maps from HostID(slot)), and loads the ruleset
+// with its policy. On any error everything Add did is undone; the
+// namespaces stay the caller's.
+func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int, ns ExpNS) (n *Net, err error) {
 	if eff == nil {
 		return nil, errors.New("gateway add: nil policy")
 	}
@@ -265,55 +270,49 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
 	log := g.log.With("experiment", id)
-	uid := g.cfg.UIDBase + uint32(slot)*65536
-	n = &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6, HostUID: uid, HostGID: uid}
+	uid := g.HostID(slot)
+	n = &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6,
+		NetNSPath: ns.NetNSPath, UserNSPath: ns.UserNSPath, HostUID: uid, HostGID: uid}
 	if g.no6 {
 		n.Addr6, n.GW6 = netip.Addr{}, netip.Addr{}
 	}
 
 	t0 := time.Now()
-	// Leftovers of an earlier run of this id would make the kernel refuse.
-	g.removeNetwork(id, nil)
+	// A leftover veth of an earlier run of this id would make the kernel
+	// refuse (only arkgw's: a foreign link of the name makes Add fail).
+	deleteLink(g.cfg.HostNS, id)
 	tSwept := time.Now()
 
-	// The namespaces are made while the rules load: neither needs the
-	// other (the rules name the interface, which plumb creates after both,
-	// so they hold from the first packet the veth carries).
-	type made struct {
-		h   *nsholder.Holder
-		err error
-	}
-	holder := make(chan made, 1)
-	go func() {
-		h, err := nsholder.Create(nsholder.Config{Dir: g.nsDir(id), HostUID: uid, HostGID: uid, Binary: g.cfg.HolderBinary})
-		holder <- made{h, err}
-	}()
+	// The caller makes the namespaces while the rules load: neither needs
+	// the other (the rules name the interface, which plumb creates after
+	// both, so they hold from the first packet the veth carries).
 	g.exps[id] = &expState{eff: eff, net: n}
 	rulesErr := g.reload()
 	tRules := time.Now()
-	m := <-holder
+	var nsErr error
+	if ns.Wait != nil {
+		nsErr = ns.Wait()
+	}
 	tHolder := time.Now()
-	h := m.h
 	defer func() {
 		if err != nil {
-			g.removeNetwork(id, h)
+			deleteLink(g.cfg.HostNS, id)
 		}
 	}()
 	if rulesErr != nil {
 		delete(g.exps, id)
 		return nil, fmt.Errorf("gateway add %q: %w", id, rulesErr)
 	}
-	if m.err == nil {
-		m.err = ctx.Err()
+	if nsErr == nil {
+		nsErr = ctx.Err()
 	}
-	if m.err != nil {
+	if nsErr != nil {
 		delete(g.exps, id)
 		if rerr := g.reload(); rerr != nil {
 			g.log.Error("restore ruleset after failed add", "experiment", id, "error", rerr)
 		}
-		return nil, fmt.Errorf("gateway add %q: %w", id, m.err)
+		return nil, fmt.Errorf("gateway add %q: experiment namespaces: %w", id, nsErr)
 	}
-	n.Holder, n.NetNSPath, n.UserNSPath = h, h.NetNSPath(), h.UserNSPath()
 	if err := g.plumb(n); err != nil {
 		delete(g.exps, id)
 		if rerr := g.reload(); rerr != nil {
@@ -322,15 +321,15 @@ func (g *Gateway) Add(ctx context.Context, eff *configs.Effective, slot int) (n 
 		return nil, fmt.Errorf("gateway add %q: %w", id, err)
 	}
 	log.Debug("experiment network up", "slot", slot, "addr4", addr4, "addr6", addr6, "if", n.HostIf,
-		"leftovers_ms", ms(tSwept.Sub(t0)), "rules_ms", ms(tRules.Sub(tSwept)), "holder_ms", ms(tHolder.Sub(tSwept)), "plumb_ms", ms(time.Since(tHolder)))
+		"leftovers_ms", ms(tSwept.Sub(t0)), "rules_ms", ms(tRules.Sub(tSwept)), "namespaces_ms", ms(tHolder.Sub(tSwept)), "plumb_ms", ms(time.Since(tHolder)))
 	return n, nil
 }
 
 // Adopt takes over the network of an experiment that a previous run of the
-// daemon built (after a restart): the persisted namespaces under
-// RunDir/ns/<id> and the veth "ark<id>" must exist. The returned Net has no
-// Holder. The ruleset is reloaded with eff; nothing is changed on error.
-func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (*Net, error) {
+// daemon built (after a restart): the persisted namespaces ns (Wait is not
+// used) and the veth "ark<id>" must exist. The ruleset is reloaded with
+// eff; nothing is changed on error.
+func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int, ns ExpNS) (*Net, error) {
 	if eff == nil {
 		return nil, errors.New("gateway adopt: nil policy")
 	}
@@ -347,10 +346,10 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 	if err != nil {
 		return nil, fmt.Errorf("gateway adopt %q: %w", id, err)
 	}
-	userNS, netNS := nsholder.Paths(g.nsDir(id))
-	h, err := netns.GetFromPath(netNS)
+	userNS, netNS := ns.UserNSPath, ns.NetNSPath
+	h, err := nsdo.Open(netNS)
 	if err != nil {
-		return nil, fmt.Errorf("gateway adopt %q: persisted netns %s: %w (start the experiment anew)", id, netNS, err)
+		return nil, fmt.Errorf("gateway adopt %q: persisted netns: %w (start the experiment anew)", id, err)
 	}
 	h.Close()
 	// The store says id is arkgw's: its veth is tagged if an older
@@ -358,7 +357,7 @@ func (g *Gateway) Adopt(ctx context.Context, eff *configs.Effective, slot int) (
 	if err := tagLink(g.cfg.HostNS, id); err != nil {
 		return nil, fmt.Errorf("gateway adopt %q: veth %s: %w (start the experiment anew)", id, HostIfName(id), err)
 	}
-	uid := g.cfg.UIDBase + uint32(slot)*65536
+	uid := g.HostID(slot)
 	n := &Net{ID: id, Slot: slot, HostIf: HostIfName(id), Addr4: addr4, Addr6: addr6, GW4: gw4, GW6: gw6,
 		NetNSPath: netNS, UserNSPath: userNS, HostUID: uid, HostGID: uid}
 	if g.no6 {
@@ -502,8 +501,9 @@ func (g *Gateway) Update(ctx context.Context, effs []*configs.Effective) error {
 	return errors.Join(errs...)
 }
 
-// Remove deletes the experiment's rules, conntrack entries, veth and
-// namespaces. Idempotent; unknown ids still get their leftovers removed.
+// Remove deletes the experiment's rules, conntrack entries and veth (its
+// namespaces are the caller's). Idempotent; unknown ids still get their
+// leftover veth removed.
 func (g *Gateway) Remove(ctx context.Context, id string) error {
 	if err := configs.ValidID(id); err != nil {
 		return fmt.Errorf("gateway remove: %w", err)
@@ -516,7 +516,6 @@ func (g *Gateway) Remove(ctx context.Context, id string) error {
 func (g *Gateway) removeLocked(id string) error {
 	var errs []error
 	st, ok := g.exps[id]
-	var h *nsholder.Holder
 	if ok {
 		delete(g.exps, id)
 		if err := g.reload(); err != nil {
@@ -525,33 +524,16 @@ func (g *Gateway) removeLocked(id string) error {
 		if _, err := deleteFlows(g.cfg.HostNS, st.net.Slot); err != nil {
 			errs = append(errs, fmt.Errorf("gateway remove %q: conntrack: %w", id, err))
 		}
-		h = st.net.Holder
 	}
-	if err := g.removeNetwork(id, h); err != nil {
+	if err := deleteLink(g.cfg.HostNS, id); err != nil {
 		errs = append(errs, fmt.Errorf("gateway remove %q: %w", id, err))
 	}
 	return errors.Join(errs...)
 }
 
-// removeNetwork deletes the veth and the persisted namespaces of id.
-func (g *Gateway) removeNetwork(id string, h *nsholder.Holder) error {
-	var errs []error
-	if err := deleteLink(g.cfg.HostNS, id); err != nil {
-		errs = append(errs, err)
-	}
-	if h != nil {
-		if err := h.Remove(); err != nil {
-			errs = append(errs, err)
-		}
-	} else if err := nsholder.RemoveDir(g.nsDir(id)); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
 // Sweep removes arkgw kernel objects of ids not in keep: networks this
-// Gateway knows, "ark<id>" veths in HostNS, namespace directories under
-// RunDir/ns, and their rules (the table is reloaded from what remains).
+// Gateway knows, "ark<id>" veths in HostNS, and their rules (the table is
+// reloaded from what remains); namespaces are the caller's to sweep.
 // Kept experiments this Gateway does not know (after a restart) stay, and
 // their traffic is dropped until Adopt. Idempotent.
 func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
@@ -574,19 +556,6 @@ func (g *Gateway) Sweep(ctx context.Context, keep map[string]bool) error {
 			if err := deleteLink(g.cfg.HostNS, id); err != nil {
 				errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 			}
-		}
-	}
-	ents, err := os.ReadDir(filepath.Join(g.cfg.RunDir, "ns"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
-	}
-	for _, e := range ents {
-		id := e.Name()
-		if configs.ValidID(id) != nil || keep[id] || g.exps[id] != nil {
-			continue
-		}
-		if err := nsholder.RemoveDir(g.nsDir(id)); err != nil {
-			errs = append(errs, fmt.Errorf("gateway sweep: %w", err))
 		}
 	}
 	// A scratch table left by an interrupted diagnosis (see apply.go).

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/netlab"
 	"github.com/arkgw/arkgw/nsdo"
+	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/reexec"
 )
 
@@ -72,7 +74,7 @@ func newLabReserved(t *testing.T, current bool, reserved []netip.Prefix) *lab {
 	}
 	run := t.TempDir()
 	group := uint16(30000 + time.Now().UnixNano()%20000)
-	g, err := New(Config{HostNS: hostNS, RunDir: run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
+	g, err := New(Config{HostNS: hostNS, Uplink: netlab.NodeUplinkIf, NFLOGGroup: group,
 		Reserved: reserved, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})})
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +120,30 @@ func (l *lab) assertClean(t *testing.T) {
 	}
 }
 
+// expNS makes experiment id's namespaces as the runner does (an nsholder
+// under the lab's run dir, removed at cleanup).
+func (l *lab) expNS(t *testing.T, id string, slot int) (ExpNS, *nsholder.Holder) {
+	t.Helper()
+	uid := l.g.HostID(slot)
+	h, err := nsholder.Create(nsholder.Config{Dir: filepath.Join(l.run, "ns", id), HostUID: uid, HostGID: uid})
+	if err != nil {
+		t.Fatalf("namespaces of %s: %v", id, err)
+	}
+	t.Cleanup(func() { h.Remove() })
+	return ExpNS{NetNSPath: h.NetNSPath(), UserNSPath: h.UserNSPath()}, h
+}
+
+// addWith is Add with namespaces made for it.
+func (l *lab) addWith(t *testing.T, eff *configs.Effective, slot int) (*Net, *nsholder.Holder, error) {
+	t.Helper()
+	ens, h := l.expNS(t, eff.ID, slot)
+	n, err := l.g.Add(context.Background(), eff, slot, ens)
+	return n, h, err
+}
+
 func (l *lab) add(t *testing.T, eff *configs.Effective, slot int) (*Net, nsdo.NS) {
 	t.Helper()
-	n, err := l.g.Add(context.Background(), eff, slot)
+	n, _, err := l.addWith(t, eff, slot)
 	if err != nil {
 		t.Fatalf("add %s: %v", eff.ID, err)
 	}
@@ -921,7 +944,7 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 	l := newLab(t)
 	ok := &configs.Effective{ID: "ok" + randSuffix()[:4], IPv4: true, IPv6: true}
 	l.add(t, ok, 0)
-	if _, err := l.g.Add(context.Background(), &configs.Effective{ID: "dup" + randSuffix()[:4]}, 0); err == nil {
+	if _, _, err := l.addWith(t, &configs.Effective{ID: "dup" + randSuffix()[:4]}, 0); err == nil {
 		t.Fatal("add on a used slot succeeded")
 	}
 	id := "bad" + randSuffix()[:4]
@@ -932,7 +955,7 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 			c.Rules = append([]Rule{{Name: RuleTCPDst, Exprs: []Expr{Verdict{Kind: "jump", Chain: "missing_chain"}}}}, c.Rules...)
 		}
 	}
-	_, err := l.g.Add(context.Background(), &configs.Effective{ID: id, IPv4: true, IPv6: true}, 1)
+	_, badH, err := l.addWith(t, &configs.Effective{ID: id, IPv4: true, IPv6: true}, 1)
 	l.g.mutate = nil
 	if err == nil {
 		t.Fatal("add with a refused ruleset succeeded")
@@ -940,8 +963,19 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 	if !strings.Contains(err.Error(), "rule tcp-dst in chain fwd_"+id) {
 		t.Errorf("error does not name the rule: %v", err)
 	}
-	if _, err := os.Stat(l.g.nsDir(id)); !os.IsNotExist(err) {
-		t.Errorf("namespace dir left: %v", err)
+	// The namespaces are the caller's: still there, without the veth.
+	if bad, err := nsdo.Open(badH.NetNSPath()); err != nil {
+		t.Errorf("the caller's namespaces went with the failed add: %v", err)
+	} else {
+		hd, err := bad.NetlinkHandle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := hd.LinkByName("eth0"); err == nil {
+			t.Error("eth0 left in the experiment netns after the failed add")
+		}
+		hd.Close()
+		bad.Close()
 	}
 	if out := l.w.Node.Run(t, "ip", "-o", "link"); strings.Contains(out, HostIfName(id)) {
 		t.Errorf("link left: %s", out)
@@ -971,7 +1005,7 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 	id2 := "old" + randSuffix()[:4]
 	l.w.Node.Run(t, "ip", "link", "add", HostIfName(id2), "type", "veth", "peer", "name", "oldpeer"+randSuffix()[:4])
 	l.w.Node.Run(t, "ip", "link", "set", HostIfName(id2), "alias", LinkAlias(id2))
-	if _, err := l.g.Add(context.Background(), &configs.Effective{ID: id2, IPv4: true}, 2); err != nil {
+	if _, _, err := l.addWith(t, &configs.Effective{ID: id2, IPv4: true}, 2); err != nil {
 		t.Fatalf("add over a stale link: %v", err)
 	}
 	// A link of the same name that is not arkgw's is neither deleted nor
@@ -979,7 +1013,7 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 	id3 := "for" + randSuffix()[:4]
 	l.w.Node.Run(t, "ip", "link", "add", HostIfName(id3), "type", "veth", "peer", "name", "forpeer"+randSuffix()[:4])
 	t.Cleanup(func() { l.w.Node.Run(t, "ip", "link", "del", HostIfName(id3)) })
-	if _, err := l.g.Add(context.Background(), &configs.Effective{ID: id3, IPv4: true}, 3); err == nil || !strings.Contains(err.Error(), "not arkgw's") {
+	if _, _, err := l.addWith(t, &configs.Effective{ID: id3, IPv4: true}, 3); err == nil || !strings.Contains(err.Error(), "not arkgw's") {
 		t.Errorf("add over a foreign link: %v", err)
 	}
 	if out := l.w.Node.Run(t, "ip", "-o", "link"); !strings.Contains(out, HostIfName(id3)+"@") {
@@ -987,8 +1021,8 @@ func TestPrivilegedAddFailureLeavesNothing(t *testing.T) {
 	}
 }
 
-// TestPrivilegedSweep: stale links, namespace dirs and rules of ids not
-// kept are removed; kept ones stay.
+// TestPrivilegedSweep: stale links and rules of ids not kept are removed;
+// kept ones stay (namespaces are the runner's to sweep).
 func TestPrivilegedSweep(t *testing.T) {
 	l := newLab(t)
 	keep := &configs.Effective{ID: "k" + randSuffix()[:4], IPv4: true, IPv6: true, ICMPAny: true}
@@ -998,7 +1032,6 @@ func TestPrivilegedSweep(t *testing.T) {
 	stale := "s" + randSuffix()[:4]
 	l.w.Node.Run(t, "ip", "link", "add", HostIfName(stale), "type", "veth", "peer", "name", "stalepeer"+randSuffix()[:3])
 	l.w.Node.Run(t, "ip", "link", "set", HostIfName(stale), "alias", LinkAlias(stale))
-	os.MkdirAll(l.g.nsDir(stale), 0o700)
 	// Links named like arkgw's but without its alias are another
 	// program's: the sweep leaves them.
 	foreign := []string{"arkfoo", HostIfName("f" + randSuffix()[:4])}
@@ -1021,9 +1054,6 @@ func TestPrivilegedSweep(t *testing.T) {
 	if out := l.w.Node.Run(t, "ip", "-d", "link", "show", kn.HostIf); !strings.Contains(out, "alias "+LinkAlias(keep.ID)) {
 		t.Errorf("experiment link without arkgw's alias: %s", out)
 	}
-	if _, err := os.Stat(l.g.nsDir(stale)); !os.IsNotExist(err) {
-		t.Error("stale namespace dir left")
-	}
 	rules := l.w.Node.Run(t, "nft", "list", "table", "inet", TableName)
 	if strings.Contains(rules, gone.ID) || !strings.Contains(rules, keep.ID) {
 		t.Errorf("rules after sweep:\n%s", rules)
@@ -1045,10 +1075,19 @@ func TestPrivilegedSweep(t *testing.T) {
 func TestPrivilegedAdopt(t *testing.T) {
 	l := newLab(t)
 	eff := &configs.Effective{ID: "ad" + randSuffix()[:4], IPv4: true, IPv6: true, ICMP: []configs.ICMPType{{Type: 8}}}
-	n, ns := l.add(t, eff, 3)
+	ens, h := l.expNS(t, eff.ID, 3)
+	n, err := l.g.Add(context.Background(), eff, 3, ens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := nsdo.Open(n.NetNSPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
 	// The old daemon dies: its holder process ends, the namespaces stay.
-	n.Holder.Release()
-	g2, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
+	h.Release()
+	g2, err := New(Config{HostNS: l.w.Node.NS(), Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1066,14 +1105,15 @@ func TestPrivilegedAdopt(t *testing.T) {
 	if l.arrived(to("198.51.100.44", 1, 0), 500*time.Millisecond) {
 		t.Error("traffic of a kept, not yet adopted experiment went through")
 	}
-	if _, err := g2.Adopt(context.Background(), &configs.Effective{ID: "zz" + randSuffix()[:4]}, 4); err == nil {
+	zz := "zz" + randSuffix()[:4]
+	if _, err := g2.Adopt(context.Background(), &configs.Effective{ID: zz}, 4, ExpNS{NetNSPath: filepath.Join(l.run, "ns", zz, "net")}); err == nil {
 		t.Error("adopting an experiment without a network succeeded")
 	}
-	n2, err := g2.Adopt(context.Background(), eff, 3)
+	n2, err := g2.Adopt(context.Background(), eff, 3, ExpNS{NetNSPath: h.NetNSPath(), UserNSPath: h.UserNSPath()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n2.Addr4 != n.Addr4 || n2.NetNSPath != n.NetNSPath || n2.Holder != nil {
+	if n2.Addr4 != n.Addr4 || n2.NetNSPath != n.NetNSPath || n2.HostUID != n.HostUID {
 		t.Errorf("adopted net %+v differs from %+v", n2, n)
 	}
 	l.g = g2 // the lab's cleanup removes through the new gateway
@@ -1097,7 +1137,7 @@ func TestPrivilegedIPv4OnlyNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	g, err := New(Config{HostNS: l.w.Node.NS(), RunDir: l.run, Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
+	g, err := New(Config{HostNS: l.w.Node.NS(), Uplink: netlab.NodeUplinkIf, NFLOGGroup: l.group, Reserved: labReserved})
 	if err != nil {
 		t.Fatal(err)
 	}

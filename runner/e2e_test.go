@@ -20,6 +20,7 @@ import (
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/nsdo"
 	"github.com/arkgw/arkgw/reexec"
 	"github.com/arkgw/arkgw/store"
 )
@@ -136,6 +137,13 @@ func startNode(t *testing.T, w *netlab.World, state string, group int) *node {
 // configuration (sampling interval, web password) before it starts.
 func startNodeListen(t *testing.T, w *netlab.World, state string, group int, listen string, opts ...func(*daemon.Config)) *node {
 	t.Helper()
+	return startNodeIn(t, w, state, group, listen, w.Node.NS(), opts...)
+}
+
+// startNodeIn is startNodeListen with the runner given hostNS for the node
+// (nsdo.Current() when the test process runs in the node, as on a node).
+func startNodeIn(t *testing.T, w *netlab.World, state string, group int, listen string, hostNS nsdo.NS, opts ...func(*daemon.Config)) *node {
+	t.Helper()
 	if err := os.MkdirAll(filepath.Join(state, "containers"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +178,7 @@ documentation_prefixes = true
 	cfg := daemon.Config{
 		Policy: &daemon.Policy{Node: n}, Socket: sock, Logger: testLogger(),
 		NewRunner: func(deps daemon.RunnerDeps) (daemon.Runner, error) {
-			return New(deps, Options{HostNS: w.Node.NS(), RunDir: filepath.Join(state, "run"), PcapBinary: pcap, HelperBinary: helper, CgroupParent: cgParent})
+			return New(deps, Options{HostNS: hostNS, RunDir: filepath.Join(state, "run"), PcapBinary: pcap, HelperBinary: helper, CgroupParent: cgParent})
 		},
 	}
 	for _, o := range opts {

@@ -105,9 +105,9 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 	ledger := nftgen.NewLedger(opt.HostNS)
 	gw, err := gateway.New(gateway.Config{
 		Ledger: ledger,
-		HostNS: opt.HostNS, RunDir: opt.RunDir, Uplink: node.Uplink,
+		HostNS: opt.HostNS, Uplink: node.Uplink,
 		Reserved:   configs.ReservedPrefixes(node.Lab),
-		NFLOGGroup: node.Alerts.NFLOGGroup, HolderBinary: opt.HelperBinary, Logger: log,
+		NFLOGGroup: node.Alerts.NFLOGGroup, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -130,7 +130,7 @@ func New(deps daemon.RunnerDeps, opt Options) (*Runner, error) {
 		Group: node.Alerts.NFLOGGroup, NS: opt.HostNS, Node: deps.Policy.NodeName(),
 		Sink: sink, Logger: log, Lookup: deps.Lookup,
 		NetNSPath: func(id string) (string, bool) {
-			_, p := nsholder.Paths(filepath.Join(opt.RunDir, "ns", id))
+			_, p := nsholder.Paths(r.nsDir(id))
 			return p, true
 		},
 		StopAfter: node.Alerts.StopAfter, StopWindow: node.Alerts.Window,
@@ -314,7 +314,43 @@ func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
 		hostIfs = append(hostIfs, gateway.HostIfName(id))
 	}
 	errs = append(errs, shape.Sweep(r.opt.HostNS, []string{r.gw.Uplink()}, hostIfs, keep))
-	return errors.Join(append(errs, r.gw.Sweep(ctx, keep))...)
+	errs = append(errs, r.gw.Sweep(ctx, keep))
+	// The namespaces last: their veths are gone with the network.
+	for _, d := range dirs {
+		if id := d.Name(); !keep[id] && configs.ValidID(id) == nil {
+			if err := nsholder.RemoveDir(r.nsDir(id)); err != nil {
+				errs = append(errs, fmt.Errorf("experiment %s: namespaces: %w", id, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nsDir holds experiment id's persisted namespaces (nsholder).
+func (r *Runner) nsDir(id string) string { return filepath.Join(r.opt.RunDir, "ns", id) }
+
+// makeNamespaces starts making experiment id's namespaces (an nsholder:
+// a user namespace mapping from the gateway's host ids for slot, and a
+// network namespace it owns) and returns them for gateway.Add, whose Wait
+// blocks until they exist, and done, which reaps the maker (call it once
+// Add returned) and returns the holder (nil if it failed).
+func (r *Runner) makeNamespaces(id string, slot int) (ns gateway.ExpNS, done func() *nsholder.Holder) {
+	type made struct {
+		h   *nsholder.Holder
+		err error
+	}
+	c := make(chan made, 1)
+	uid := r.gw.HostID(slot)
+	go func() {
+		h, err := nsholder.Create(nsholder.Config{Dir: r.nsDir(id), HostUID: uid, HostGID: uid, Binary: r.opt.HelperBinary})
+		c <- made{h, err}
+	}()
+	var once sync.Once
+	var m made
+	wait := func() made { once.Do(func() { m = <-c }); return m }
+	user, net := nsholder.Paths(r.nsDir(id))
+	ns = gateway.ExpNS{NetNSPath: net, UserNSPath: user, Wait: func() error { return wait().err }}
+	return ns, func() *nsholder.Holder { return wait().h }
 }
 
 // Start brings up an experiment: network and rules, DNS proxy, pcap
@@ -322,8 +358,16 @@ func (r *Runner) Sweep(ctx context.Context, keep map[string]bool) error {
 func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, dir string) (daemon.Instance, error) {
 	log := r.log.With("experiment", eff.ID)
 	t0 := time.Now()
-	net, err := r.gw.Add(ctx, eff, slot)
+	// Namespaces are the runner's; the gateway wires the network into
+	// them while they are made (leftovers of an earlier run go first).
+	nsholder.RemoveDir(r.nsDir(eff.ID))
+	ens, made := r.makeNamespaces(eff.ID, slot)
+	net, err := r.gw.Add(ctx, eff, slot, ens)
+	holder := made()
 	if err != nil {
+		if holder != nil {
+			err = errors.Join(err, holder.Remove())
+		}
 		return nil, err
 	}
 	tNet := time.Now()
@@ -331,6 +375,7 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 	r.slots[slot] = eff.ID
 	r.mu.Unlock()
 	in := newInstance(r, eff, net, dir)
+	in.holder = holder
 	ok := false
 	defer func() {
 		if !ok {
@@ -346,7 +391,7 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 	tSvc := time.Now()
 	node := r.deps.Policy.Node
 	spec := sandbox.Spec{
-		ID: eff.ID, Holder: net.Holder,
+		ID: eff.ID, Holder: holder,
 		ContainersDir: filepath.Join(node.StateDir, "containers"), Version: eff.Container,
 		FilesDir: eff.FilesDir, Command: eff.Command, Limits: eff.Limits,
 		AllowMissing: node.Limits.AllowMissingControllers, CgroupParent: r.opt.CgroupParent,
@@ -406,10 +451,12 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // old daemon, start again. On error the caller stops the experiment and the
 // sweep removes what is left.
 func (r *Runner) Adopt(ctx context.Context, eff *configs.Effective, slot int, dir string) (_ daemon.Instance, err error) {
-	net, err := r.gw.Adopt(ctx, eff, slot)
+	user, netns := nsholder.Paths(r.nsDir(eff.ID))
+	net, err := r.gw.Adopt(ctx, eff, slot, gateway.ExpNS{NetNSPath: netns, UserNSPath: user})
 	if err != nil {
-		// What is left of it (processes, network) goes.
-		return nil, errors.Join(err, sandbox.Cleanup(eff.ID, r.opt.CgroupParent), r.gw.Remove(context.WithoutCancel(ctx), eff.ID))
+		// What is left of it (processes, network, namespaces) goes.
+		return nil, errors.Join(err, sandbox.Cleanup(eff.ID, r.opt.CgroupParent), r.gw.Remove(context.WithoutCancel(ctx), eff.ID),
+			nsholder.RemoveDir(r.nsDir(eff.ID)))
 	}
 	r.mu.Lock()
 	r.slots[slot] = eff.ID
@@ -444,8 +491,11 @@ type instance struct {
 	r   *Runner
 	eff *configs.Effective
 	net *gateway.Net
-	dir string
-	log hclog.Logger
+	// holder keeps the namespaces alive; nil when re-adopted after a
+	// restart (the bind mounts under nsDir do).
+	holder *nsholder.Holder
+	dir    string
+	log    hclog.Logger
 
 	cancel context.CancelFunc // ends the proxy and pcap server
 	wg     sync.WaitGroup
@@ -630,7 +680,13 @@ func (in *instance) teardown(ctx context.Context) error {
 		errs = append(errs, in.r.acct.Untrack(ctx, in.eff.ID))
 	}
 	errs = append(errs, in.r.quota.Remove(in.eff.ID), in.r.shaper.Remove(ctx, in.eff.ID))
-	return errors.Join(append(errs, in.r.gw.Remove(ctx, in.eff.ID))...)
+	errs = append(errs, in.r.gw.Remove(ctx, in.eff.ID))
+	if in.holder != nil {
+		errs = append(errs, in.holder.Remove())
+	} else {
+		errs = append(errs, nsholder.RemoveDir(in.r.nsDir(in.eff.ID)))
+	}
+	return errors.Join(errs...)
 }
 
 // besideSelf returns path, or when it is empty the file name beside the

@@ -62,6 +62,9 @@ func runFlows(args []string) int {
 		return fail(err)
 	}
 	printFlows(os.Stdout, res)
+	if res.OpenError != "" {
+		fmt.Fprintf(os.Stderr, "arkgw flows: open flows unknown: %s\n", alert.Escape(res.OpenError))
+	}
 	if len(res.Flows)+len(res.Open) == 0 {
 		fmt.Fprintln(os.Stderr, "arkgw flows: no matching flow")
 		return 1
