@@ -51,12 +51,12 @@ type Config struct {
 	// does not (configs.Limits.MaxFlows = 0); 0 = an eighth of the
 	// kernel's net.netfilter.nf_conntrack_max (DefaultMaxFlows if that
 	// cannot be read).
-	MaxFlows     uint32
-	Pool4        netip.Prefix // default 10.250.0.0/16: a /30 per slot
-	Pool6        netip.Prefix // default fd00:a4c::/48: a /64 per slot
-	NFLOGGroup   uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
-	UIDBase      uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
-	Logger       hclog.Logger
+	MaxFlows   uint32
+	Pool4      netip.Prefix // default 10.250.0.0/16: a /30 per slot
+	Pool6      netip.Prefix // default fd00:a4c::/48: a /64 per slot
+	NFLOGGroup uint16       // drops are logged here with prefix alert.LogPrefix(id, rule)
+	UIDBase    uint32       // slot s maps uid 0..65535 to UIDBase+s*65536.. (default 1<<30)
+	Logger     hclog.Logger
 }
 
 // Defaults.
