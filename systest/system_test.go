@@ -70,7 +70,7 @@ email = "mallory@example.org"
 // binaries and their command lines only.
 func TestPrivilegedSystemNode(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("system test: needs root (network namespaces, nftables, cgroups); run make test-system as root")
+		t.Skip("needs root: the system test runs the daemon with network namespaces, nftables and cgroups; run make test-system as root")
 	}
 	bin := install(t)
 	w := netlab.NewWorld(t)
