@@ -63,6 +63,7 @@ func usage() {
   arkgw alerts [--follow] [--json] [--since T]   violation alerts
   arkgw flows  [--dst P] [--port N] [--at T]     which experiment sent this?
   arkgw cleanup [--config node.toml]             remove kernel state no experiment owns
+  arkgw container build|keygen|sign|import|list|remove ...   the experiment container images
   arkgw version
 `)
 }
