@@ -232,3 +232,33 @@ func Installations(dir string) func(version string) map[string]string {
 		return out
 	}
 }
+
+// Stage makes image usable from dir without copying it (for `arkgw try`):
+// its sha256 is checked against its metadata (a signature is not
+// required: the experimenter's own machine), then it is linked into dir
+// with its metadata, ready for Mount.
+func Stage(dir, image string) (*Meta, error) {
+	v, err := Verify(image, Trust{AllowUnsigned: true})
+	if err != nil {
+		return nil, err
+	}
+	m := v.Meta
+	if m.Architecture != HostArch() {
+		return nil, fmt.Errorf("image %s is built for %s; this machine is %s: build one for it (arkgw container build %s)", image, m.Architecture, HostArch(), m.Version)
+	}
+	abs, err := filepath.Abs(image)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, m.Version), 0o755); err != nil {
+		return nil, err
+	}
+	dst := installedImage(dir, m.Version, m.Architecture)
+	if err := os.Symlink(abs, dst); err != nil {
+		return nil, fmt.Errorf("stage %s: %w", image, err)
+	}
+	if err := os.WriteFile(MetaPath(dst), m.Encode(), 0o644); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
