@@ -20,6 +20,7 @@ const recipe = "arkgw-container-recipe-1"
 // the recipe. Two builds with the same key install the same packages (as
 // far as the mirror serves the same versions; see README.md).
 func CacheKey(o BuildOptions) (string, error) {
+	o.OutDir = "-" // not an input
 	if err := o.defaults(); err != nil {
 		return "", err
 	}

@@ -64,6 +64,7 @@ func usage() {
   arkgw flows  [--dst P] [--port N] [--at T]     which experiment sent this?
   arkgw cleanup [--config node.toml]             remove kernel state no experiment owns
   arkgw container build|keygen|sign|import|list|remove ...   the experiment container images
+  arkgw try    MANIFEST.toml [--image FILE]      run it here: same image, same sandbox, own declaration as policy
   arkgw version
 `)
 }
