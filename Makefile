@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TESTFLAGS ?= -count=1 -timeout 25m
 export CGO_ENABLED ?= 0
 
-.PHONY: deps help build test test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
+.PHONY: deps help build test test-unit test-fuzz bench demo cross lint rootfs image clean cleanup \
 	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows bench-netlab
 
 help: ## list the targets
@@ -68,6 +68,9 @@ lint: ## gofmt and go vet
 rootfs: build ## a small container root for tests and the demo (ROOTFS=dir)
 	root=$${ROOTFS:-/var/lib/arkgw/containers/ark-2026.1}; ./scripts/rootfs.sh $$root && \
 	  install -D -m 0755 $(BIN)/arkprobe $$root/usr/local/bin/arkprobe
+
+image: build ## the standard container image (root; IMAGE_VERSION=ark-2026.2 IMAGE_DIR=bin/images)
+	./$(BIN)/arkgw container build $${IMAGE_VERSION:-ark-2026.2} -o $${IMAGE_DIR:-$(BIN)/images} --pcap $(BIN)/pcap
 
 cleanup: build ## remove kernel state of experiments no longer running (daemon stopped)
 	./$(BIN)/arkgw cleanup || true

@@ -256,7 +256,11 @@ func finishRoot(root, pcap string) error {
 	if err != nil {
 		return fmt.Errorf("read pcap client: %w", err)
 	}
+	// (WriteFile keeps the mode of the mount point file made above.)
 	if err := os.WriteFile(filepath.Join(root, "usr/bin/pcap"), data, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Join(root, "usr/bin/pcap"), 0o755); err != nil {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(root, "etc/hostname"), []byte("ark\n"), 0o644); err != nil {

@@ -14,7 +14,7 @@ import (
 
 // recipe changes whenever Build makes a different root from the same
 // options (bump it with finishRoot or the mksquashfs flags).
-const recipe = "arkgw-container-recipe-1"
+const recipe = "arkgw-container-recipe-2"
 
 // CacheKey names the build inputs: options, the pcap client's bytes and
 // the recipe. Two builds with the same key install the same packages (as

@@ -220,3 +220,23 @@ func TestSignRefusesChangedImage(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestListDirectoryRoots(t *testing.T) {
+	dir := t.TempDir()
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "ark-dir"), 0o755)
+	os.Symlink(root, filepath.Join(dir, "ark-link"))
+	os.WriteFile(filepath.Join(dir, "ark-file"), nil, 0o644)
+	list, err := List(dir)
+	if err != nil || len(list) != 2 || list[0].Version != "ark-dir" || !list[0].Dir || list[1].Version != "ark-link" || !list[1].Dir {
+		t.Fatalf("%v %+v", err, list)
+	}
+	for _, v := range []string{"ark-dir", "ark-link"} {
+		if got, err := Mount(dir, v); err != nil || got != filepath.Join(dir, v) {
+			t.Errorf("mount of directory root %s: %v %s", v, err, got)
+		}
+	}
+	if _, err := Mount(dir, "ark-none"); err == nil || !strings.Contains(err.Error(), "not installed") {
+		t.Errorf("unknown version: %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,6 +148,9 @@ func TestPrivilegedImageMount(t *testing.T) {
 			t.Errorf("image lacks %s: %v", p, err)
 		}
 	}
+	if st, err := os.Stat(filepath.Join(root, "usr/bin/pcap")); err != nil || st.Mode().Perm() != 0o755 {
+		t.Errorf("/usr/bin/pcap: %v %v, want mode 0755", st.Mode(), err)
+	}
 	if passwd, _ := os.ReadFile(filepath.Join(root, "etc/passwd")); !strings.Contains(string(passwd), "ark:x:1000:1000:") {
 		t.Errorf("no experiment user in /etc/passwd")
 	}
@@ -213,9 +217,10 @@ func TestPrivilegedImageTools(t *testing.T) {
 	parent := "arkgw-test-" + id
 	sb, err := sandbox.Launch(ctx, sandbox.Spec{
 		ID: id, Holder: holder, ContainersDir: containers, Version: testImageVersion,
-		Command: []string{"/bin/bash", "-c", script},
-		Limits:  configs.Limits{CPUPercent: 100, MaxRAMMB: 512, TmpfsMB: 32, OutputMB: 4, MaxHours: 1},
-		Stdout:  filepath.Join(dir, "stdout"), Stderr: filepath.Join(dir, "stderr"), StatusFile: filepath.Join(dir, "status.json"),
+		Command:     []string{"/bin/bash", "-c", script},
+		Nameservers: []netip.Addr{netip.MustParseAddr("10.77.0.1")},
+		Limits:      configs.Limits{CPUPercent: 100, MaxRAMMB: 512, TmpfsMB: 32, OutputMB: 4, MaxHours: 1},
+		Stdout:      filepath.Join(dir, "stdout"), Stderr: filepath.Join(dir, "stderr"), StatusFile: filepath.Join(dir, "status.json"),
 		CgroupParent: parent,
 		Logger:       hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})

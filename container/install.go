@@ -124,7 +124,11 @@ func List(dir string) ([]Installed, error) {
 		images[m.Version] = true
 	}
 	for _, e := range ents {
-		if !e.IsDir() || images[e.Name()] || !ValidVersion(e.Name()) {
+		if images[e.Name()] || !ValidVersion(e.Name()) || strings.HasSuffix(e.Name(), ".squashfs") {
+			continue
+		}
+		// a directory, or a link to one (development roots)
+		if st, err := os.Stat(filepath.Join(dir, e.Name())); err != nil || !st.IsDir() {
 			continue
 		}
 		out = append(out, Installed{Version: e.Name(), Dir: true})

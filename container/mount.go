@@ -120,7 +120,7 @@ func Unmount(target string) error {
 	if errors.Is(err, unix.EBUSY) {
 		err = unix.Unmount(target, unix.MNT_DETACH)
 	}
-	if err != nil && !errors.Is(err, unix.EINVAL) {
+	if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount %s: %w", target, err)
 	}
 	return nil
