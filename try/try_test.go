@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/vishvananda/netlink"
 
 	"github.com/arkgw/arkgw/container"
 	"github.com/arkgw/arkgw/netlab"
@@ -69,12 +68,9 @@ func copyTree(t *testing.T, src, dst string) {
 	}
 }
 
-// `arkgw try` of configs/examples/ping-survey.toml in netlab's fake
-// Internet (the try code runs in a netlab "node" namespace, NATing out of
-// its uplink): the survey's results are printed, and a destination the
-// manifest does not declare (TCP to 198.51.100.80:80, added to the payload
-// script) is dropped and alerted live; nothing is left behind.
-func TestPrivilegedTryPingSurvey(t *testing.T) {
+// testImage returns the cached standard image and the helper binaries.
+func testImage(t *testing.T) (image, helper, pcap string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: namespaces, nftables, loop devices, cgroups")
 	}
@@ -83,13 +79,23 @@ func TestPrivilegedTryPingSurvey(t *testing.T) {
 			t.Skipf("%s missing: apt-get install mmdebstrap squashfs-tools (scripts/deps.sh)", tool)
 		}
 	}
-	helper, pcap := buildBinaries(t, t.TempDir())
+	helper, pcap = buildBinaries(t, t.TempDir())
 	var buildLog strings.Builder
 	image, _, err := container.Cached(context.Background(), cacheDir(), container.BuildOptions{
 		Version: "ark-test", PcapBinary: pcap, Stderr: &buildLog})
 	if err != nil {
 		t.Fatalf("standard image: %v\n%s", err, buildLog.String())
 	}
+	return image, helper, pcap
+}
+
+// `arkgw try` of configs/examples/ping-survey.toml in netlab's fake
+// Internet (the try code runs in a netlab "node" namespace, NATing out of
+// its uplink): the survey's results are printed, and a destination the
+// manifest does not declare (TCP to 198.51.100.80:80, added to the payload
+// script) is dropped and alerted live; nothing is left behind.
+func TestPrivilegedTryPingSurvey(t *testing.T) {
+	image, helper, pcap := testImage(t)
 
 	exp := t.TempDir()
 	os.Chmod(exp, 0o755)
@@ -108,7 +114,7 @@ func TestPrivilegedTryPingSurvey(t *testing.T) {
 	f.Close()
 
 	w := netlab.NewWorld(t)
-	linksBefore := linkNames(t)
+	linksBefore := nodeState(t, w)
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -136,9 +142,65 @@ func TestPrivilegedTryPingSurvey(t *testing.T) {
 	if !found || !strings.Contains(o, "ALERT") || !strings.Contains(o, "198.51.100.80:80") {
 		t.Errorf("no live alert for the undeclared TCP 198.51.100.80:80; alerts %+v", res.Alerts)
 	}
-	// Nothing left: the image unmounted, no link or namespace of the run.
-	if after := linkNames(t); after != linksBefore {
-		t.Errorf("host links changed: %s -> %s", linksBefore, after)
+	checkNothingLeft(t, w, linksBefore)
+}
+
+// Ctrl-C (ctx cancelled) stops a running experiment and removes
+// everything.
+func TestPrivilegedTryInterrupted(t *testing.T) {
+	image, helper, pcap := testImage(t)
+	exp := t.TempDir()
+	os.Chmod(exp, 0o755)
+	m := `title = "sleeps"
+container = "ark-test"
+command = ["/bin/sh", "-c", "echo started; sleep 300; echo never"]
+max_hours = 1
+[[experimenters]]
+name = "A. Researcher"
+email = "researcher@example.edu"
+`
+	os.WriteFile(filepath.Join(exp, "m.toml"), []byte(m), 0o644)
+	w := netlab.NewWorld(t)
+	linksBefore := nodeState(t, w)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw, _ := os.Pipe()
+	defer pr.Close()
+	go func() {
+		// cancel once the run has started
+		buf := make([]byte, 4096)
+		var seen strings.Builder
+		for {
+			n, err := pr.Read(buf)
+			seen.Write(buf[:n])
+			if strings.Contains(seen.String(), "Ctrl-C stops it") {
+				time.Sleep(2 * time.Second)
+				cancel()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	t0 := time.Now()
+	res, err := Run(ctx, Options{Manifest: filepath.Join(exp, "m.toml"), Image: image, HostNS: w.Node.NS(),
+		HelperBinary: helper, PcapBinary: pcap, Out: pw})
+	pw.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(t0) > 2*time.Minute || !strings.Contains(string(res.Stdout), "started") || strings.Contains(string(res.Stdout), "never") || res.Exit.Signal == "" {
+		t.Fatalf("interrupted run: %+v stdout %q after %s", res.Exit, res.Stdout, time.Since(t0))
+	}
+	checkNothingLeft(t, w, linksBefore)
+}
+
+// checkNothingLeft: the image unmounted, no link or work directory of the
+// run left.
+func checkNothingLeft(t *testing.T, w *netlab.World, before string) {
+	t.Helper()
+	if after := nodeState(t, w); after != before {
+		t.Errorf("the node's links or nftables tables changed: %s -> %s", before, after)
 	}
 	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), "arkgw-try-") {
 		t.Errorf("a mount of the try run is left:\n%s", mounts)
@@ -148,14 +210,15 @@ func TestPrivilegedTryPingSurvey(t *testing.T) {
 	}
 }
 
-func linkNames(t *testing.T) string {
-	ls, err := netlink.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
+// nodeState lists the links and nftables tables of the netlab node (the
+// "machine" try ran on).
+func nodeState(t *testing.T, w *netlab.World) string {
+	t.Helper()
 	var names []string
-	for _, l := range ls {
-		names = append(names, l.Attrs().Name)
+	for _, l := range strings.Split(w.Node.Run(t, "ip", "-br", "link"), "\n") {
+		if f := strings.Fields(l); len(f) > 0 {
+			names = append(names, f[0])
+		}
 	}
-	return strings.Join(names, ",")
+	return strings.Join(names, ",") + " | " + strings.Join(strings.Fields(w.Node.Run(t, "nft", "list", "tables")), " ")
 }
