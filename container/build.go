@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -92,6 +93,9 @@ func Build(ctx context.Context, o BuildOptions) (*BuildResult, error) {
 	}
 	if st, err := os.Stat(o.PcapBinary); err != nil || !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("container build: pcap client %q: not a file (build it: CGO_ENABLED=0 go build -o pcap ./cmd/pcap)", o.PcapBinary)
+	}
+	if err := checkELF(o.PcapBinary, o.Architecture); err != nil {
+		return nil, fmt.Errorf("container build: %w", err)
 	}
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("container build: %w", err)
@@ -386,4 +390,20 @@ func copyFile(src, dst string, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), dst)
+}
+
+// checkELF refuses a pcap client built for another architecture than the
+// image's (it would fail with "exec format error" in every sandbox).
+func checkELF(path, arch string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return fmt.Errorf("pcap client %s: not an ELF executable: %w", path, err)
+	}
+	defer f.Close()
+	want := map[string]elf.Machine{"x86_64": elf.EM_X86_64, "aarch64": elf.EM_AARCH64, "armv7l": elf.EM_ARM}[arch]
+	if f.Machine != want {
+		goarch, goarm := GoArch(arch)
+		return fmt.Errorf("pcap client %s is built for %v, the image is %s: build it with CGO_ENABLED=0 GOARCH=%s GOARM=%s go build ./cmd/pcap", path, f.Machine, arch, goarch, goarm)
+	}
+	return nil
 }

@@ -240,3 +240,25 @@ func TestListDirectoryRoots(t *testing.T) {
 		t.Errorf("unknown version: %v", err)
 	}
 }
+
+func TestCheckELF(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkELF(self, HostArch()); err != nil {
+		t.Fatalf("this binary for its own architecture: %v", err)
+	}
+	other := "aarch64"
+	if HostArch() == "aarch64" {
+		other = "x86_64"
+	}
+	if err := checkELF(self, other); err == nil || !strings.Contains(err.Error(), "GOARCH=") {
+		t.Fatalf("foreign architecture: %v", err)
+	}
+	txt := filepath.Join(t.TempDir(), "pcap")
+	os.WriteFile(txt, []byte("#!/bin/sh\n"), 0o755)
+	if err := checkELF(txt, HostArch()); err == nil || !strings.Contains(err.Error(), "not an ELF") {
+		t.Fatalf("script: %v", err)
+	}
+}
