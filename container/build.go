@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -54,6 +55,10 @@ type BuildOptions struct {
 	// PcapBinary is the static pcap client (cmd/pcap, CGO_ENABLED=0, built
 	// for Architecture), installed at /usr/bin/pcap.
 	PcapBinary string
+	// Extra files copied into the root (mode 0755), e.g. a test tool:
+	// host path -> absolute path in the image. They are inputs of the
+	// cache key and listed in the metadata.
+	Extra map[string]string
 	// WorkDir holds the temporary root (about 300 MB); "" = OutDir.
 	WorkDir string
 	Logger  hclog.Logger
@@ -134,6 +139,28 @@ func Build(ctx context.Context, o BuildOptions) (*BuildResult, error) {
 	if err := finishRoot(root, o.PcapBinary); err != nil {
 		return nil, fmt.Errorf("container build: %w", err)
 	}
+	var extras []string
+	for src, dst := range o.Extra {
+		if !filepath.IsAbs(dst) || strings.Contains(dst, "..") {
+			return nil, fmt.Errorf("container build: extra file %s: destination %q must be an absolute path inside the image", src, dst)
+		}
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return nil, fmt.Errorf("container build: extra file: %w", err)
+		}
+		p := filepath.Join(root, dst)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, fmt.Errorf("container build: %w", err)
+		}
+		if err := os.WriteFile(p, data, 0o755); err != nil {
+			return nil, fmt.Errorf("container build: %w", err)
+		}
+		if err := os.Chmod(p, 0o755); err != nil {
+			return nil, err
+		}
+		extras = append(extras, dst)
+	}
+	sort.Strings(extras)
 	pkgs, err := readDpkgStatus(filepath.Join(root, "var/lib/dpkg/status"))
 	if err != nil {
 		return nil, fmt.Errorf("container build: %w", err)
@@ -156,7 +183,7 @@ func Build(ctx context.Context, o BuildOptions) (*BuildResult, error) {
 		return nil, fmt.Errorf("container build: %w", err)
 	}
 	m := &Meta{Format: 1, Version: o.Version, Architecture: o.Architecture, SHA256: sum, Size: size,
-		Suite: o.Suite, Mirrors: o.Mirrors, SourceDateEpoch: o.SourceDateEpoch, Packages: pkgs}
+		Suite: o.Suite, Mirrors: o.Mirrors, SourceDateEpoch: o.SourceDateEpoch, Packages: pkgs, Extra: extras}
 	if err := moveFile(tmpImage, image); err != nil {
 		return nil, fmt.Errorf("container build: %w", err)
 	}

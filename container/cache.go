@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -31,6 +32,18 @@ func CacheKey(o BuildOptions) (string, error) {
 	h := sha256.New()
 	fmt.Fprintln(h, recipe, o.Version, o.Architecture, o.Suite, strings.Join(o.Mirrors, " "),
 		strings.Join(o.Packages, ","), o.SourceDateEpoch, pcap)
+	var srcs []string
+	for src := range o.Extra {
+		srcs = append(srcs, src)
+	}
+	sort.Strings(srcs)
+	for _, src := range srcs {
+		sum, _, err := FileSHA256(src)
+		if err != nil {
+			return "", fmt.Errorf("container cache: extra file: %w", err)
+		}
+		fmt.Fprintln(h, "extra", o.Extra[src], sum)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 

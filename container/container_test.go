@@ -262,3 +262,49 @@ func TestCheckELF(t *testing.T) {
 		t.Fatalf("script: %v", err)
 	}
 }
+
+func TestCacheKey(t *testing.T) {
+	dir := t.TempDir()
+	pcap := filepath.Join(dir, "pcap")
+	os.WriteFile(pcap, []byte("pcap v1"), 0o755)
+	tool := filepath.Join(dir, "tool")
+	os.WriteFile(tool, []byte("tool v1"), 0o755)
+	base := BuildOptions{Version: "ark-1", PcapBinary: pcap}
+	key := func(o BuildOptions) string {
+		k, err := CacheKey(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	k0 := key(base)
+	if key(base) != k0 {
+		t.Fatal("same inputs, another key")
+	}
+	withOut := base
+	withOut.OutDir = "/elsewhere"
+	if key(withOut) != k0 {
+		t.Error("the output directory changed the key")
+	}
+	for name, o := range map[string]BuildOptions{
+		"version":  {Version: "ark-2", PcapBinary: pcap},
+		"packages": {Version: "ark-1", PcapBinary: pcap, Packages: []string{"bash"}},
+		"mirror":   {Version: "ark-1", PcapBinary: pcap, Mirrors: []string{"http://snapshot.debian.org/archive/debian/20260101T000000Z/"}},
+		"epoch":    {Version: "ark-1", PcapBinary: pcap, SourceDateEpoch: 1},
+		"extra":    {Version: "ark-1", PcapBinary: pcap, Extra: map[string]string{tool: "/usr/local/bin/tool"}},
+	} {
+		if key(o) == k0 {
+			t.Errorf("%s did not change the key", name)
+		}
+	}
+	ex := BuildOptions{Version: "ark-1", PcapBinary: pcap, Extra: map[string]string{tool: "/usr/local/bin/tool"}}
+	k1 := key(ex)
+	os.WriteFile(tool, []byte("tool v2"), 0o755)
+	if key(ex) == k1 {
+		t.Error("the extra file's content did not change the key")
+	}
+	os.WriteFile(pcap, []byte("pcap v2"), 0o755)
+	if key(base) == k0 {
+		t.Error("the pcap client's content did not change the key")
+	}
+}

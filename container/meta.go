@@ -34,6 +34,8 @@ type Meta struct {
 	Mirrors         []string  `json:"mirrors,omitempty"`
 	SourceDateEpoch int64     `json:"source_date_epoch,omitempty"`
 	Packages        []Package `json:"packages,omitempty"`
+	// Extra lists files added beside the packages (BuildOptions.Extra).
+	Extra []string `json:"extra,omitempty"`
 }
 
 // Package is one installed Debian package of an image.

@@ -23,7 +23,7 @@ import (
 func init() { commands["container"] = runContainer }
 
 const containerUsage = `usage:
-  arkgw container build VERSION [-o DIR] [--arch A] [--mirror URL]... [--suite S] [--epoch N] [--pcap FILE]
+  arkgw container build VERSION [-o DIR] [--arch A] [--mirror URL]... [--suite S] [--epoch N] [--pcap FILE] [--add SRC:DST]...
   arkgw container keygen --key FILE               new minisign key pair (FILE, FILE.pub)
   arkgw container sign IMAGE --key FILE           sign IMAGE's metadata (IMAGE.json.minisig)
   arkgw container import IMAGE [--config node.toml]  verify and install for this node
@@ -61,6 +61,8 @@ func containerBuild(args []string) int {
 	fl.Var(&mirrors, "mirror", "apt mirror (repeatable; default "+container.DefaultMirror+"); a snapshot.debian.org/archive/debian/TIMESTAMP URL pins every package")
 	epoch := fl.Int64("epoch", 0, "SOURCE_DATE_EPOCH of the image (default $SOURCE_DATE_EPOCH, else 2026-01-01)")
 	pcap := fl.String("pcap", "", "static pcap client for /usr/bin/pcap (default: pcap beside this binary)")
+	var adds multiFlag
+	fl.Var(&adds, "add", "extra file SRC:DST (absolute path in the image), repeatable; e.g. a test tool")
 	pos, err := parseInterspersed(fl, args)
 	if err != nil || len(pos) != 1 {
 		fmt.Fprint(os.Stderr, containerUsage)
@@ -76,6 +78,15 @@ func containerBuild(args []string) int {
 			*pcap = filepath.Join(filepath.Dir(exe), "pcap")
 		}
 	}
+	extra := map[string]string{}
+	for _, a := range adds {
+		src, dst, ok := strings.Cut(a, ":")
+		if !ok {
+			fmt.Fprintf(os.Stderr, "arkgw container build: --add %q: want SRC:DST\n", a)
+			return 2
+		}
+		extra[src] = dst
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "arkgw container build: run as root (mmdebstrap's root mode)")
 		return 1
@@ -84,7 +95,7 @@ func containerBuild(args []string) int {
 	defer stop()
 	res, err := container.Build(ctx, container.BuildOptions{
 		Version: pos[0], OutDir: *out, Architecture: *arch, Suite: *suite, Mirrors: mirrors,
-		SourceDateEpoch: *epoch, PcapBinary: *pcap, Logger: newLogger(), Stderr: os.Stderr,
+		SourceDateEpoch: *epoch, PcapBinary: *pcap, Extra: extra, Logger: newLogger(), Stderr: os.Stderr,
 	})
 	if err != nil {
 		return fail(err)
