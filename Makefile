@@ -5,7 +5,7 @@ PKGS      ?= ./...
 TESTFLAGS ?= -count=1 -timeout 25m
 export CGO_ENABLED ?= 0
 
-.PHONY: deps help build install test test-system test-unit test-fuzz bench demo cross lint rootfs clean cleanup \
+.PHONY: deps help build install test test-system test-unit test-fuzz bench demo cross lint rootfs image clean cleanup \
 	bench-gateway bench-bandwidth bench-dns bench-alerts bench-sandbox bench-start bench-pcap bench-flows bench-netlab
 
 help: ## list the targets
@@ -76,6 +76,9 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 install: build ## install arkgw, arkgw-init, pcap, the systemd unit and a commented node.toml (never overwritten); PREFIX, DESTDIR
 	./scripts/install.sh "$(BIN)" "$(DESTDIR)" "$(PREFIX)"
+
+image: build ## the standard container image (root; IMAGE_VERSION=ark-2026.2 IMAGE_DIR=bin/images)
+	./$(BIN)/arkgw container build $${IMAGE_VERSION:-ark-2026.2} -o $${IMAGE_DIR:-$(BIN)/images} --pcap $(BIN)/pcap
 
 cleanup: build ## remove kernel state of experiments no longer running (daemon stopped)
 	./$(BIN)/arkgw cleanup || true

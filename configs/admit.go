@@ -21,6 +21,11 @@ type Env struct {
 	// Arch is the node's machine architecture as uname -m says it
 	// ("x86_64", "aarch64", "armv7l"; see MachineArch); "" skips the check.
 	Arch string
+	// Containers reports the installed images of a container version:
+	// architecture -> sha256 of the image ("dir" -> "" for a plain
+	// directory root). nil skips the container checks (no containers
+	// directory, e.g. when checking off the node).
+	Containers func(version string) map[string]string
 }
 
 // MachineArch maps a GOARCH to the architecture names manifests use
@@ -48,14 +53,15 @@ func MachineArch(goarch string) string {
 func Admit(node *NodePolicy, m *Manifest, env Env) (*Effective, []Conflict) {
 	a := &admission{node: node, m: m, p: &node.Permit}
 	eff := &Effective{
-		ID:            env.ID,
-		Title:         m.Title,
-		Experimenters: slices.Clone(m.Experimenters),
-		Container:     m.Container,
-		Architectures: slices.Clone(m.Architectures),
-		Command:       slices.Clone(m.Command),
-		FilesDir:      m.Files,
-		Start:         m.Start,
+		ID:              env.ID,
+		Title:           m.Title,
+		Experimenters:   slices.Clone(m.Experimenters),
+		Container:       m.Container,
+		ContainerSHA256: m.ContainerSHA256,
+		Architectures:   slices.Clone(m.Architectures),
+		Command:         slices.Clone(m.Command),
+		FilesDir:        m.Files,
+		Start:           m.Start,
 	}
 	if env.ID != "" {
 		if err := ValidID(env.ID); err != nil {
@@ -66,6 +72,7 @@ func Admit(node *NodePolicy, m *Manifest, env Env) (*Effective, []Conflict) {
 	if env.Arch != "" && !slices.Contains(m.Architectures, "any") && !slices.Contains(m.Architectures, env.Arch) {
 		a.conflict("architectures", strings.Join(m.Architectures, ","), "this node is %s; build the experiment for it (or for \"any\") or choose another node", env.Arch)
 	}
+	a.container(env)
 	eff.IPv4, eff.IPv6 = a.families()
 
 	// What is always dropped: reserved ranges (minus the default routers)
@@ -112,6 +119,40 @@ type admission struct {
 
 func (a *admission) conflict(field, value, format string, args ...any) {
 	a.conflicts = append(a.conflicts, Conflict{Field: field, Value: value, Msg: fmt.Sprintf(format, args...)})
+}
+
+// container refuses a version that is not installed for the node's
+// architecture, and a pinned sha256 that the installed image does not have.
+func (a *admission) container(env Env) {
+	if env.Containers == nil || a.m.Container == "" {
+		return
+	}
+	imgs := env.Containers(a.m.Container)
+	if len(imgs) == 0 {
+		a.conflict("container", a.m.Container, "container version not installed on this node (arkgw container list); the owner installs it with arkgw container import IMAGE")
+		return
+	}
+	sum, ok := imgs[env.Arch]
+	if !ok {
+		sum, ok = imgs["dir"]
+	}
+	if !ok {
+		var archs []string
+		for k := range imgs {
+			archs = append(archs, k)
+		}
+		slices.Sort(archs)
+		a.conflict("container", a.m.Container, "container version installed for %s only; this node is %s: the owner must import the %s image", strings.Join(archs, ", "), env.Arch, env.Arch)
+		return
+	}
+	if a.m.ContainerSHA256 == "" {
+		return
+	}
+	if sum == "" {
+		a.conflict("container_sha256", a.m.ContainerSHA256, "container %s is a plain directory on this node, not an image with a sha256: remove the pin or ask the owner to import the image", a.m.Container)
+	} else if sum != a.m.ContainerSHA256 {
+		a.conflict("container_sha256", a.m.ContainerSHA256, "the manifest pins sha256 %s but container %s installed here (%s) has sha256 %s: build against the node's image or ask the owner to import yours", a.m.ContainerSHA256, a.m.Container, env.Arch, sum)
+	}
 }
 
 func (a *admission) experimenters() {

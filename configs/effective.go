@@ -80,11 +80,12 @@ type Effective struct {
 	Lab LabPolicy
 
 	// Sandbox inputs.
-	Container     string
-	Architectures []string
-	Command       []string
-	FilesDir      string // absolute path on the node; "" = none
-	Start         time.Time
+	Container       string
+	ContainerSHA256 string // the manifest's pin; "" = none
+	Architectures   []string
+	Command         []string
+	FilesDir        string // absolute path on the node; "" = none
+	Start           time.Time
 }
 
 // Limits are the minimum of the owner's and the experiment's values.

@@ -28,13 +28,16 @@ type Manifest struct {
 	Source string // file name as given to the parser
 	Dir    string // absolute directory of the manifest
 
-	Title         string
-	Container     string
-	Architectures []string
-	Command       []string
-	Files         string    // absolute path of the files directory; "" = none
-	Start         time.Time // zero = as soon as submitted
-	Experimenters []Contact
+	Title     string
+	Container string
+	// ContainerSHA256 pins the container image (hex sha256 of the
+	// squashfs, as `arkgw container build` prints it); "" = not pinned.
+	ContainerSHA256 string
+	Architectures   []string
+	Command         []string
+	Files           string    // absolute path of the files directory; "" = none
+	Start           time.Time // zero = as soon as submitted
+	Experimenters   []Contact
 
 	MaxHours    *float64
 	CPU         string // minimal | moderate | substantial (default minimal)
@@ -67,28 +70,29 @@ type ICMPEntry struct {
 }
 
 type rawManifest struct {
-	Title         string       `toml:"title"`
-	Container     string       `toml:"container"`
-	Architectures []string     `toml:"architectures"`
-	Command       []string     `toml:"command"`
-	Files         string       `toml:"files"`
-	Start         any          `toml:"start"`
-	MaxHours      float64      `toml:"max_hours"`
-	CPU           string       `toml:"cpu"`
-	MaxRAMMB      int64        `toml:"max_ram_mb"`
-	MaxMbps       float64      `toml:"max_mbps"`
-	MaxMBPerDay   int64        `toml:"max_mb_per_day"`
-	IP            string       `toml:"ip"`
-	DNS           []string     `toml:"dns"`
-	ICMP          []any        `toml:"icmp"`
-	UDP           []string     `toml:"udp"`
-	TCP           []string     `toml:"tcp"`
-	SynOnlyPorts  []any        `toml:"syn_only_ports"`
-	Protocols     []any        `toml:"protocols"`
-	BackChannel   string       `toml:"back_channel"`
-	TmpfsMB       int64        `toml:"tmpfs_mb"`
-	Experimenters []rawContact `toml:"experimenters"`
-	Spoof         rawSpoof     `toml:"spoof"`
+	Title           string       `toml:"title"`
+	Container       string       `toml:"container"`
+	ContainerSHA256 string       `toml:"container_sha256"`
+	Architectures   []string     `toml:"architectures"`
+	Command         []string     `toml:"command"`
+	Files           string       `toml:"files"`
+	Start           any          `toml:"start"`
+	MaxHours        float64      `toml:"max_hours"`
+	CPU             string       `toml:"cpu"`
+	MaxRAMMB        int64        `toml:"max_ram_mb"`
+	MaxMbps         float64      `toml:"max_mbps"`
+	MaxMBPerDay     int64        `toml:"max_mb_per_day"`
+	IP              string       `toml:"ip"`
+	DNS             []string     `toml:"dns"`
+	ICMP            []any        `toml:"icmp"`
+	UDP             []string     `toml:"udp"`
+	TCP             []string     `toml:"tcp"`
+	SynOnlyPorts    []any        `toml:"syn_only_ports"`
+	Protocols       []any        `toml:"protocols"`
+	BackChannel     string       `toml:"back_channel"`
+	TmpfsMB         int64        `toml:"tmpfs_mb"`
+	Experimenters   []rawContact `toml:"experimenters"`
+	Spoof           rawSpoof     `toml:"spoof"`
 }
 
 type rawContact struct {
@@ -152,6 +156,10 @@ func ParseManifest(name string, data []byte, dir string) (*Manifest, error) {
 		e.add("container", "", "missing; name the container version the experiment was built for, e.g. \"ark-2026.1\"")
 	} else if strings.ContainsAny(m.Container, "/ \\") || m.Container == "." || m.Container == ".." {
 		e.add("container", r.Container, "not a container version name; use e.g. \"ark-2026.1\"")
+	}
+	m.ContainerSHA256 = strings.ToLower(strings.TrimSpace(r.ContainerSHA256))
+	if m.ContainerSHA256 != "" && !isSHA256Hex(m.ContainerSHA256) {
+		e.add("container_sha256", r.ContainerSHA256, "not a sha256 (64 hex digits); copy it from the image's .sha256 file or `arkgw container list`")
 	}
 	if !md.IsDefined("architectures") {
 		m.Architectures = []string{"any"}
@@ -385,4 +393,16 @@ func parseBackChannel(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, errors.New("not a unicast address; give the experimenter's server address")
 	}
 	return ap, nil
+}
+
+func isSHA256Hex(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

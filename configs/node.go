@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -28,17 +29,28 @@ var Controllers = []string{"cpu", "memory", "pids"}
 
 // NodePolicy is the node owner's policy (/etc/arkgw/node.toml).
 type NodePolicy struct {
-	Source   string // file it was read from; "" for the built-in defaults
-	Node     string // name used in alerts and metrics; "" = the host name
-	StateDir string // absolute
-	Uplink   string // "" = interface of the default route
-	Web      WebPolicy
-	Permit   Permit
-	DNS      NodeDNS
-	Limits   NodeLimits
-	Alerts   AlertPolicy
-	Flows    FlowPolicy
-	Lab      LabPolicy // [lab]: test labs and demos only
+	Source     string // file it was read from; "" for the built-in defaults
+	Node       string // name used in alerts and metrics; "" = the host name
+	StateDir   string // absolute
+	Uplink     string // "" = interface of the default route
+	Web        WebPolicy
+	Permit     Permit
+	DNS        NodeDNS
+	Limits     NodeLimits
+	Alerts     AlertPolicy
+	Flows      FlowPolicy
+	Lab        LabPolicy // [lab]: test labs and demos only
+	Containers ContainerPolicy
+}
+
+// ContainerPolicy is the [containers] section: which signed container
+// images the node installs (`arkgw container import`).
+type ContainerPolicy struct {
+	// TrustedKeys are minisign public keys (the base64 "RW..." line of a
+	// .pub file); an image must be signed by one of them.
+	TrustedKeys []string
+	// AllowUnsigned accepts images without a signature (development).
+	AllowUnsigned bool
 }
 
 // FlowPolicy is the [flows] section: the conntrack flow log that answers
@@ -123,20 +135,26 @@ type AlertPolicy struct {
 }
 
 type rawNode struct {
-	Node     string        `toml:"node"`
-	StateDir string        `toml:"state_dir"`
-	Uplink   string        `toml:"uplink"`
-	Web      rawWeb        `toml:"web"`
-	Permit   rawPermit     `toml:"permit"`
-	DNS      rawNodeDNS    `toml:"dns"`
-	Limits   rawNodeLimits `toml:"limits"`
-	Alerts   rawNodeAlerts `toml:"alerts"`
-	Flows    rawNodeFlows  `toml:"flows"`
-	Lab      rawNodeLab    `toml:"lab"`
+	Node       string            `toml:"node"`
+	StateDir   string            `toml:"state_dir"`
+	Uplink     string            `toml:"uplink"`
+	Web        rawWeb            `toml:"web"`
+	Permit     rawPermit         `toml:"permit"`
+	DNS        rawNodeDNS        `toml:"dns"`
+	Limits     rawNodeLimits     `toml:"limits"`
+	Alerts     rawNodeAlerts     `toml:"alerts"`
+	Flows      rawNodeFlows      `toml:"flows"`
+	Lab        rawNodeLab        `toml:"lab"`
+	Containers rawNodeContainers `toml:"containers"`
 }
 
 type rawNodeLab struct {
 	DocumentationPrefixes bool `toml:"documentation_prefixes"`
+}
+
+type rawNodeContainers struct {
+	TrustedKeys   []string `toml:"trusted_keys"`
+	AllowUnsigned bool     `toml:"allow_unsigned"`
 }
 
 type rawNodeFlows struct {
@@ -490,6 +508,15 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 		e.add("flows.retention_days", strconv.FormatInt(r.Flows.RetentionDays, 10), "must be 1 to 3660 days")
 	} else {
 		n.Flows.RetentionDays = int(r.Flows.RetentionDays)
+	}
+	n.Containers.AllowUnsigned = r.Containers.AllowUnsigned
+	for i, k := range r.Containers.TrustedKeys {
+		k = strings.TrimSpace(k)
+		if b, err := base64.StdEncoding.DecodeString(k); err != nil || len(b) != 42 || string(b[:2]) != "Ed" {
+			e.add(fmt.Sprintf("containers.trusted_keys[%d]", i), k, "not a minisign public key; give the base64 line (RW...) of the signer's .pub file")
+			continue
+		}
+		n.Containers.TrustedKeys = append(n.Containers.TrustedKeys, k)
 	}
 
 	if len(e.list) > 0 {

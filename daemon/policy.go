@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/container"
 )
 
 // Policy is the node policy in force, with the defaults the daemon fills in.
@@ -90,7 +91,8 @@ func (p *Policy) Admit(manifest []byte, name, dir, id string, routers []netip.Ad
 	if err != nil {
 		return nil, nil, err
 	}
-	eff, conflicts := configs.Admit(p.Node, m, configs.Env{DefaultRouters: routers, ID: id, Arch: configs.MachineArch(runtime.GOARCH)})
+	eff, conflicts := configs.Admit(p.Node, m, configs.Env{DefaultRouters: routers, ID: id, Arch: configs.MachineArch(runtime.GOARCH),
+		Containers: container.Installations(filepath.Join(p.Node.StateDir, "containers"))})
 	var lines []string
 	for _, c := range conflicts {
 		lines = append(lines, c.String())

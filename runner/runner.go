@@ -22,6 +22,7 @@ import (
 	"github.com/arkgw/arkgw/accounting"
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/container"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/dnsproxy"
 	"github.com/arkgw/arkgw/flowlog"
@@ -390,6 +391,11 @@ func (r *Runner) Start(ctx context.Context, eff *configs.Effective, slot int, di
 	}
 	tSvc := time.Now()
 	node := r.deps.Policy.Node
+	// An image is loop-mounted read-only at containers/<version> once
+	// (its sha256 checked first); a plain directory root is used as it is.
+	if _, err := container.Mount(filepath.Join(node.StateDir, "containers"), eff.Container); err != nil {
+		return nil, fmt.Errorf("experiment %s: %w", eff.ID, err)
+	}
 	spec := sandbox.Spec{
 		ID: eff.ID, Holder: holder,
 		ContainersDir: filepath.Join(node.StateDir, "containers"), Version: eff.Container,

@@ -106,7 +106,41 @@ func probe(what string) error {
 	case "write-tmp":
 		return os.WriteFile("/tmp/probe", []byte("x"), 0o644)
 	case "chroot":
-		return unix.Chroot("/tmp")
+		// allowed (scamper's privilege separation); go back to the
+		// root through a directory fd kept open, so later probes run in
+		// the sandbox's root again
+		return chrootAndBack("/tmp", nil)
+	case "chroot-escape":
+		// The classic escape (chroot into a subdirectory, fchdir out
+		// through an fd kept from before, climb, chroot ".") must end in
+		// the container root, never above it: the mount namespace's
+		// root is the pivoted container root and the old root is gone.
+		var before, after unix.Stat_t
+		if err := unix.Stat("/", &before); err != nil {
+			return err
+		}
+		if err := os.MkdirAll("/tmp/jail", 0o755); err != nil {
+			return err
+		}
+		err := chrootAndBack("/tmp/jail", func() error {
+			for i := 0; i < 64; i++ {
+				unix.Chdir("..")
+			}
+			if err := unix.Chroot("."); err != nil {
+				return err
+			}
+			return unix.Stat("/", &after)
+		})
+		if err != nil {
+			return err
+		}
+		if before.Dev != after.Dev || before.Ino != after.Ino {
+			return fmt.Errorf("escaped: root dev/ino %d/%d, was %d/%d", after.Dev, after.Ino, before.Dev, before.Ino)
+		}
+		if _, err := os.Stat("/experiment"); err != nil {
+			return fmt.Errorf("not in the container root after the escape attempt: %v", err)
+		}
+		return nil
 	case "connect-pcap":
 		c, err := net.Dial("unix", "/run/ark/pcap.sock")
 		if err != nil {
@@ -151,4 +185,29 @@ func errno(e syscall.Errno) error {
 		return nil
 	}
 	return e
+}
+
+// chrootAndBack chroots into dir, runs fn (if any) from a working
+// directory outside the new root, and returns to the original root.
+func chrootAndBack(dir string, fn func() error) error {
+	root, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	if err := unix.Chroot(dir); err != nil {
+		return err
+	}
+	defer func() {
+		unix.Fchdir(root)
+		unix.Chroot(".")
+		unix.Chdir("/")
+	}()
+	if fn == nil {
+		return nil
+	}
+	if err := unix.Fchdir(root); err != nil {
+		return err
+	}
+	return fn()
 }

@@ -36,6 +36,10 @@ import (
 // the socket family check).
 var allowed = []string{
 	"accept", "accept4", "access", "alarm", "bind", "brk", "cachestat", "capget", "capset", "chdir", "chmod",
+	// chroot: privilege-separated tools (scamper) jail their unprivileged
+	// half; it needs CAP_SYS_CHROOT of the experiment's user namespace and
+	// cannot leave the pivoted container root (docs/HARDENING.md).
+	"chroot",
 	"chown", "chown32", "clock_getres", "clock_getres_time64", "clock_gettime", "clock_gettime64",
 	"clock_nanosleep", "clock_nanosleep_time64", "close", "close_range", "connect", "copy_file_range", "creat",
 	"dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_ctl_old", "epoll_pwait",
@@ -112,7 +116,7 @@ var enosys = []string{"clone3"}
 // checked by the tests; everything else not allowed is EPERM too.
 var denied = []string{
 	"ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
-	"mount", "umount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount",
+	"mount", "umount", "umount2", "pivot_root", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount",
 	"open_tree", "mount_setattr",
 	"setns", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
 	"bpf", "perf_event_open", "keyctl", "add_key", "request_key", "userfaultfd", "open_by_handle_at",

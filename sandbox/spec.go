@@ -116,6 +116,15 @@ func validVersion(v string) bool {
 // its own user namespace; they count only in its own network namespace).
 var netCaps = []string{"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST"}
 
+// experimentCaps are what the command holds (ambient, permitted and the
+// bounding set): the network capabilities plus what privilege-separated
+// tools (Debian's scamper: chroot to /var/empty, then setuid to nobody)
+// need. All of them count only in the experiment's own user namespace,
+// whose ids (0..65535) map to the experiment slot's own host range, and
+// the root they chroot in is already the pivoted, read-only container
+// root: see docs/HARDENING.md.
+var experimentCaps = append(append([]string(nil), netCaps...), "CAP_SETUID", "CAP_SETGID", "CAP_SYS_CHROOT")
+
 // mountPoints are where the sandbox mounts on the container root. A root
 // need not have them: those it lacks (or has as another type, e.g.
 // /etc/resolv.conf as a symlink) are made in a skeleton layer of the
@@ -226,7 +235,7 @@ func prepare(s *Spec) (*prepared, error) {
 			NoFile:     nofile,
 			CPUSeconds: cpuSeconds(s),
 			Nice:       10,
-			Caps:       netCaps,
+			Caps:       experimentCaps,
 			Seccomp:    filter,
 			// the init joins its cgroup itself where it can (v1)
 			CgroupTasks: tasksForInit(rel),

@@ -126,7 +126,7 @@ func TestPrepare(t *testing.T) {
 	c := p.cfg
 	if c.UID != 1000 || c.GID != 1000 || c.Dir != "/tmp" || c.Hostname != "ark-e1" || c.NoFile != 1024 ||
 		c.TmpfsBytes != 8<<20 || c.CPUSeconds != 2*3600/2+60 || c.Nice != 10 || p.timeout != 2*time.Hour ||
-		p.cgroupRel != "/arkgw/e1" || !slices.Equal(c.Caps, netCaps) {
+		p.cgroupRel != "/arkgw/e1" || !slices.Equal(c.Caps, experimentCaps) {
 		t.Fatalf("defaults: %+v %v %s", c, p.timeout, p.cgroupRel)
 	}
 	if c.ResolvConf != "# written by arkgw: the gateway's DNS proxy\nnameserver 10.250.0.1\nnameserver fd00:a4c::1\noptions edns0\n" {

@@ -3,7 +3,7 @@
 # skipping what is already there (so it is quick on a prepared machine).
 set -euo pipefail
 base=(iproute2 nftables conntrack iputils-ping ca-certificates)
-test=(iperf3 dnsperf dnsmasq unbound tcpdump tshark chromium bubblewrap crun ulogd2 ulogd2-json squashfs-tools)
+test=(iperf3 dnsperf dnsmasq unbound tcpdump tshark chromium bubblewrap crun ulogd2 ulogd2-json mmdebstrap squashfs-tools)
 case "${1:-test}" in
   demo) want=("${base[@]}" iperf3) ;;
   *)    want=("${base[@]}" "${test[@]}") ;;

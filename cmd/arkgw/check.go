@@ -9,11 +9,13 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/container"
 )
 
 // runCheck implements `arkgw check MANIFEST [--node node.toml]`: it prints
@@ -76,7 +78,8 @@ func checkManifest(args []string, stdout, stderr io.Writer, defaultNode string) 
 		return 2
 	}
 	routers := defaultRouters()
-	eff, conflicts := configs.Admit(node, m, configs.Env{DefaultRouters: routers, Arch: configs.MachineArch(runtime.GOARCH)})
+	eff, conflicts := configs.Admit(node, m, configs.Env{DefaultRouters: routers, Arch: configs.MachineArch(runtime.GOARCH),
+		Containers: container.Installations(filepath.Join(node.StateDir, "containers"))})
 
 	fmt.Fprintf(stdout, "manifest:      %s\n", pos[0])
 	fmt.Fprintf(stdout, "node policy:   %s\n", source)

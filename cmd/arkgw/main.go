@@ -63,6 +63,8 @@ func usage() {
   arkgw alerts [--follow] [--json] [--since T]   violation alerts (works while the daemon is down)
   arkgw flows  [--dst P] [--port N] [--at T]     which experiment sent this?
   arkgw cleanup [--config node.toml]             remove kernel state no experiment owns
+  arkgw container build|keygen|sign|import|list|remove ...   the experiment container images
+  arkgw try    MANIFEST.toml [--image FILE]      run it here: same image, same sandbox, own declaration as policy
   arkgw version
 
 The node policy (check, alerts, run, cleanup): --config F, else $ARKGW_CONFIG,
