@@ -228,16 +228,26 @@ func TestPrivilegedSystemNode(t *testing.T) {
 	})
 
 	t.Run("a failed start says why", func(t *testing.T) {
-		id := n.submit(strings.Replace(goodManifest, `container = "ark-2026.1"`, `container = "ark-1999.1"`, 1))
+		// Admitted at submit, planned two seconds ahead; its files are
+		// gone when it is due, so its sandbox cannot be made.
+		start := time.Now().Add(2 * time.Second).UTC().Format(time.RFC3339)
+		m := writeExperiment(t, fmt.Sprintf("files = \"payload\"\nstart = %q\n", start)+goodManifest, map[string]string{"run.sh": "true\n"})
+		id := strings.TrimSpace(n.must("submit", m))
+		if err := os.RemoveAll(filepath.Join(filepath.Dir(m), "payload")); err != nil {
+			t.Fatal(err)
+		}
 		x := n.waitState(id, "completed", 30*time.Second)
-		if x.ExitCode == 0 || x.Detail == "" {
+		if x.ExitCode == 0 || !strings.Contains(x.Detail, "payload") {
 			t.Errorf("failed start recorded as exit %d, detail %q", x.ExitCode, x.Detail)
 		}
-		if out := n.must("list"); !strings.Contains(out, "ark-1999.1") {
+		if out := n.must("list"); !strings.Contains(out, "payload") || !strings.Contains(out, "exit 125") {
 			t.Errorf("arkgw list does not say why %s failed:\n%s", id, out)
 		}
 		if out := n.must("logs", id, "--stderr"); !strings.Contains(out, "failed to start") {
 			t.Errorf("arkgw logs %s --stderr: %q", id, out)
+		}
+		if _, errs, _ := n.cli("logs", id); !strings.Contains(errs, "failed to start") {
+			t.Errorf("arkgw logs %s says nothing of the failed start on stderr: %q", id, errs)
 		}
 	})
 

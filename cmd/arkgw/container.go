@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -140,13 +138,16 @@ func containerSign(args []string) int {
 	return 0
 }
 
-// containerNode loads the node policy for the container commands.
-func containerNode(path string) (*configs.NodePolicy, error) {
-	n, err := configs.LoadNode(path)
-	if errors.Is(err, fs.ErrNotExist) && path == defaultConfig {
-		return configs.DefaultNode(), nil
+// containerNode finds the node policy for the container commands as the
+// other subcommands do (--config, ARKGW_CONFIG, the running daemon's, the
+// default file, the defaults) and says which on stderr.
+func containerNode(src nodeSource) (*configs.NodePolicy, error) {
+	pol, source, err := resolveNode(*src.config, *src.socket, defaultConfig)
+	if err != nil {
+		return nil, err
 	}
-	return n, err
+	fmt.Fprintf(os.Stderr, "arkgw container: node policy %s\n", source)
+	return pol.Node, nil
 }
 
 func trustOf(n *configs.NodePolicy) (container.Trust, error) {
@@ -163,13 +164,13 @@ func trustOf(n *configs.NodePolicy) (container.Trust, error) {
 
 func containerImport(args []string) int {
 	fl := flag.NewFlagSet("container import", flag.ContinueOnError)
-	cfg := fl.String("config", envOr("ARKGW_CONFIG", defaultConfig), "node policy file ([containers] trusted_keys, allow_unsigned)")
+	src := nodeFlags(fl)
 	pos, err := parseInterspersed(fl, args)
 	if err != nil || len(pos) != 1 {
 		fmt.Fprint(os.Stderr, containerUsage)
 		return 2
 	}
-	n, err := containerNode(*cfg)
+	n, err := containerNode(src)
 	if err != nil {
 		return fail(err)
 	}
@@ -227,12 +228,12 @@ func usersOf(n *configs.NodePolicy) (map[string][]string, error) {
 
 func containerList(args []string) int {
 	fl := flag.NewFlagSet("container list", flag.ContinueOnError)
-	cfg := fl.String("config", envOr("ARKGW_CONFIG", defaultConfig), "node policy file")
+	src := nodeFlags(fl)
 	asJSON := fl.Bool("json", false, "print JSON")
 	if _, err := parseInterspersed(fl, args); err != nil {
 		return 2
 	}
-	n, err := containerNode(*cfg)
+	n, err := containerNode(src)
 	if err != nil {
 		return fail(err)
 	}
@@ -273,13 +274,13 @@ func containerList(args []string) int {
 
 func containerRemove(args []string) int {
 	fl := flag.NewFlagSet("container remove", flag.ContinueOnError)
-	cfg := fl.String("config", envOr("ARKGW_CONFIG", defaultConfig), "node policy file")
+	src := nodeFlags(fl)
 	pos, err := parseInterspersed(fl, args)
 	if err != nil || len(pos) != 1 {
 		fmt.Fprint(os.Stderr, containerUsage)
 		return 2
 	}
-	n, err := containerNode(*cfg)
+	n, err := containerNode(src)
 	if err != nil {
 		return fail(err)
 	}
