@@ -233,6 +233,9 @@ func appendOutput(t *testing.T, dir, name string, n int, seed uint64) {
 			b[i] = '\n'
 		}
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o640)
 	if err != nil {
 		t.Fatal(err)
@@ -298,6 +301,21 @@ func (c *fakeClock) AdvanceToNext() bool {
 	c.mu.Unlock()
 	c.set(next)
 	return true
+}
+
+// WaitWaiters waits (real time) until n waiters are registered, or the
+// timeout passed: the shipper's goroutines are then asleep on the clock.
+func (c *fakeClock) WaitWaiters(n int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		c.mu.Lock()
+		k := len(c.waiters)
+		c.mu.Unlock()
+		if k >= n {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (c *fakeClock) set(t time.Time) {

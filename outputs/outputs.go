@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -146,9 +147,14 @@ func New(cfg Config) (*Shipper, error) {
 			return nil, err
 		}
 	}
+	tr, err := minio.DefaultTransport(pol.Secure)
+	if err != nil {
+		return nil, fmt.Errorf("outputs: %w", err)
+	}
 	client, err := minio.New(pol.Endpoint, &minio.Options{
-		Creds:  mcreds.NewStaticV4(cr.AccessKey, cr.SecretKey, cr.SessionToken),
-		Secure: pol.Secure, Region: pol.Region,
+		Transport: emptyBody{tr},
+		Creds:     mcreds.NewStaticV4(cr.AccessKey, cr.SecretKey, cr.SessionToken),
+		Secure:    pol.Secure, Region: pol.Region,
 		// The shipper has its own backoff (and its own clock): one try per
 		// request here.
 		MaxRetries: 1,
@@ -650,6 +656,21 @@ func (s *Shipper) put(ctx context.Context, key []byte, it *item) error {
 	return checkETag(obj, info.ETag, fmt.Sprintf("%s-%d", hex.EncodeToString(whole[:]), nparts))
 }
 
+// emptyBody makes an empty PUT carry "Content-Length: 0": minio-go hands
+// net/http a non-nil body with length 0, which net/http sends chunked, and
+// stores refuse a PUT without a length (MissingContentLength). Every
+// request the shipper makes has a known length, so 0 means empty here.
+type emptyBody struct{ http.RoundTripper }
+
+func (t emptyBody) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && r.ContentLength == 0 && r.Body != nil && r.Body != http.NoBody {
+		r.Body.Close()
+		r = r.Clone(r.Context())
+		r.Body = http.NoBody
+	}
+	return t.RoundTripper.RoundTrip(r)
+}
+
 // restartUpload forgets a multipart upload the store cannot continue; the
 // next try starts the object again.
 func (s *Shipper) restartUpload(key []byte, it *item, cause error) error {
@@ -708,8 +729,13 @@ func contentType(name string) string {
 }
 
 // checkBacklog raises the backlog alert once when the bytes waiting pass
-// the threshold, and lifts it when they fall below half of it.
+// the threshold while the store fails, and lifts it when they fall below
+// half of it. (A burst of output that a working store takes in is no
+// reason to call anyone.)
 func (s *Shipper) checkBacklog() {
+	s.mu.Lock()
+	failing := s.failures > 0
+	s.mu.Unlock()
 	var pending int64
 	var oldest time.Time
 	var alerted bool
@@ -721,7 +747,7 @@ func (s *Shipper) checkBacklog() {
 		meta := sub(tx, bucketMeta)
 		was := meta.Get(keyAlerted) != nil
 		switch {
-		case !was && pending >= s.pol.BacklogAlertBytes && s.pol.BacklogAlertBytes > 0:
+		case !was && failing && pending >= s.pol.BacklogAlertBytes && s.pol.BacklogAlertBytes > 0:
 			alerted = true
 			return meta.Put(keyAlerted, []byte("1"))
 		case was && pending < s.pol.BacklogAlertBytes/2:
