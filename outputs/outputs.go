@@ -14,6 +14,7 @@ package outputs
 import (
 	"context"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -580,17 +581,19 @@ func (s *Shipper) put(ctx context.Context, key []byte, it *item) error {
 		return &permanentError{fmt.Errorf("%s holds fewer bytes than were queued (%d+%d)", it.Path, it.Offset, it.Length)}
 	}
 	obj := s.objectName(it.Exp, it.Name)
-	opts := minio.PutObjectOptions{ContentType: contentType(it.Name)}
+	// DisableContentSha256 turns off minio-go's own (aws-chunked) payload
+	// hashing; the payload is signed with the SHA-256 computed here.
+	opts := minio.PutObjectOptions{ContentType: contentType(it.Name), DisableContentSha256: true}
 	if strings.Contains(it.Name, "/") {
 		opts.UserMetadata = map[string]string{"arkgw-offset": strconv.FormatInt(it.Offset, 10)}
 	}
 	if it.Length <= s.cfg.PartBytes {
-		sum, err := md5Of(io.NewSectionReader(f, it.Offset, it.Length))
+		sum, sha, err := sums(io.NewSectionReader(f, it.Offset, it.Length))
 		if err != nil {
 			return err
 		}
 		info, err := s.core.PutObject(ctx, s.pol.Bucket, obj, io.NewSectionReader(f, it.Offset, it.Length), it.Length,
-			base64.StdEncoding.EncodeToString(sum), "", opts)
+			base64.StdEncoding.EncodeToString(sum), sha, opts)
 		if err != nil {
 			return fmt.Errorf("put %s: %w", obj, err)
 		}
@@ -618,12 +621,12 @@ func (s *Shipper) put(ctx context.Context, key []byte, it *item) error {
 	for p := len(it.Parts); p < nparts; p++ {
 		off := int64(p) * s.cfg.PartBytes
 		n := min(s.cfg.PartBytes, it.Length-off)
-		sum, err := md5Of(io.NewSectionReader(f, it.Offset+off, n))
+		sum, sha, err := sums(io.NewSectionReader(f, it.Offset+off, n))
 		if err != nil {
 			return err
 		}
 		part, err := s.core.PutObjectPart(ctx, s.pol.Bucket, obj, it.UploadID, p+1, io.NewSectionReader(f, it.Offset+off, n), n,
-			minio.PutObjectPartOptions{Md5Base64: base64.StdEncoding.EncodeToString(sum)})
+			minio.PutObjectPartOptions{Md5Base64: base64.StdEncoding.EncodeToString(sum), Sha256Hex: sha, DisableContentSha256: true})
 		if err != nil {
 			if minio.ToErrorResponse(err).Code == "NoSuchUpload" {
 				return s.restartUpload(key, it, fmt.Errorf("put part %d of %s: the store forgot upload %s", p+1, obj, it.UploadID))
@@ -710,12 +713,15 @@ func md5Like(e string) bool {
 	return err == nil
 }
 
-func md5Of(r io.Reader) ([]byte, error) {
-	h := md5.New()
-	if _, err := io.Copy(h, r); err != nil {
-		return nil, err
+// sums reads r once for its MD5 (Content-MD5, ETag) and SHA-256 (the
+// signed payload hash; minio-go would otherwise send plain-HTTP bodies as
+// aws-chunked, which not every store decodes for parts).
+func sums(r io.Reader) (md5sum []byte, sha256hex string, err error) {
+	m, h := md5.New(), sha256.New()
+	if _, err := io.Copy(io.MultiWriter(m, h), r); err != nil {
+		return nil, "", err
 	}
-	return h.Sum(nil), nil
+	return m.Sum(nil), hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func contentType(name string) string {
