@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/outputs"
 	"github.com/arkgw/arkgw/store"
 )
 
@@ -56,6 +57,7 @@ type Daemon struct {
 	alertsPath string
 	flows      http.Handler
 	registry   *prometheus.Registry
+	ship       *outputs.Shipper // nil when [outputs] is off
 }
 
 // Run is `arkgw run`: it returns when ctx ends (SIGTERM) after a clean
@@ -128,7 +130,15 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	if fh, ok := runner.(interface{ FlowsHandler() http.Handler }); ok {
 		d.flows = fh.FlowsHandler()
 	}
-	mgr = NewManager(Options{Logger: d.log, Store: st, Runner: runner, Policy: pol, Clock: cfg.Clock, Alerts: sink})
+	if d.ship, err = d.newShipper(pol, st, sink, runner); err != nil {
+		return err
+	}
+	mopts := Options{Logger: d.log, Store: st, Runner: runner, Policy: pol, Clock: cfg.Clock, Alerts: sink}
+	if d.ship != nil {
+		mopts.Outputs = d.ship
+		d.registry.MustRegister(d.ship.Collector())
+	}
+	mgr = NewManager(mopts)
 	d.mgr = mgr
 	d.registry.MustRegister(newCollector(mgr))
 
@@ -138,6 +148,9 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover state: %w", err)
 	}
+	if d.ship != nil {
+		d.finishCompleted(st)
+	}
 
 	g, gctx := errgroup.WithContext(ctx)
 	// Runners with background loops (alerter, accounting) run under the group.
@@ -145,6 +158,9 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 		g.Go(func() error { return r.Run(gctx) })
 	}
 	g.Go(func() error { return mgr.Run(gctx) })
+	if d.ship != nil {
+		g.Go(func() error { return d.ship.Run(gctx) })
+	}
 
 	ul, err := listenUnix(cfg.Socket)
 	if err != nil {
