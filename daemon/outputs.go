@@ -31,6 +31,9 @@ func (d *Daemon) newShipper(pol *Policy, st *store.Store, sink alert.Sink, runne
 	}
 	cfg := outputs.Config{
 		Policy: o, Node: pol.NodeName(), DB: st.DB(), Alerts: sink, Logger: d.log,
+		// The flow recorder stores an experiment's last flows within a
+		// second or two of its network's removal.
+		SummaryDelay: 5 * time.Second,
 		AlertsOf: func(id string, since time.Time, each func(alert.Record) error) error {
 			err := alert.ReadFile(d.alertsPath, since, func(r alert.Record, _ []byte) error {
 				if r.Experiment != id {

@@ -82,6 +82,11 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait after a failed upload
 	// (defaults 1 s and 5 min).
 	MinBackoff, MaxBackoff time.Duration
+	// SummaryDelay is how long after Finish the summaries are written
+	// and the last objects queued (0 = at once). The flows of an
+	// experiment's last connections reach the flow log a moment after its
+	// network is removed (conntrack DESTROY events, flushed each second).
+	SummaryDelay time.Duration
 }
 
 // Shipper queues and ships experiments' results. Safe for concurrent use;
@@ -94,7 +99,8 @@ type Shipper struct {
 	log    hclog.Logger
 	clock  Clock
 	alerts alert.Sink
-	wake   chan struct{}
+	wake   chan struct{} // the uploader: new items
+	scanW  chan struct{} // the scanner: an experiment ended
 	m      *metrics
 
 	mu        sync.Mutex
@@ -169,7 +175,7 @@ func New(cfg Config) (*Shipper, error) {
 	s := &Shipper{
 		cfg: cfg, pol: pol, db: cfg.DB, core: &minio.Core{Client: client},
 		log: cfg.Logger.Named("outputs"), clock: cfg.Clock, alerts: cfg.Alerts,
-		wake: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), scanW: make(chan struct{}, 1),
 	}
 	s.m = newMetrics(s)
 	return s, nil
@@ -218,7 +224,7 @@ func (s *Shipper) Unfinished() ([]string, error) {
 	var ids []string
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return forEachExp(tx, func(r *expRec) error {
-			if !r.Final {
+			if !r.Final && r.End == nil {
 				ids = append(ids, r.ID)
 			}
 			return nil
@@ -228,9 +234,68 @@ func (s *Shipper) Unfinished() ([]string, error) {
 }
 
 // Finish queues the rest of an ended experiment's results: its remaining
-// stdout and stderr, alerts.jsonl, flows.jsonl and, last, status.json.
-// Idempotent: a finished experiment is not queued again.
+// stdout and stderr, alerts.jsonl, flows.jsonl and, last, status.json
+// (after SummaryDelay; the end is recorded in the state file meanwhile, so
+// a restart does not lose it). Idempotent: a finished experiment is not
+// queued again.
 func (s *Shipper) Finish(x *store.Experiment, dir string) error {
+	if s.cfg.SummaryDelay <= 0 {
+		return s.finalize(x, dir)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		r, err := getExp(tx, x.ID)
+		if err != nil {
+			return err
+		}
+		if r == nil {
+			r = newRec(x.ID, dir, s.clock.Now())
+		}
+		if r.Final || r.End != nil {
+			return nil
+		}
+		r.End, r.EndAt, r.Dir = x, s.clock.Now().UTC(), dir
+		return putExp(tx, r)
+	})
+	if err != nil {
+		return fmt.Errorf("outputs: record the end of experiment %s: %w", x.ID, err)
+	}
+	select {
+	case s.scanW <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// finalizeDue finalizes the ended experiments whose SummaryDelay passed
+// and returns how long until the next one is due (0: none waits).
+func (s *Shipper) finalizeDue() time.Duration {
+	var ends []*expRec
+	s.db.View(func(tx *bolt.Tx) error {
+		return forEachExp(tx, func(r *expRec) error {
+			if r.End != nil && !r.Final {
+				ends = append(ends, r)
+			}
+			return nil
+		})
+	})
+	var next time.Duration
+	now := s.clock.Now()
+	for _, r := range ends {
+		if wait := r.EndAt.Add(s.cfg.SummaryDelay).Sub(now); wait > 0 {
+			if next == 0 || wait < next {
+				next = wait
+			}
+			continue
+		}
+		if err := s.finalize(r.End, r.Dir); err != nil {
+			s.log.Error("queue the results of an ended experiment", "experiment", r.ID, "error", err)
+		}
+	}
+	return next
+}
+
+// finalize writes the summaries and queues the rest (Finish's work).
+func (s *Shipper) finalize(x *store.Experiment, dir string) error {
 	var done bool
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		r, err := getExp(tx, x.ID)
@@ -291,7 +356,7 @@ func (s *Shipper) Finish(x *store.Experiment, dir string) error {
 				return err
 			}
 		}
-		r.Final = true
+		r.Final, r.End = true, nil
 		return putExp(tx, r)
 	})
 	if err != nil {
@@ -381,10 +446,15 @@ func (s *Shipper) Run(ctx context.Context) error {
 			if err := s.enforceBudget(); err != nil {
 				s.log.Error("disk budget", "error", err)
 			}
+			wait := s.pol.Interval
+			if due := s.finalizeDue(); due > 0 && due < wait {
+				wait = due
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-s.clock.After(s.pol.Interval):
+			case <-s.clock.After(wait):
+			case <-s.scanW:
 			}
 		}
 	}()

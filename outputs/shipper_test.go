@@ -281,3 +281,46 @@ func (s *Shipper) mustProgress(t *testing.T, id string) Progress {
 	}
 	return p
 }
+
+// With a SummaryDelay the end is recorded at once and the summaries follow
+// later, also when the shipper restarts in between.
+func TestSummaryDelaySurvivesRestart(t *testing.T) {
+	tmp := t.TempDir()
+	srv := startServer(t, filepath.Join(tmp, "s3.db"), "127.0.0.1:0")
+	clk := newFakeClock()
+	cfg := Config{Policy: testPolicy(srv.Addr), Node: testNode, DB: openDB(t, filepath.Join(tmp, "arkgw.db")),
+		Clock: clk, Credentials: testCreds, SummaryDelay: 10 * time.Second}
+	s1, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(tmp, "x1")
+	appendOutput(t, dir, "stdout", 1000, 1)
+	if err := s1.Track("x1", dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Finish(completed("x1", clk.Now(), store.ReasonFinished), dir); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := s1.Unfinished(); len(ids) != 0 {
+		t.Errorf("Unfinished = %v after Finish, want none", ids)
+	}
+
+	// The daemon restarts before the delay is over.
+	s2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runShipper(t, s2)
+	waitFor(t, "stdout shipped", 30*time.Second, func() bool { p, _ := s2.Progress("x1"); return p.ShippedBytes == 1000 })
+	clk.WaitWaiters(1, 5*time.Second)
+	if _, ok := srv.objects(t, "fleet/"+testNode+"/x1/")["status.json"]; ok {
+		t.Fatal("status.json shipped before the summary delay")
+	}
+	clk.Advance(10 * time.Second)
+	waitFor(t, "x1 shipped after the delay", 30*time.Second, func() bool { p, _ := s2.Progress("x1"); return p.Shipped })
+	objs := srv.objects(t, "fleet/"+testNode+"/x1/")
+	if len(objs) != 4 {
+		t.Errorf("%d objects, want stdout/000001 and the three summaries", len(objs))
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/arkgw/arkgw/store"
 )
 
 // Layout in the daemon's state file (bbolt), bucket "outputs":
@@ -46,6 +48,10 @@ type expRec struct {
 	ShippedAt time.Time `json:"shipped_at,omitempty"`
 	// Removed: the local copies were removed for the disk budget.
 	Removed bool `json:"removed,omitempty"`
+	// End is the completed record, kept from Finish until the summaries
+	// are written (after Config.SummaryDelay); EndAt is when Finish came.
+	End   *store.Experiment `json:"end,omitempty"`
+	EndAt time.Time         `json:"end_at,omitzero"`
 }
 
 // streamRec: bytes [0, Queued) of a stream are queued as Chunks objects.
