@@ -50,8 +50,8 @@ func (d *Daemon) newShipper(pol *Policy, st *store.Store, sink alert.Sink, runne
 	if f, ok := runner.(interface {
 		FindFlows(flowlog.Query) ([]flowlog.Flow, error)
 	}); ok {
-		cfg.FlowsOf = func(id string, since time.Time) ([]flowlog.Flow, error) {
-			return f.FindFlows(flowlog.Query{Experiment: id, Since: since, Limit: 1 << 30})
+		cfg.FlowsOf = func(id string, since, until time.Time) ([]flowlog.Flow, error) {
+			return f.FindFlows(flowlog.Query{Experiment: id, Since: since, Until: until, Limit: 1 << 30})
 		}
 	}
 	return outputs.New(cfg)

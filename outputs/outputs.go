@@ -68,8 +68,10 @@ type Config struct {
 	// after since (nil = none shipped).
 	AlertsOf func(id string, since time.Time, each func(alert.Record) error) error
 	// FlowsOf returns the flows of experiment id that ended at or after
-	// since (nil = an empty summary).
-	FlowsOf func(id string, since time.Time) ([]flowlog.Flow, error)
+	// since and started at or before until (nil = an empty summary). The
+	// shipper asks an hour at a time, so that a long experiment's flows
+	// are never all in memory at once.
+	FlowsOf func(id string, since, until time.Time) ([]flowlog.Flow, error)
 	Logger  hclog.Logger
 	Clock   Clock // nil = real time
 
@@ -320,7 +322,11 @@ func (s *Shipper) finalize(x *store.Experiment, dir string) error {
 		return err
 	}
 	flowsPath := filepath.Join(rdir, "flows.jsonl")
-	if err := s.writeFlows(flowsPath, x.ID, since); err != nil {
+	until := s.clock.Now()
+	if x.Ended.After(until) {
+		until = x.Ended
+	}
+	if err := s.writeFlows(flowsPath, x.ID, since, until); err != nil {
 		return err
 	}
 	statusPath := filepath.Join(rdir, "status.json")
@@ -814,24 +820,33 @@ func (s *Shipper) checkBacklog() {
 	s.mu.Unlock()
 	var pending int64
 	var oldest time.Time
-	var alerted bool
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	var raise, clear bool
+	// Read first; write (an fsync) only when the alert state changes.
+	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
 		if pending, _, oldest, err = backlog(tx); err != nil {
 			return err
 		}
-		meta := sub(tx, bucketMeta)
-		was := meta.Get(keyAlerted) != nil
-		switch {
-		case !was && failing && pending >= s.pol.BacklogAlertBytes && s.pol.BacklogAlertBytes > 0:
-			alerted = true
-			return meta.Put(keyAlerted, []byte("1"))
-		case was && pending < s.pol.BacklogAlertBytes/2:
-			s.log.Info("results backlog below half the alert threshold again", "pending_bytes", pending)
-			return meta.Delete(keyAlerted)
-		}
+		was := sub(tx, bucketMeta).Get(keyAlerted) != nil
+		raise = !was && failing && s.pol.BacklogAlertBytes > 0 && pending >= s.pol.BacklogAlertBytes
+		clear = was && pending < s.pol.BacklogAlertBytes/2
 		return nil
 	})
+	if err == nil && (raise || clear) {
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			meta := sub(tx, bucketMeta)
+			if raise {
+				if meta.Get(keyAlerted) != nil {
+					raise = false // raised meanwhile
+					return nil
+				}
+				return meta.Put(keyAlerted, []byte("1"))
+			}
+			s.log.Info("results backlog below half the alert threshold again", "pending_bytes", pending)
+			return meta.Delete(keyAlerted)
+		})
+	}
+	alerted := raise
 	if err != nil {
 		s.log.Error("check results backlog", "error", err)
 		return

@@ -110,6 +110,9 @@ func TestShipsExperimentResults(t *testing.T) {
 		{Experiment: "x1", Proto: 6, Dst: netip.MustParseAddr("198.51.100.1"), DPort: 443, Start: t0, End: t0.Add(time.Second), BytesOut: 100, BytesIn: 1000, PktsOut: 2, PktsIn: 3},
 		{Experiment: "x1", Proto: 6, Dst: netip.MustParseAddr("198.51.100.1"), DPort: 443, Start: t0.Add(time.Hour), End: t0.Add(time.Hour + time.Minute), BytesOut: 50, BytesIn: 500, PktsOut: 1, PktsIn: 1},
 		{Experiment: "x1", Proto: 17, Dst: netip.MustParseAddr("198.51.100.2"), DPort: 53, Start: t0.Add(time.Minute), End: t0.Add(time.Minute), BytesOut: 40, BytesIn: 80, PktsOut: 1, PktsIn: 1},
+		// Across an hour boundary: the flow log returns it for both hours;
+		// it counts once.
+		{Experiment: "x1", Proto: 6, Dst: netip.MustParseAddr("198.51.100.1"), DPort: 443, Start: t0.Add(40 * time.Minute), End: t0.Add(55 * time.Minute), BytesOut: 7, BytesIn: 9, PktsOut: 1, PktsIn: 1},
 		{Experiment: "x9", Proto: 6, Dst: netip.MustParseAddr("203.0.113.1"), DPort: 80, Start: t0, End: t0},
 	}
 	var sinceSeen time.Time
@@ -127,7 +130,17 @@ func TestShipsExperimentResults(t *testing.T) {
 			}
 			return nil
 		},
-		FlowsOf: func(id string, since time.Time) ([]flowlog.Flow, error) { return flows, nil },
+		// As flowlog.Store.Find: ended at or after since, started at or
+		// before until (and one experiment's alone is not promised).
+		FlowsOf: func(id string, since, until time.Time) ([]flowlog.Flow, error) {
+			var out []flowlog.Flow
+			for _, f := range flows {
+				if !f.End.Before(since) && !f.Start.After(until) {
+					out = append(out, f)
+				}
+			}
+			return out, nil
+		},
 	}
 	s, err := New(cfg)
 	if err != nil {
@@ -240,7 +253,7 @@ func TestShipsExperimentResults(t *testing.T) {
 	var f0, f1 FlowSummary
 	json.Unmarshal([]byte(lines[0]), &f0)
 	json.Unmarshal([]byte(lines[1]), &f1)
-	want0 := FlowSummary{Dst: "198.51.100.1", Port: 443, Proto: "tcp", Flows: 2, PacketsOut: 3, BytesOut: 150, PacketsIn: 4, BytesIn: 1500,
+	want0 := FlowSummary{Dst: "198.51.100.1", Port: 443, Proto: "tcp", Flows: 3, PacketsOut: 4, BytesOut: 157, PacketsIn: 5, BytesIn: 1509,
 		FirstSeen: t0, LastSeen: t0.Add(time.Hour + time.Minute)}
 	want1 := FlowSummary{Dst: "198.51.100.2", Port: 53, Proto: "udp", Flows: 1, PacketsOut: 1, BytesOut: 40, PacketsIn: 1, BytesIn: 80,
 		FirstSeen: t0.Add(time.Minute), LastSeen: t0.Add(time.Minute)}

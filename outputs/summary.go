@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/flowlog"
 	"github.com/arkgw/arkgw/store"
 )
 
@@ -135,21 +136,25 @@ type FlowSummary struct {
 	LastSeen   time.Time `json:"last_seen"`
 }
 
-func (s *Shipper) writeFlows(path, id string, since time.Time) error {
+// writeFlows sums the experiment's flows that ended between since and
+// until, asking the flow log one hour at a time and counting each flow in
+// the hour it ended.
+func (s *Shipper) writeFlows(path, id string, since, until time.Time) error {
 	var sums []FlowSummary
-	if s.cfg.FlowsOf != nil {
-		flows, err := s.cfg.FlowsOf(id, since)
+	type key struct {
+		dst   string
+		port  uint16
+		proto uint8
+	}
+	idx := map[key]int{}
+	for from := since.Truncate(time.Hour); s.cfg.FlowsOf != nil && !from.After(until); from = from.Add(time.Hour) {
+		to := from.Add(time.Hour)
+		flows, err := s.cfg.FlowsOf(id, from, to)
 		if err != nil {
 			return fmt.Errorf("outputs: flows of experiment %s: %w", id, err)
 		}
-		type key struct {
-			dst   string
-			port  uint16
-			proto uint8
-		}
-		idx := map[key]int{}
 		for _, f := range flows {
-			if f.Experiment != id {
+			if end := flowEnd(f); f.Experiment != id || end.Before(from) || !end.Before(to) {
 				continue
 			}
 			k := key{f.Dst.String(), f.DPort, f.Proto}
@@ -157,7 +162,7 @@ func (s *Shipper) writeFlows(path, id string, since time.Time) error {
 			if !ok {
 				i = len(sums)
 				idx[k] = i
-				sums = append(sums, FlowSummary{Dst: k.dst, Port: k.port, Proto: alert.ProtoName(k.proto), FirstSeen: f.Start, LastSeen: f.End})
+				sums = append(sums, FlowSummary{Dst: k.dst, Port: k.port, Proto: alert.ProtoName(k.proto), FirstSeen: f.Start, LastSeen: flowEnd(f)})
 			}
 			sm := &sums[i]
 			sm.Flows++
@@ -168,11 +173,7 @@ func (s *Shipper) writeFlows(path, id string, since time.Time) error {
 			if f.Start.Before(sm.FirstSeen) {
 				sm.FirstSeen = f.Start
 			}
-			end := f.End
-			if end.IsZero() {
-				end = f.Start
-			}
-			if end.After(sm.LastSeen) {
+			if end := flowEnd(f); end.After(sm.LastSeen) {
 				sm.LastSeen = end
 			}
 		}
@@ -204,6 +205,14 @@ func (s *Shipper) writeFlows(path, id string, since time.Time) error {
 		}
 	}
 	return finishTemp(f, w, tmp, path, err)
+}
+
+// flowEnd is when a flow was last seen (its start while still open).
+func flowEnd(f flowlog.Flow) time.Time {
+	if f.End.IsZero() {
+		return f.Start
+	}
+	return f.End
 }
 
 // finishTemp flushes, fsyncs and renames a temp file into place.
