@@ -144,7 +144,7 @@ func TestShipperKilledDuringMultipartUpload(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if it.Name != "stdout/000001" || it.UploadID == "" || len(it.Parts) < 1 {
+	if it.Name != "stdout/000001" || it.UploadID == "" || len(it.Parts) < 1 || len(it.PartMD5s) != len(it.Parts) {
 		t.Fatalf("after the kill the queue's first item is %+v, want stdout/000001 with an upload id and confirmed parts", it)
 	}
 	db.Close()

@@ -681,16 +681,19 @@ func (s *Shipper) put(ctx context.Context, key []byte, it *item) error {
 		if err != nil {
 			return fmt.Errorf("start multipart upload of %s: %w", obj, err)
 		}
-		it.UploadID, it.Parts = id, nil
+		it.UploadID, it.Parts, it.PartMD5s = id, nil, nil
 		if err := s.saveItem(key, it); err != nil {
 			return err
 		}
 	}
 	var all []byte
-	for i, etag := range it.Parts {
-		b, err := hex.DecodeString(etag)
+	if len(it.PartMD5s) != len(it.Parts) {
+		return s.restartUpload(key, it, fmt.Errorf("upload %s of %s: parts and their MD5s disagree in the queue", it.UploadID, obj))
+	}
+	for i, m := range it.PartMD5s {
+		b, err := hex.DecodeString(m)
 		if err != nil || len(b) != md5.Size {
-			return s.restartUpload(key, it, fmt.Errorf("part %d etag %q in the queue is not an MD5", i+1, etag))
+			return s.restartUpload(key, it, fmt.Errorf("part %d MD5 %q in the queue is not an MD5", i+1, m))
 		}
 		all = append(all, b...)
 	}
@@ -712,7 +715,8 @@ func (s *Shipper) put(ctx context.Context, key []byte, it *item) error {
 		if err := checkETag(fmt.Sprintf("%s part %d", obj, p+1), part.ETag, hex.EncodeToString(sum)); err != nil {
 			return err
 		}
-		it.Parts = append(it.Parts, hex.EncodeToString(sum))
+		it.Parts = append(it.Parts, strings.Trim(part.ETag, `"`))
+		it.PartMD5s = append(it.PartMD5s, hex.EncodeToString(sum))
 		all = append(all, sum...)
 		if err := s.saveItem(key, it); err != nil {
 			return err
@@ -753,7 +757,7 @@ func (t emptyBody) RoundTrip(r *http.Request) (*http.Response, error) {
 // restartUpload forgets a multipart upload the store cannot continue; the
 // next try starts the object again.
 func (s *Shipper) restartUpload(key []byte, it *item, cause error) error {
-	it.UploadID, it.Parts = "", nil
+	it.UploadID, it.Parts, it.PartMD5s = "", nil, nil
 	return errors.Join(cause, s.saveItem(key, it))
 }
 

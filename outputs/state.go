@@ -70,9 +70,11 @@ type item struct {
 	Queued   time.Time `json:"queued"`
 	Attempts int       `json:"attempts,omitempty"`
 	// A multipart upload in progress: its id and the parts the store
-	// confirmed (ETags), so a restart continues it.
+	// confirmed (the store's ETags, for completing it, and the parts'
+	// MD5s, for checking the object's ETag), so a restart continues it.
 	UploadID string   `json:"upload_id,omitempty"`
 	Parts    []string `json:"parts,omitempty"`
+	PartMD5s []string `json:"part_md5s,omitempty"`
 }
 
 func initState(db *bolt.DB) error {
