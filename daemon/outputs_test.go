@@ -197,3 +197,24 @@ interval = "1s"
 	get("alerts.jsonl")
 	get("flows.jsonl")
 }
+
+// A credentials file others may read stops the daemon at start, saying how
+// to fix it; the store is not needed for that.
+func TestDaemonRefusesReadableCredentials(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root: the [outputs] credentials file must be owned by root")
+	}
+	tmp := t.TempDir()
+	cred := filepath.Join(tmp, "s3.credentials")
+	if err := os.WriteFile(cred, []byte("access_key = \"AK\"\nsecret_key = \"SK\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(cred, 0o644)
+	pol := testPolicy(t, fmt.Sprintf("[outputs]\npush = \"s3://results/p\"\nendpoint = \"http://127.0.0.1:9\"\ncredentials = %q\n", cred))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := Run(ctx, Config{Policy: pol, Socket: filepath.Join(tmp, "arkgw.sock"), NewRunner: func(RunnerDeps) (Runner, error) { return newFakeRunner(), nil }}, nil)
+	if err == nil || !strings.Contains(err.Error(), cred) || !strings.Contains(err.Error(), "chmod 600") {
+		t.Fatalf("daemon with a world-readable credentials file: %v, want a refusal naming the file and chmod 600", err)
+	}
+}
