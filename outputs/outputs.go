@@ -105,6 +105,10 @@ type Shipper struct {
 	scanW  chan struct{} // the scanner: an experiment ended
 	m      *metrics
 
+	// finMu serializes finalize: the summaries it writes must not change
+	// under an item already queued.
+	finMu sync.Mutex
+
 	mu        sync.Mutex
 	failures  int       // consecutive failed uploads
 	lastErr   string    // the last upload error
@@ -298,6 +302,8 @@ func (s *Shipper) finalizeDue() time.Duration {
 
 // finalize writes the summaries and queues the rest (Finish's work).
 func (s *Shipper) finalize(x *store.Experiment, dir string) error {
+	s.finMu.Lock()
+	defer s.finMu.Unlock()
 	var done bool
 	if err := s.db.View(func(tx *bolt.Tx) error {
 		r, err := getExp(tx, x.ID)
