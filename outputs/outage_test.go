@@ -67,7 +67,7 @@ func TestStoreOutageOfAnHour(t *testing.T) {
 	for clk.Now().Before(begin.Add(time.Hour)) {
 		// Both loops asleep: the scanner until the next interval, the
 		// uploader until its backoff ends.
-		clk.WaitWaiters(2, 5*time.Second)
+		clk.WaitWaiters(2, time.Second) // 1 when the uploader is idle
 		clk.AdvanceToNext()
 	}
 	time.Sleep(50 * time.Millisecond)

@@ -483,11 +483,11 @@ func (s *Shipper) upload(ctx context.Context) {
 			s.log.Error("read upload queue", "error", err)
 		}
 		if it == nil {
+			// Finish and every scan (each interval) wake it.
 			select {
 			case <-ctx.Done():
 				return
 			case <-s.wake:
-			case <-s.clock.After(s.pol.Interval):
 			}
 			continue
 		}
