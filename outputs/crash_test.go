@@ -110,9 +110,9 @@ func startChild(t *testing.T, cc childConfig) (*os.Process, <-chan error) {
 // the local copy is then removed for the disk budget.
 func TestShipperKilledDuringMultipartUpload(t *testing.T) {
 	tmp := t.TempDir()
-	// Each part waits 300 ms at the store: the upload of the 16 MiB chunk
+	// Each part waits 500 ms at the store: the upload of the 16 MiB chunk
 	// (parts of 5, 5, 5 and 1 MiB) is in flight long enough to be killed.
-	srv := startServer(t, filepath.Join(tmp, "s3.db"), "127.0.0.1:0", "-part-delay", "300ms")
+	srv := startServer(t, filepath.Join(tmp, "s3.db"), "127.0.0.1:0", "-part-delay", "500ms")
 	dir := filepath.Join(tmp, "experiments", "x1")
 	appendOutput(t, dir, "stdout", 20<<20, 11)
 	appendOutput(t, dir, "stderr", 1000, 12)
