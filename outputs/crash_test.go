@@ -88,6 +88,7 @@ func startChild(t *testing.T, cc childConfig) (*os.Process, <-chan error) {
 	cmd := reexec.Command(childShipper)
 	cmd.Env = append(os.Environ(), "ARKGW_TEST_SHIPPER="+string(b))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

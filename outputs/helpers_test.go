@@ -97,6 +97,8 @@ func startServer(t *testing.T, db, addr string, args ...string) *s3server {
 	bin := buildServer(t)
 	cmd := exec.Command(bin, append([]string{"-addr", addr, "-db", db, "-bucket", testBucket}, args...)...)
 	cmd.Stderr = os.Stderr
+	// A test binary that dies (a timeout) takes its server along.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -39,6 +39,8 @@ func startS3(t *testing.T, bucket string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// No Pdeathsig here: it fires when the starting thread exits, and
+	// netlab lets threads that entered a namespace die.
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
