@@ -41,6 +41,7 @@ type NodePolicy struct {
 	Flows      FlowPolicy
 	Lab        LabPolicy // [lab]: test labs and demos only
 	Containers ContainerPolicy
+	Outputs    OutputsPolicy
 }
 
 // ContainerPolicy is the [containers] section: which signed container
@@ -51,6 +52,25 @@ type ContainerPolicy struct {
 	TrustedKeys []string
 	// AllowUnsigned accepts images without a signature (development).
 	AllowUnsigned bool
+}
+
+// OutputsPolicy is the [outputs] section: where experiments' results are
+// shipped (an S3-compatible object store). Push "" = off, the default.
+type OutputsPolicy struct {
+	Push        string // "s3://BUCKET/PREFIX" as written; "" = results stay on the node
+	Bucket      string
+	Prefix      string // without leading or trailing "/"; may be ""
+	Endpoint    string // host[:port] of the store
+	Secure      bool   // https (endpoint scheme https://, the default)
+	Region      string // "" = ask the store
+	Credentials string // absolute path of the credentials file (checked when the daemon starts)
+	Interval    time.Duration
+	// DiskBudgetBytes bounds the local copies of results (stdout, stderr,
+	// shipped summaries); past it the oldest shipped ones are removed.
+	DiskBudgetBytes int64
+	// BacklogAlertBytes: one alert when this much waits to be shipped.
+	BacklogAlertBytes int64
+	ChunkBytes        int64 // largest stdout/stderr object
 }
 
 // FlowPolicy is the [flows] section: the conntrack flow log that answers
@@ -146,6 +166,7 @@ type rawNode struct {
 	Flows      rawNodeFlows      `toml:"flows"`
 	Lab        rawNodeLab        `toml:"lab"`
 	Containers rawNodeContainers `toml:"containers"`
+	Outputs    rawNodeOutputs    `toml:"outputs"`
 }
 
 type rawNodeLab struct {
@@ -155,6 +176,17 @@ type rawNodeLab struct {
 type rawNodeContainers struct {
 	TrustedKeys   []string `toml:"trusted_keys"`
 	AllowUnsigned bool     `toml:"allow_unsigned"`
+}
+
+type rawNodeOutputs struct {
+	Push           string `toml:"push"`
+	Endpoint       string `toml:"endpoint"`
+	Region         string `toml:"region"`
+	Credentials    string `toml:"credentials"`
+	Interval       string `toml:"interval"`
+	DiskBudgetMB   int64  `toml:"disk_budget_mb"`
+	BacklogAlertMB int64  `toml:"backlog_alert_mb"`
+	ChunkMB        int64  `toml:"chunk_mb"`
 }
 
 type rawNodeFlows struct {
@@ -238,6 +270,10 @@ func defaultRawNode() rawNode {
 		},
 		Alerts: rawNodeAlerts{NFLOGGroup: 100, Window: "10m"},
 		Flows:  rawNodeFlows{RetentionDays: 30},
+		Outputs: rawNodeOutputs{
+			Credentials: "/etc/arkgw/outputs.credentials", Interval: "5m",
+			DiskBudgetMB: 1024, BacklogAlertMB: 256, ChunkMB: 16,
+		},
 	}
 }
 
@@ -519,10 +555,70 @@ func convertNode(r rawNode, e *errs) (*NodePolicy, error) {
 		n.Containers.TrustedKeys = append(n.Containers.TrustedKeys, k)
 	}
 
+	n.Outputs = convertOutputs(r.Outputs, e)
+
 	if len(e.list) > 0 {
 		return nil, errors.Join(e.list...)
 	}
 	return n, nil
+}
+
+// convertOutputs checks the [outputs] section. The credentials file itself
+// is read (and its owner and mode checked) when the daemon starts.
+func convertOutputs(r rawNodeOutputs, e *errs) OutputsPolicy {
+	o := OutputsPolicy{Push: r.Push, Region: r.Region, Credentials: r.Credentials, Secure: true}
+	iv, err := time.ParseDuration(r.Interval)
+	if err != nil || iv < time.Second {
+		e.add("outputs.interval", r.Interval, "not a duration of at least 1s; write e.g. \"5m\"")
+	} else {
+		o.Interval = iv
+	}
+	if r.DiskBudgetMB < 1 {
+		e.add("outputs.disk_budget_mb", strconv.FormatInt(r.DiskBudgetMB, 10), "must be at least 1 MB of local copies")
+	}
+	if r.BacklogAlertMB < 1 {
+		e.add("outputs.backlog_alert_mb", strconv.FormatInt(r.BacklogAlertMB, 10), "must be at least 1 MB waiting to be shipped")
+	}
+	if r.ChunkMB < 1 || r.ChunkMB > 5000 {
+		e.add("outputs.chunk_mb", strconv.FormatInt(r.ChunkMB, 10), "must be 1 to 5000 MB per stdout/stderr object")
+	}
+	o.DiskBudgetBytes, o.BacklogAlertBytes, o.ChunkBytes = r.DiskBudgetMB<<20, r.BacklogAlertMB<<20, r.ChunkMB<<20
+	if r.Push == "" {
+		return o
+	}
+	rest, ok := strings.CutPrefix(r.Push, "s3://")
+	bucket, prefix, _ := strings.Cut(rest, "/")
+	if !ok || !validBucket(bucket) {
+		e.add("outputs.push", r.Push, "not s3://BUCKET/PREFIX with a bucket name of 3-63 lowercase letters, digits, dots and hyphens; write e.g. \"s3://arkgw-results/nodes\"")
+	} else if strings.Contains(prefix, "//") || strings.ContainsAny(prefix, "\\\x00") {
+		e.add("outputs.push", r.Push, "the prefix must not contain empty path segments or backslashes")
+	}
+	o.Bucket, o.Prefix = bucket, strings.Trim(prefix, "/")
+	ep := r.Endpoint
+	if ep == "" {
+		e.add("outputs.endpoint", "", "push is set but endpoint is empty; write the store's URL, e.g. \"https://s3.eu-central-1.amazonaws.com\" or \"http://10.1.2.3:9000\"")
+	} else if u, err := url.Parse(ep); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		e.add("outputs.endpoint", ep, "not an http:// or https:// URL without a path; write e.g. \"https://s3.example.net\" (the bucket goes in push)")
+	} else {
+		o.Endpoint, o.Secure = u.Host, u.Scheme == "https"
+	}
+	if !filepath.IsAbs(r.Credentials) {
+		e.add("outputs.credentials", r.Credentials, "must be an absolute path to a file owned by root with mode 0600 or 0400")
+	}
+	return o
+}
+
+// validBucket: S3 bucket naming rules (the part arkgw depends on).
+func validBucket(b string) bool {
+	if len(b) < 3 || len(b) > 63 || strings.HasPrefix(b, ".") || strings.HasSuffix(b, ".") || strings.HasPrefix(b, "-") || strings.HasSuffix(b, "-") {
+		return false
+	}
+	for _, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // prefixOnly parses a prefix list item and explains when ports were given.

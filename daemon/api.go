@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/outputs"
 	"github.com/arkgw/arkgw/store"
 )
 
@@ -44,6 +45,9 @@ type ErrorResponse struct {
 type ExperimentView struct {
 	store.Experiment
 	Live *Status `json:"live,omitempty"`
+	// Outputs: whether the results were shipped to the object store
+	// (absent when [outputs] is off or the shipper never saw it).
+	Outputs *outputs.Progress `json:"outputs,omitempty"`
 }
 
 // StopRequest is the optional body of POST .../stop.
@@ -137,6 +141,7 @@ func (d *Daemon) views() ([]ExperimentView, error) {
 		if st, ok := d.mgr.Status(x.ID); ok {
 			v.Live = &st
 		}
+		v.Outputs = d.outputsOf(x.ID)
 		out = append(out, v)
 	}
 	return out, nil
@@ -161,6 +166,7 @@ func (d *Daemon) handleGet(w http.ResponseWriter, r *http.Request) {
 	if st, ok := d.mgr.Status(x.ID); ok {
 		v.Live = &st
 	}
+	v.Outputs = d.outputsOf(x.ID)
 	writeJSON(w, http.StatusOK, v)
 }
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/alertsum"
+	"github.com/arkgw/arkgw/outputs"
 	"github.com/arkgw/arkgw/store"
 	"github.com/arkgw/arkgw/traffic"
 )
@@ -68,6 +69,7 @@ type Daemon struct {
 
 	cpuMu sync.Mutex
 	cpu   map[string]cpuSample // CPU use over the last sample, per running experiment
+	ship  *outputs.Shipper     // nil when [outputs] is off
 }
 
 // Run is `arkgw run`: it returns when ctx ends (SIGTERM) after a clean
@@ -151,7 +153,15 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	if fh, ok := runner.(interface{ FlowsHandler() http.Handler }); ok {
 		d.flows = fh.FlowsHandler()
 	}
-	mgr = NewManager(Options{Logger: d.log, Store: st, Runner: runner, Policy: pol, Clock: cfg.Clock, Alerts: sink})
+	if d.ship, err = d.newShipper(pol, st, sink, runner); err != nil {
+		return err
+	}
+	mopts := Options{Logger: d.log, Store: st, Runner: runner, Policy: pol, Clock: cfg.Clock, Alerts: sink}
+	if d.ship != nil {
+		mopts.Outputs = d.ship
+		d.registry.MustRegister(d.ship.Collector())
+	}
+	mgr = NewManager(mopts)
 	d.mgr = mgr
 	d.registry.MustRegister(newCollector(mgr))
 
@@ -160,6 +170,9 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	}
 	if err := mgr.Recover(ctx); err != nil {
 		return fmt.Errorf("recover state: %w", err)
+	}
+	if d.ship != nil {
+		d.finishCompleted(st)
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -177,6 +190,9 @@ func Run(ctx context.Context, cfg Config, reload <-chan *Policy) error {
 	g.Go(func() error {
 		return d.traffic.Run(gctx, d.sampleCounters, now, func(err error) { d.log.Warn("save traffic sample", "error", err) })
 	})
+	if d.ship != nil {
+		g.Go(func() error { return d.ship.Run(gctx) })
+	}
 
 	ul, err := listenUnix(cfg.Socket)
 	if err != nil {

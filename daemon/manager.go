@@ -32,6 +32,7 @@ type Manager struct {
 	runner Runner
 	clock  Clock
 	alerts alert.Sink
+	ship   Outputs // nil = results stay on the node
 
 	mu      sync.Mutex
 	policy  *Policy
@@ -72,6 +73,8 @@ type Options struct {
 	Policy *Policy
 	Clock  Clock
 	Alerts alert.Sink
+	// Outputs ships results off the node (nil = off).
+	Outputs Outputs
 }
 
 // NewManager makes a Manager; call Recover, then Run.
@@ -87,7 +90,7 @@ func NewManager(o Options) *Manager {
 	}
 	return &Manager{
 		log: o.Logger.Named("manager"), store: o.Store, runner: o.Runner, clock: o.Clock,
-		alerts: o.Alerts, policy: o.Policy, running: map[string]*live{}, wake: make(chan struct{}, 1),
+		alerts: o.Alerts, ship: o.Outputs, policy: o.Policy, running: map[string]*live{}, wake: make(chan struct{}, 1),
 		quit: make(chan struct{}),
 	}
 }
@@ -319,6 +322,11 @@ func (m *Manager) track(id string, eff *configs.Effective, inst Instance) {
 	m.mu.Lock()
 	m.running[id] = l
 	m.mu.Unlock()
+	if m.ship != nil {
+		if err := m.ship.Track(id, m.ExperimentDir(id)); err != nil {
+			m.log.Error("results will not be shipped while it runs", "experiment", id, "error", err)
+		}
+	}
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -359,7 +367,7 @@ func (m *Manager) complete(id, reason, detail string, r Result) {
 
 func (m *Manager) completeWith(id, reason, detail string, r Result, st Status) {
 	now := m.clock.Now().UTC()
-	_, err := m.store.Update(id, func(e *store.Experiment) error {
+	x, err := m.store.Update(id, func(e *store.Experiment) error {
 		if e.State == store.Completed {
 			return nil
 		}
@@ -379,6 +387,11 @@ func (m *Manager) completeWith(id, reason, detail string, r Result, st Status) {
 		return
 	}
 	m.log.Info("experiment completed", "experiment", id, "reason", reason, "exit", r.ExitCode)
+	if m.ship != nil {
+		if err := m.ship.Finish(x, m.ExperimentDir(id)); err != nil {
+			m.log.Error("results not queued for shipping", "experiment", id, "error", err)
+		}
+	}
 }
 
 // Stop stops an experiment now: a planned one is cancelled, a running one

@@ -189,6 +189,10 @@ func (r *Runner) attribute(mark uint32, _ netip.Addr) (string, bool) {
 // FlowsHandler serves the flow log to the API.
 func (r *Runner) FlowsHandler() http.Handler { return flowlog.Handler(r.flowStore, r.flows) }
 
+// FindFlows answers a query of the flow log (the results shipper's flow
+// summary).
+func (r *Runner) FindFlows(q flowlog.Query) ([]flowlog.Flow, error) { return r.flowStore.Find(q) }
+
 // DefaultRouters are the node's default routers.
 func (r *Runner) DefaultRouters() []netip.Addr { return r.gw.DefaultRouters() }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/daemon"
+	"github.com/arkgw/arkgw/outputs"
 	"github.com/arkgw/arkgw/store"
 )
 
@@ -114,7 +115,7 @@ func runList(args []string) int {
 
 func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tTITLE\tCONTACTS\tWHEN\tBYTES TODAY\tRATE\tALERTS")
+	fmt.Fprintln(tw, "ID\tSTATE\tTITLE\tCONTACTS\tWHEN\tBYTES TODAY\tRATE\tALERTS\tRESULTS")
 	for _, x := range list {
 		// Title, contacts and reasons are the experimenter's text:
 		// escaped, so no control character reaches the terminal.
@@ -147,9 +148,22 @@ func printList(w io.Writer, list []daemon.ExperimentView, now time.Time) {
 				rate = fmt.Sprintf("%.3gMbit/s", x.Live.RateMbps)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", alert.Escape(x.ID), alert.Escape(x.State), alert.Escape(x.Title), strings.Join(contacts, ","), when, bytes, rate, x.Alerts)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", alert.Escape(x.ID), alert.Escape(x.State), alert.Escape(x.Title), strings.Join(contacts, ","), when, bytes, rate, x.Alerts, resultsText(x.Outputs))
 	}
 	tw.Flush()
+}
+
+// resultsText says whether an experiment's results are in the object store.
+func resultsText(p *outputs.Progress) string {
+	switch {
+	case p == nil:
+		return "-" // [outputs] off, or never shipped
+	case p.Shipped:
+		return "shipped"
+	case p.PendingBytes > 0:
+		return fmt.Sprintf("%d bytes to ship", p.PendingBytes)
+	}
+	return "shipping"
 }
 
 func runStop(args []string) int {
