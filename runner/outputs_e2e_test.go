@@ -170,6 +170,8 @@ uplink = "eth0"
 upstreams = [%q]
 [alerts]
 nflog_group = %d
+[lab]
+documentation_prefixes = true
 %s`, state, netlab.DNS4, group, extra)))
 	if err != nil {
 		t.Fatal(err)

@@ -238,7 +238,11 @@ func TestPrivilegedEscapeRlimitCPU(t *testing.T) {
 	if res.Exited || (res.Signal != int(syscall.SIGXCPU) && res.Signal != int(syscall.SIGKILL)) {
 		t.Fatalf("want SIGXCPU/SIGKILL from RLIMIT_CPU, got %+v %s", res, out)
 	}
-	if res.CPUTime < 900*time.Millisecond || res.CPUTime > 10*time.Second {
+	// The kernel checks RLIMIT_CPU at scheduler ticks against the
+	// process's sampled time; CPUTime is the cgroup's precise usage. On a
+	// loaded VM the two part by up to a tick or so (0.89 s seen once
+	// while benchmarks ran beside the tests).
+	if res.CPUTime < 750*time.Millisecond || res.CPUTime > 10*time.Second {
 		t.Errorf("cpu time %v, want about 1 s", res.CPUTime)
 	}
 }

@@ -240,7 +240,7 @@ func TestPrivilegedSystemNode(t *testing.T) {
 		if x.ExitCode == 0 || !strings.Contains(x.Detail, "payload") {
 			t.Errorf("failed start recorded as exit %d, detail %q", x.ExitCode, x.Detail)
 		}
-		if out := n.must("list"); !strings.Contains(out, "payload") || !strings.Contains(out, "exit 125") {
+		if out := n.must("list"); !strings.Contains(out, "refused at start: sandbox "+id) || !strings.Contains(out, "(exit 125)") {
 			t.Errorf("arkgw list does not say why %s failed:\n%s", id, out)
 		}
 		if out := n.must("logs", id, "--stderr"); !strings.Contains(out, "failed to start") {
