@@ -148,39 +148,55 @@ func TestBenchGateway(t *testing.T) {
 	// IFB, HTB). The cap is 10 Gbit/s, above anything this path carries
 	// here, so what is measured is the cost of the path, not the cap.
 	const prodCapBps = 10_000_000_000
-	var prods []float64
-	runProd := func() {
-		if err := applyRuleset(l.w.Node.NS(), rs); err != nil {
-			t.Fatal(err)
-		}
-		sh, err := shape.NewShaper(shape.ShaperConfig{NS: l.w.Node.NS(), Uplinks: []string{netlab.NodeUplinkIf}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tab := quota.New(quota.Config{NS: l.w.Node.NS(), NFLOGGroup: l.group})
-		up, down := shape.Priorities(n.Slot)
-		if _, err := tab.Add(quota.Exp{ID: eff.ID, HostIf: n.HostIf, BudgetBytes: 100e9, UpPriority: up, DownPriority: down}); err != nil {
-			t.Fatal(err)
-		}
-		if err := sh.Apply(context.Background(), shape.Spec{ID: eff.ID, HostIf: n.HostIf, Slot: n.Slot, RateBps: prodCapBps}); err != nil {
-			t.Fatal(err)
-		}
-		settle()
-		prods = append(prods, iperf(t, exp, server, secs))
-		if c, err := tab.ReadOne(eff.ID); err != nil || c.Up+c.Down == 0 {
-			t.Fatalf("production arm: the quota table counted nothing: %+v %v", c, err)
-		}
-		if err := sh.Remove(context.Background(), eff.ID); err != nil {
-			t.Fatal(err)
-		}
-		sh.Close()
-		if err := tab.Delete(); err != nil {
-			t.Fatal(err)
-		}
-		if err := deleteTable(l.w.Node.NS(), TableName); err != nil {
-			t.Fatal(err)
+	// prodArm returns an arm with the filter table plus the quota table
+	// (withQuota) and/or the shaping (withShape), appending to *into.
+	prodArm := func(into *[]float64, withQuota, withShape bool) func() {
+		return func() {
+			if err := applyRuleset(l.w.Node.NS(), rs); err != nil {
+				t.Fatal(err)
+			}
+			var sh *shape.Shaper
+			var tab *quota.Table
+			up, down := shape.Priorities(n.Slot)
+			if withQuota {
+				tab = quota.New(quota.Config{NS: l.w.Node.NS(), NFLOGGroup: l.group})
+				if _, err := tab.Add(quota.Exp{ID: eff.ID, HostIf: n.HostIf, BudgetBytes: 100e9, UpPriority: up, DownPriority: down}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if withShape {
+				var err error
+				sh, err = shape.NewShaper(shape.ShaperConfig{NS: l.w.Node.NS(), Uplinks: []string{netlab.NodeUplinkIf}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := sh.Apply(context.Background(), shape.Spec{ID: eff.ID, HostIf: n.HostIf, Slot: n.Slot, RateBps: prodCapBps}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			settle()
+			*into = append(*into, iperf(t, exp, server, secs))
+			if tab != nil {
+				if c, err := tab.ReadOne(eff.ID); err != nil || c.Up+c.Down == 0 {
+					t.Fatalf("production arm: the quota table counted nothing: %+v %v", c, err)
+				}
+				if err := tab.Delete(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if sh != nil {
+				if err := sh.Remove(context.Background(), eff.ID); err != nil {
+					t.Fatal(err)
+				}
+				sh.Close()
+			}
+			if err := deleteTable(l.w.Node.NS(), TableName); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	var prods, quotaOnly, shapeOnly []float64
+	runProd := prodArm(&prods, true, true)
 	// A table holding nothing but the masquerade: conntrack and NAT, the
 	// floor of any policy that NATs. (An nftables flowtable, which would
 	// take established flows off that path, is not an option: this kernel
@@ -194,6 +210,12 @@ func TestBenchGateway(t *testing.T) {
 		l.w.Node.Run(t, "nft", "delete table inet natonly")
 	}
 	arms := []func(){runWith, runWithout, runNat, runProd}
+	// ARKGW_BENCH_PARTS=1: two more arms, filter + quota table and filter
+	// + shaping, to tell which part of the production set-up costs what.
+	parts := os.Getenv("ARKGW_BENCH_PARTS") == "1"
+	if parts {
+		arms = append(arms, prodArm(&quotaOnly, true, false), prodArm(&shapeOnly, false, true))
+	}
 	for round := 0; round < rounds; round++ {
 		for i := range arms {
 			arms[(round+i)%len(arms)]()
@@ -204,6 +226,10 @@ func TestBenchGateway(t *testing.T) {
 	spread := func(xs []float64) string { return fmt.Sprintf("%.3f..%.3f", slices.Min(xs), slices.Max(xs)) }
 	vsMasq, prodRatios, prodVsMasq := pairRatios(withs, nats), pairRatios(prods, withouts), pairRatios(prods, nats)
 	natRatios := pairRatios(nats, withouts)
+	if parts {
+		q, sh := pairRatios(quotaOnly, withouts), pairRatios(shapeOnly, withouts)
+		fmt.Printf("method: parts: filter+quota/none %.3f (%s), filter+shaping/none %.3f (%s)\n", median(q), spread(q), median(sh), spread(sh))
+	}
 	if err := applyRuleset(l.w.Node.NS(), rs); err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +263,7 @@ func TestBenchGateway(t *testing.T) {
 	}
 	t.Logf("10k: compile %v, apply %v, update (compile+apply+conntrack) runs %.1f ms", compileD, time.Since(start), applies)
 	t.Logf("runs with rules %.0f, without %.0f, masquerade only %.0f, production %.0f (bit/s)", withs, withouts, nats, prods)
-	fmt.Printf("method: %d rounds of 4 arms (filter table; no rules; masquerade-only table; production: filter + quota table + tc shaping at a 10 Gbit/s cap), 2 s iperf3 each, arm order rotating; figures are medians of the ratios of the same round's runs\n", rounds)
+	fmt.Printf("method: %d rounds of %d arms (filter table; no rules; masquerade-only table; production: filter + quota table + tc shaping at a 10 Gbit/s cap), 2 s iperf3 each, arm order rotating; figures are medians of the ratios of the same round's runs\n", rounds, len(arms))
 	fmt.Printf("method: medians: none %.0f Mbit/s, masquerade %.0f, filter %.0f, production %.0f; masquerade/none %.3f (%s); filter/none %.3f (%s); filter/masquerade %.3f (%s); production/none %.3f (%s); production/masquerade %.3f (%s); %s\n",
 		without/1e6, median(nats)/1e6, with/1e6, median(prods)/1e6, median(natRatios), spread(natRatios), median(ratios), spread(ratios),
 		median(vsMasq), spread(vsMasq), median(prodRatios), spread(prodRatios), median(prodVsMasq), spread(prodVsMasq), loadSteal())
