@@ -154,8 +154,8 @@ func ParseManifest(name string, data []byte, dir string) (*Manifest, error) {
 	m.Container = strings.TrimSpace(r.Container)
 	if m.Container == "" {
 		e.add("container", "", "missing; name the container version the experiment was built for, e.g. \"ark-2026.1\"")
-	} else if strings.ContainsAny(m.Container, "/ \\") || m.Container == "." || m.Container == ".." {
-		e.add("container", r.Container, "not a container version name; use e.g. \"ark-2026.1\"")
+	} else if !ValidContainerVersion(m.Container) {
+		e.add("container", r.Container, "not a container version name (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit); use e.g. \"ark-2026.1\"")
 	}
 	m.ContainerSHA256 = strings.ToLower(strings.TrimSpace(r.ContainerSHA256))
 	if m.ContainerSHA256 != "" && !isSHA256Hex(m.ContainerSHA256) {
@@ -401,6 +401,24 @@ func isSHA256Hex(s string) bool {
 	}
 	for _, c := range s {
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidContainerVersion is the one rule for a container version's name,
+// which names a directory and an image file on the node: 1-64 of
+// [A-Za-z0-9._-], not starting with '.', '_' or '-'. (No regexp: the
+// sandbox init imports this package, and package-level regexps cost every
+// re-executed start.)
+func ValidContainerVersion(v string) bool {
+	if v == "" || len(v) > 64 {
+		return false
+	}
+	for i, c := range v {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '-')) {
 			return false
 		}
 	}

@@ -18,6 +18,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/arkgw/arkgw/configs"
 )
 
 // Meta describes an image. It is the signed part: its sha256 binds the
@@ -128,20 +130,9 @@ func ReadMeta(image string) (*Meta, []byte, error) {
 	return m, data, nil
 }
 
-// ValidVersion: 1-64 of [A-Za-z0-9._-], not starting with '.', '_' or '-'
-// (the rule of sandbox.RootDir).
-func ValidVersion(v string) bool {
-	if v == "" || len(v) > 64 {
-		return false
-	}
-	for i, c := range v {
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '-')) {
-			return false
-		}
-	}
-	return true
-}
+// ValidVersion is configs.ValidContainerVersion: the manifest, the sandbox
+// and the image agree on what a version may be called.
+func ValidVersion(v string) bool { return configs.ValidContainerVersion(v) }
 
 // Architectures an image may be built for, named as uname -m (and
 // manifests) name them.

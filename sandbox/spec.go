@@ -97,21 +97,6 @@ type Result struct {
 	Err       string // something went wrong while monitoring or cleaning up
 }
 
-// validVersion: 1-64 of [A-Za-z0-9._-], not starting with '.', '_' or '-'.
-// (No regexp: package-level regexps cost every re-executed init.)
-func validVersion(v string) bool {
-	if v == "" || len(v) > 64 {
-		return false
-	}
-	for i, c := range v {
-		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-		if !alnum && (i == 0 || (c != '.' && c != '_' && c != '-')) {
-			return false
-		}
-	}
-	return true
-}
-
 // netCaps are the only capabilities an experiment holds (ambient, inside
 // its own user namespace; they count only in its own network namespace).
 var netCaps = []string{"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST"}
@@ -142,7 +127,7 @@ var mountPoints = []struct {
 // RootDir resolves the container root of a version, refusing unknown or
 // malformed versions.
 func RootDir(containersDir, version string) (string, error) {
-	if !validVersion(version) {
+	if !configs.ValidContainerVersion(version) {
 		return "", fmt.Errorf("container version %q is not a valid name (letters, digits, . _ -)", version)
 	}
 	dir := filepath.Join(containersDir, version)
