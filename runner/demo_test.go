@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/arkgw/arkgw/alert"
+	"github.com/arkgw/arkgw/container"
 	"github.com/arkgw/arkgw/netlab"
 	"github.com/arkgw/arkgw/store"
 )
@@ -73,6 +74,10 @@ func TestDemo(t *testing.T) {
 	if listen == "" {
 		listen = "127.0.0.1:8080"
 	}
+	image := "the small test root (ARKGW_DEMO_ROOTFS=1)"
+	if os.Getenv("ARKGW_DEMO_ROOTFS") == "" {
+		image = demoImage(t, state)
+	}
 	nd := startNodeListen(t, w, state, 100, listen)
 	defer nd.stop(t)
 	for _, m := range []string{demoGood, demoBad} {
@@ -84,6 +89,7 @@ func TestDemo(t *testing.T) {
 	fmt.Printf("owner page:   http://%s/   (graphs' JSON: /api/v1/traffic; the CLI API and /metrics are on the socket)\n", listen)
 	fmt.Printf("CLI:          ARKGW_SOCKET=%s bin/arkgw list | logs ID | stop ID | flows --dst 203.0.113.10\n", filepath.Join(state, "arkgw.sock"))
 	fmt.Printf("alerts file:  %s\n", filepath.Join(state, "alerts.jsonl"))
+	fmt.Printf("container:    ark-2026.1 = %s\n", image)
 	for _, x := range list {
 		fmt.Printf("experiment %s: %s (%s)\n", x.ID, x.Title, x.State)
 	}
@@ -106,4 +112,38 @@ func TestDemo(t *testing.T) {
 	for _, x := range list {
 		nd.client.Stop(x.ID)
 	}
+}
+
+// demoImage installs the standard container image (built once and cached
+// by its inputs: the first demo on a machine builds it with mmdebstrap, a
+// few minutes) as version ark-2026.1, with arkprobe added for the demo's
+// manifests, and mounts it as the runner would; it says which image.
+func demoImage(t *testing.T, state string) string {
+	t.Helper()
+	cache := os.Getenv("ARKGW_TEST_CACHE")
+	if cache == "" {
+		cache = "/var/cache/arkgw-test"
+	}
+	fmt.Printf("standard image: building or taking it from %s (the first build takes a few minutes)\n", cache)
+	img, built, err := container.Cached(context.Background(), cache, container.BuildOptions{
+		Version: "ark-2026.1", PcapBinary: pcapBinary(t),
+		Extra: map[string]string{cmdBinary(t, "arkprobe"): "/usr/local/bin/arkprobe"}, Stderr: os.Stderr})
+	if err != nil {
+		t.Fatalf("standard image (or run the demo with ARKGW_DEMO_ROOTFS=1): %v", err)
+	}
+	dir := filepath.Join(state, "containers")
+	in, err := container.Import(dir, img, container.Trust{AllowUnsigned: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mp, err := container.Mount(dir, in.Version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { container.Unmount(mp) })
+	how := "cached"
+	if built {
+		how = "built now"
+	}
+	return fmt.Sprintf("%s (sha256 %s, %s, loop-mounted read-only)", filepath.Base(img), in.SHA256, how)
 }

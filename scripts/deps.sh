@@ -5,7 +5,7 @@ set -euo pipefail
 base=(iproute2 nftables conntrack iputils-ping ca-certificates)
 test=(iperf3 dnsperf dnsmasq unbound tcpdump tshark chromium bubblewrap crun ulogd2 ulogd2-json mmdebstrap squashfs-tools)
 case "${1:-test}" in
-  demo) want=("${base[@]}" iperf3) ;;
+  demo) want=("${base[@]}" iperf3 mmdebstrap squashfs-tools) ;;
   *)    want=("${base[@]}" "${test[@]}") ;;
 esac
 missing=()
