@@ -303,7 +303,9 @@ type stepResult struct {
 // searchRate finds the highest rate c follows completely: rates grow by
 // half from 10,000 pps until c loses a packet (or the sender saturates),
 // then the gap between the last complete and the first incomplete rate is
-// bisected down to 5% of the complete one. It returns the highest
+// bisected down to 5% of the complete one. A step where the sender fell
+// short of the offered rate is run once more before the sender is taken as
+// the limit. It returns the highest
 // achieved rate c followed, c's CPU per packet over the complete steps, and
 // whether the sender (not c) was the limit.
 func searchRate(t *testing.T, tl *testLab, c benchConsumer) (best, cpuPerPkt float64, senderBound bool) {
@@ -326,9 +328,20 @@ func searchRate(t *testing.T, tl *testLab, c benchConsumer) (best, cpuPerPkt flo
 		}
 		return stepResult{rate, achieved, ok}
 	}
+	// A sender that fell short once may only have been descheduled (the
+	// machine is shared): the step is run again before the sender is
+	// called the limit.
+	stepSender := func(rate int) stepResult {
+		r := step(rate)
+		if r.ok && r.achieved < 0.85*float64(rate) {
+			t.Logf("%s: the sender fell short at %d pps; once more", c.name(), rate)
+			r = step(rate)
+		}
+		return r
+	}
 	lo, hi := 0, 0 // last complete, first incomplete offered rate
 	for rate := 10000; rate <= 400000; rate = rate * 3 / 2 {
-		r := step(rate)
+		r := stepSender(rate)
 		if !r.ok {
 			hi = rate
 			break
@@ -342,7 +355,7 @@ func searchRate(t *testing.T, tl *testLab, c benchConsumer) (best, cpuPerPkt flo
 	}
 	for hi > 0 && lo > 0 && float64(hi-lo) > 0.05*float64(lo) {
 		mid := (lo + hi) / 2
-		if r := step(mid); r.ok {
+		if r := stepSender(mid); r.ok {
 			lo = mid
 			if r.achieved < 0.85*float64(mid) {
 				senderBound = true
@@ -602,7 +615,7 @@ sync=0
 		}
 		return median(p), median(c), fmt.Sprintf("%.0f..%.0f", slices.Min(p), slices.Max(p)), sb
 	}
-	fmt.Printf("method: %d interleaved rounds (order rotated), per consumer a rate search (x1.5 steps from 10k pps, then bisection to 5%%) with 2 s floods; complete = every kernel-logged packet received with no loss; medians over rounds\n", alertRounds)
+	fmt.Printf("method: %d interleaved rounds (order rotated), per consumer a rate search (x1.5 steps from 10k pps, then bisection to 5%%; a step the sender fell short in is run again) with 2 s floods; complete = every kernel-logged packet received with no loss; medians over rounds\n", alertRounds)
 	var ours float64
 	for _, c := range consumers {
 		pps, cpu, spread, sb := summary(c.name)
