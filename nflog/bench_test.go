@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -128,6 +129,24 @@ type benchConsumer interface {
 	// settle waits until the consumer has seen want messages since the
 	// last call or gives up; returns seen and whether it reported loss.
 	settle(want uint64) (seen uint64, lossy bool)
+	// quiesce waits until the consumer's counters stop moving (the
+	// backlog of a step it fell behind in is read) and makes that the
+	// baseline, so the next step is judged on its own.
+	quiesce()
+}
+
+// stable polls f until it returns the same value 5 times 100 ms apart (or
+// 10 s pass).
+func stable(f func() uint64) {
+	prev, same := f(), 0
+	for deadline := time.Now().Add(10 * time.Second); same < 5 && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		if v := f(); v == prev {
+			same++
+		} else {
+			prev, same = v, 0
+		}
+	}
 }
 
 type alerterConsumer struct {
@@ -137,6 +156,10 @@ type alerterConsumer struct {
 
 func (c *alerterConsumer) name() string       { return "arkgw" }
 func (c *alerterConsumer) cpu() time.Duration { return selfCPU() }
+func (c *alerterConsumer) quiesce() {
+	stable(func() uint64 { st := c.a.Stats(); return st.Received + st.SeqLost + st.QueueDrops + st.NoBufs })
+	c.last = c.a.Stats()
+}
 func (c *alerterConsumer) settle(want uint64) (uint64, bool) {
 	deadline := time.Now().Add(5 * time.Second)
 	var st Stats
@@ -167,20 +190,12 @@ type ulogdConsumer struct {
 
 const ulogdSlack = 32
 
-func (c *ulogdConsumer) name() string { return "ulogd2" }
-func (c *ulogdConsumer) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command (which may contain spaces) in parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+func (c *ulogdConsumer) name() string       { return "ulogd2" }
+func (c *ulogdConsumer) cpu() time.Duration { return schedCPU(c.pid) }
+func (c *ulogdConsumer) quiesce() {
+	stable(c.lines)
+	// Lines still in ulogd2's stdio buffer are within ulogdSlack.
+	c.expected = c.lines()
 }
 func (c *ulogdConsumer) lines() uint64 {
 	b, _ := os.ReadFile(c.file)
@@ -226,6 +241,10 @@ type bareConsumer struct {
 
 func (c *bareConsumer) name() string       { return "bare go-nflog" }
 func (c *bareConsumer) cpu() time.Duration { return selfCPU() }
+func (c *bareConsumer) quiesce() {
+	stable(func() uint64 { return c.n.Load() + c.lost.Load() + c.nobufs.Load() })
+	c.last = [3]uint64{c.n.Load(), c.lost.Load(), c.nobufs.Load()}
+}
 func (c *bareConsumer) settle(want uint64) (uint64, bool) {
 	deadline := time.Now().Add(5 * time.Second)
 	for c.n.Load()-c.last[0]+c.lost.Load()-c.last[1] < want && time.Now().Before(deadline) {
@@ -274,13 +293,26 @@ func (c *bareConsumer) run(t *testing.T, ctx context.Context, tl *testLab) (clos
 	return closeFn
 }
 
-// stepRates offers increasing rates; it returns the highest achieved rate
-// that c followed completely, and c's CPU time per packet over the steps it
-// followed completely.
-func stepRates(t *testing.T, tl *testLab, c benchConsumer) (best, cpuPerPkt float64) {
+// stepResult is one offered rate of a search.
+type stepResult struct {
+	offered  int
+	achieved float64
+	ok       bool
+}
+
+// searchRate finds the highest rate c follows completely: rates grow by
+// half from 10,000 pps until c loses a packet (or the sender saturates),
+// then the gap between the last complete and the first incomplete rate is
+// bisected down to 5% of the complete one. A step where the sender fell
+// short of the offered rate is run once more before the sender is taken as
+// the limit. It returns the highest
+// achieved rate c followed, c's CPU per packet over the complete steps, and
+// whether the sender (not c) was the limit.
+func searchRate(t *testing.T, tl *testLab, c benchConsumer) (best, cpuPerPkt float64, senderBound bool) {
 	var cpuSum time.Duration
 	var pkts uint64
-	for _, rate := range []int{10000, 20000, 40000, 60000, 80000, 100000, 120000, 150000, 200000, 250000} {
+	step := func(rate int) stepResult {
+		c.quiesce()
 		before, cpu0 := tl.drops(t), c.cpu()
 		achieved := pacedFlood(t, tl.exp, rate, 2*time.Second, 2)
 		kernel := tl.drops(t) - before
@@ -289,23 +321,54 @@ func stepRates(t *testing.T, tl *testLab, c benchConsumer) (best, cpuPerPkt floa
 		ok := !lossy && seen == kernel
 		t.Logf("%s: offered %d pps, achieved %.0f pps, kernel logged %d, consumer saw %d, complete=%v, consumer cpu %s (%.2f us/packet)",
 			c.name(), rate, achieved, kernel, seen, ok, cpu.Round(time.Millisecond), float64(cpu.Microseconds())/float64(max(kernel, 1)))
-		if !ok {
+		if ok {
+			cpuSum += cpu
+			pkts += kernel
+			best = max(best, achieved)
+		}
+		return stepResult{rate, achieved, ok}
+	}
+	// A sender that fell short once may only have been descheduled (the
+	// machine is shared): the step is run again before the sender is
+	// called the limit.
+	stepSender := func(rate int) stepResult {
+		r := step(rate)
+		if r.ok && r.achieved < 0.85*float64(rate) {
+			t.Logf("%s: the sender fell short at %d pps; once more", c.name(), rate)
+			r = step(rate)
+		}
+		return r
+	}
+	lo, hi := 0, 0 // last complete, first incomplete offered rate
+	for rate := 10000; rate <= 400000; rate = rate * 3 / 2 {
+		r := stepSender(rate)
+		if !r.ok {
+			hi = rate
 			break
 		}
-		cpuSum += cpu
-		pkts += kernel
-		if achieved > best {
-			best = achieved
-		}
-		if achieved < 0.85*float64(rate) {
-			t.Logf("%s: the sender saturates at %.0f pps; stopping", c.name(), achieved)
+		lo = rate
+		if r.achieved < 0.85*float64(rate) {
+			t.Logf("%s: the sender saturates at %.0f pps; stopping", c.name(), r.achieved)
+			senderBound = true
 			break
+		}
+	}
+	for hi > 0 && lo > 0 && float64(hi-lo) > 0.05*float64(lo) {
+		mid := (lo + hi) / 2
+		if r := stepSender(mid); r.ok {
+			lo = mid
+			if r.achieved < 0.85*float64(mid) {
+				senderBound = true
+				break
+			}
+		} else {
+			hi = mid
 		}
 	}
 	if pkts > 0 {
 		cpuPerPkt = float64(cpuSum.Microseconds()) / float64(pkts)
 	}
-	return best, cpuPerPkt
+	return best, cpuPerPkt, senderBound
 }
 
 func selfCPU() time.Duration {
@@ -314,58 +377,150 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// TestBenchAlerts: the highest rate of dropped packets the alerter follows
-// with zero overruns, with ulogd2 (JSON output) on the same NFLOG setup as
-// the anchor. Last line: bench-alerts pps=<x> ratio_vs_ulogd=<y>.
+// schedCPU is the CPU time of every thread of pid from
+// /proc/PID/task/*/schedstat (nanoseconds, not 10 ms ticks).
+func schedCPU(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum int64
+	for _, f := range tasks {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if v := strings.Fields(string(b)); len(v) > 0 {
+			n, _ := strconv.ParseInt(v[0], 10, 64)
+			sum += n
+		}
+	}
+	return time.Duration(sum)
+}
+
+func waitUnbound(tl *testLab) {
+	for deadline := time.Now().Add(5 * time.Second); groupBound(tl, tl.group) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// stealPct is the share of all CPU time stolen by the host since the last
+// call's snapshot (/proc/stat).
+type stealMeter struct{ total, steal uint64 }
+
+func (m *stealMeter) read() (total, steal uint64) {
+	b, _ := os.ReadFile("/proc/stat")
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i := 1; i < len(f) && i <= 8; i++ {
+		v, _ := strconv.ParseUint(f[i], 10, 64)
+		total += v
+		if i == 8 {
+			steal = v
+		}
+	}
+	return
+}
+
+func (m *stealMeter) pct() float64 {
+	t, s := m.read()
+	dt, ds := t-m.total, s-m.steal
+	m.total, m.steal = t, s
+	if dt == 0 {
+		return 0
+	}
+	return 100 * float64(ds) / float64(dt)
+}
+
+const alertRounds = 3
+
+// TestBenchAlerts: the highest rate of dropped packets each NFLOG consumer
+// follows with zero loss. Method: alertRounds rounds; in each, the arkgw
+// alerter, a bare go-nflog counter and ulogd2 (lean stack:
+// NFLOG→BASE→IP2STR→JSON) are each started on the same group and searched
+// in turn (order rotated per round; the search grows the rate by half, then
+// bisects to 5%), with 2 s floods from a separate sender process. The unit
+// of work is netlink receipt: a step is complete when the consumer took
+// every packet the kernel logged without loss. ulogd2 reads and writes in
+// one thread, so a packet it received is a JSON line written (judged by
+// counting them, allowing its stdio buffer); arkgw's aggregator runs behind
+// a queue, whose drops count as loss too. The output stages differ (ulogd2
+// writes a line per packet, arkgw aggregated alerts and flood summaries):
+// they are shown apart as each consumer's CPU per packet and lines written.
+// Last line: bench-alerts pps=<median> ratio_vs_ulogd=<median of per-round
+// ratios> cpu_ratio_vs_ulogd=<median of per-round CPU-per-packet ratios>
+// sender_bound=<rounds arkgw, ulogd2 were limited by the sender>.
 func TestBenchAlerts(t *testing.T) {
 	if os.Getenv("ARKGW_BENCH") != "1" {
 		t.Skip("benchmark: set ARKGW_BENCH=1")
 	}
 	tl := newLab(t)
 	dir := t.TempDir()
-
-	// arkgw alerter, writing its alerts file as in production.
-	fs, err := alert.NewFileSink(filepath.Join(dir, "alerts.jsonl"), alert.FileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fs.Close()
-	r := tl.start(t, Config{}, fs)
-	ours, oursCPU := stepRates(t, tl, &alerterConsumer{a: r.a})
-	if err := r.stop(); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(5 * time.Second); groupBound(tl, tl.group) && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
-
-	// A bare go-nflog counter, for reference.
-	bctx, bcancel := context.WithCancel(context.Background())
-	bare := &bareConsumer{}
-	closeBare := bare.run(t, bctx, tl)
-	bareRate, bareCPU := stepRates(t, tl, bare)
-	bcancel()
-	closeBare()
-	for deadline := time.Now().Add(5 * time.Second); groupBound(tl, tl.group) && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
-
-	// ulogd2 on the same group in the same netns, JSON output.
-	uf := filepath.Join(dir, "ulogd.json")
 	plug := "/usr/lib/x86_64-linux-gnu/ulogd/"
 	if _, err := os.Stat(plug); err != nil {
 		plug = "/usr/lib/" + archTriplet() + "/ulogd/"
 	}
-	conf := fmt.Sprintf(`[global]
+
+	type result struct {
+		pps, cpu    float64
+		senderBound bool
+		lines       int
+	}
+	runArkgw := func(round int) result {
+		fn := filepath.Join(dir, fmt.Sprintf("alerts-%d.jsonl", round))
+		fs, err := alert.NewFileSink(fn, alert.FileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := tl.start(t, Config{}, fs)
+		pps, cpu, sb := searchRate(t, tl, &alerterConsumer{a: r.a})
+		if err := r.stop(); err != nil {
+			t.Fatal(err)
+		}
+		fs.Close()
+		waitUnbound(tl)
+		b, _ := os.ReadFile(fn)
+		return result{pps, cpu, sb, bytes.Count(b, []byte{'\n'})}
+	}
+	runBare := func(int) result {
+		bctx, bcancel := context.WithCancel(context.Background())
+		bare := &bareConsumer{}
+		closeBare := bare.run(t, bctx, tl)
+		pps, cpu, sb := searchRate(t, tl, bare)
+		bcancel()
+		closeBare()
+		waitUnbound(tl)
+		return result{pps, cpu, sb, 0}
+	}
+	runUlogd := func(round int) result {
+		uf := filepath.Join(dir, fmt.Sprintf("ulogd-%d.json", round))
+		logf := filepath.Join(dir, fmt.Sprintf("ulogd-%d.log", round))
+		conf := fmt.Sprintf(`[global]
 logfile=%q
 loglevel=5
 plugin=%q
 plugin=%q
 plugin=%q
 plugin=%q
-plugin=%q
-plugin=%q
-stack=log1:NFLOG,base1:BASE,ifi1:IFINDEX,ip2str1:IP2STR,mac2str1:HWHDR,json1:JSON
+stack=log1:NFLOG,base1:BASE,ip2str1:IP2STR,json1:JSON
 
 [log1]
 # the same 16 MiB receive buffer as the alerter (ulogd needs size < maxsize)
@@ -376,48 +531,107 @@ netlink_socket_buffer_maxsize=%d
 [json1]
 file=%q
 sync=0
-`, filepath.Join(dir, "ulogd.log"), plug+"ulogd_inppkt_NFLOG.so", plug+"ulogd_raw2packet_BASE.so", plug+"ulogd_filter_IFINDEX.so",
-		plug+"ulogd_filter_IP2STR.so", plug+"ulogd_filter_HWHDR.so", plug+"ulogd_output_JSON.so", tl.group, 16<<20, 32<<20, uf)
-	cf := filepath.Join(dir, "ulogd.conf")
-	if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cmd := tl.node.Command(ctx, "ulogd", "-c", cf)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start ulogd2: %v", err)
-	}
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	}()
-	for deadline := time.Now().Add(5 * time.Second); !groupBound(tl, tl.group); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "ulogd.log"))
-			t.Fatalf("ulogd2 did not bind group %d: %s %s", tl.group, out.String(), log)
+`, logf, plug+"ulogd_inppkt_NFLOG.so", plug+"ulogd_raw2packet_BASE.so",
+			plug+"ulogd_filter_IP2STR.so", plug+"ulogd_output_JSON.so", tl.group, 16<<20, 32<<20, uf)
+		cf := filepath.Join(dir, fmt.Sprintf("ulogd-%d.conf", round))
+		if err := os.WriteFile(cf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
 		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		cmd := tl.node.Command(ctx, "ulogd", "-c", cf)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start ulogd2: %v", err)
+		}
+		stopped := false
+		stop := func() {
+			if !stopped {
+				stopped = true
+				cmd.Process.Signal(syscall.SIGTERM)
+				cmd.Wait()
+			}
+		}
+		defer stop()
+		for deadline := time.Now().Add(5 * time.Second); !groupBound(tl, tl.group); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				log, _ := os.ReadFile(logf)
+				t.Fatalf("ulogd2 did not bind group %d: %s %s", tl.group, out.String(), log)
+			}
+		}
+		uc := &ulogdConsumer{file: uf, pid: cmd.Process.Pid}
+		before := tl.drops(t)
+		pps, cpu, sb := searchRate(t, tl, uc)
+		logged := tl.drops(t) - before
+		stop()
+		waitUnbound(tl)
+		b, _ := os.ReadFile(uf)
+		if ulog, _ := os.ReadFile(logf); len(bytes.TrimSpace(ulog)) > 0 {
+			t.Logf("ulogd2 log:\n%s", ulog)
+		}
+		n := bytes.Count(b, []byte{'\n'})
+		t.Logf("ulogd2 wrote %d JSON lines for %d logged packets", n, logged)
+		return result{pps, cpu, sb, n}
 	}
-	uc := &ulogdConsumer{file: uf, pid: cmd.Process.Pid}
-	before := tl.drops(t)
-	theirs, theirCPU := stepRates(t, tl, uc)
-	logged := tl.drops(t) - before
-	cmd.Process.Signal(syscall.SIGTERM)
-	cmd.Wait()
-	b, _ := os.ReadFile(uf)
-	ulog, _ := os.ReadFile(filepath.Join(dir, "ulogd.log"))
-	t.Logf("ulogd2 log:\n%s", ulog)
-	t.Logf("ulogd2 wrote %d JSON lines for %d logged packets", bytes.Count(b, []byte{'\n'}), logged)
-	ratio := 0.0
-	if theirs > 0 {
-		ratio = ours / theirs
+	consumers := []struct {
+		name string
+		run  func(int) result
+	}{{"arkgw", runArkgw}, {"bare go-nflog", runBare}, {"ulogd2", runUlogd}}
+
+	var sm stealMeter
+	sm.pct()
+	res := map[string][]result{}
+	var ratios, cpuRatios, steals []float64
+	for round := 0; round < alertRounds; round++ {
+		order := slices.Clone(consumers)
+		for i := 0; i < round%len(order); i++ {
+			order = append(order[1:], order[0])
+		}
+		got := map[string]result{}
+		for _, c := range order {
+			r := c.run(round)
+			got[c.name] = r
+			res[c.name] = append(res[c.name], r)
+			fmt.Printf("round %d %-13s followed %6.0f pps (sender-bound=%v), %.2f us CPU/packet, %d lines written (load average %s)\n",
+				round+1, c.name, r.pps, r.senderBound, r.cpu, r.lines, loadAvg())
+		}
+		if got["ulogd2"].pps > 0 {
+			ratios = append(ratios, got["arkgw"].pps/got["ulogd2"].pps)
+		}
+		if got["ulogd2"].cpu > 0 {
+			cpuRatios = append(cpuRatios, got["arkgw"].cpu/got["ulogd2"].cpu)
+		}
+		steals = append(steals, sm.pct())
 	}
-	t.Logf("followed completely (highest achieved offered rate; a consumer that never lost is bounded by the sender): arkgw alerter %.0f pps, bare go-nflog reader %.0f pps, ulogd2 %.0f pps", ours, bareRate, theirs)
-	t.Logf("consumer CPU per packet: arkgw alerter %.2f us (%.0f pps per core), bare go-nflog %.2f us (%.0f pps per core), ulogd2 %.2f us (%.0f pps per core)",
-		oursCPU, 1e6/max(oursCPU, 0.001), bareCPU, 1e6/max(bareCPU, 0.001), theirCPU, 1e6/max(theirCPU, 0.001))
-	fmt.Printf("bench-alerts pps=%.0f ratio_vs_ulogd=%.2f\n", ours, ratio)
+	summary := func(name string) (pps, cpu float64, spread string, sb int) {
+		var p, c []float64
+		for _, r := range res[name] {
+			p = append(p, r.pps)
+			c = append(c, r.cpu)
+			if r.senderBound {
+				sb++
+			}
+		}
+		return median(p), median(c), fmt.Sprintf("%.0f..%.0f", slices.Min(p), slices.Max(p)), sb
+	}
+	fmt.Printf("method: %d interleaved rounds (order rotated), per consumer a rate search (x1.5 steps from 10k pps, then bisection to 5%%; a step the sender fell short in is run again) with 2 s floods; complete = every kernel-logged packet received with no loss; medians over rounds\n", alertRounds)
+	var ours float64
+	for _, c := range consumers {
+		pps, cpu, spread, sb := summary(c.name)
+		if c.name == "arkgw" {
+			ours = pps
+		}
+		fmt.Printf("%-13s median %6.0f pps followed (rounds %s, %d of %d limited by the sender), median %.2f us CPU/packet (%.0f pps per core)\n",
+			c.name, pps, spread, sb, alertRounds, cpu, 1e6/max(cpu, 0.001))
+	}
+	fmt.Printf("ratio arkgw/ulogd2 per round: %.2f; CPU per packet arkgw/ulogd2 per round: %.2f; host steal per round: %.1f%%; load average now %s\n",
+		ratios, cpuRatios, steals, loadAvg())
+	fmt.Printf("when both are limited by the sender (which shares the 2 cores with the consumer), the pps ratio says which consumer left the sender more CPU, not which reads faster: then compare the CPU per packet (arkgw's is the whole test process, its polling included; ulogd2's from schedstat)\n")
+	_, ulogdCPU, _, ulogdSB := summary("ulogd2")
+	_, oursCPU, _, oursSB := summary("arkgw")
+	fmt.Printf("bench-alerts pps=%.0f ratio_vs_ulogd=%.2f cpu_us=%.2f ulogd_cpu_us=%.2f cpu_ratio_vs_ulogd=%.2f sender_bound=%d/%d,%d/%d\n",
+		ours, median(ratios), oursCPU, ulogdCPU, median(cpuRatios), oursSB, alertRounds, ulogdSB, alertRounds)
 }
 
 func archTriplet() string {

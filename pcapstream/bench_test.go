@@ -1,11 +1,15 @@
 package pcapstream
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,116 +17,257 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arkgw/arkgw/reexec"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 )
 
-// TestBenchPcap: iperf3 UDP at 100 Mbit/s from an experiment through its
-// veth with one pcap reader (cmd/pcap, full packets, to a file) and, in the
-// same run on the same veth, `tcpdump -w /dev/null`. Reports the share of
-// iperf3's datagrams in the reader's file and the daemon's CPU time per
-// captured packet relative to tcpdump's.
+// benchServerHelper runs the capture server as its own process, as the
+// daemon does, so that its CPU time is read from the kernel (rusage after
+// Wait) instead of estimated inside the test process. Arguments: iface,
+// socket path, ring (1) or pcapgo (0). It prints "capturing" once a reader
+// made it open the capture, serves until SIGTERM, then prints its Stats as
+// JSON.
+const benchServerHelper = "pcapstream-bench-server"
+
+func init() {
+	reexec.Register(benchServerHelper, func() {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		s, err := New(Config{Experiment: "bench1", Iface: os.Args[1], SocketPath: os.Args[2],
+			SocketUID: readerUID, SocketGID: readerUID, Ring: os.Args[3] == "1"})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		go func() {
+			for !s.Stats().Capturing {
+				time.Sleep(20 * time.Millisecond)
+			}
+			fmt.Println("capturing")
+		}()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		st := s.Stats()
+		st.Readers = nil
+		json.NewEncoder(os.Stdout).Encode(st)
+	})
+}
+
+// TestBenchPcap: one pcap reader (cmd/pcap, full packets, to a file on
+// disk) through the production backend (the TPACKET_V3 ring, as the runner
+// configures it), and in the same run on the same veth `tcpdump -w` to a
+// file on disk, both with 4 MiB of capture buffer. The capture server runs
+// as its own process; its CPU, the pcap client's and tcpdump's are each
+// read with rusage after Wait (microseconds). Arms: iperf3 UDP at 100
+// Mbit/s with full-size datagrams, and a stress arm of 64-byte datagrams as
+// fast as the sender goes; pcapRuns runs of each, medians.
+// Last line: bench-pcap capture_ratio=<share of the flow's datagrams in
+// the reader's file> cpu_ratio_vs_tcpdump=<(server + client) CPU per packet
+// / tcpdump's>, both of the 100 Mbit/s arm, plus the stress arm's.
 func TestBenchPcap(t *testing.T) {
 	if os.Getenv("ARKGW_BENCH") != "1" {
 		t.Skip("benchmark: set ARKGW_BENCH=1")
 	}
 	l := newLab(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	iperfSrv := l.inet.Command(ctx, "iperf3", "-s", "-B", benchServer, "-p", strconv.Itoa(benchPort))
 	if err := iperfSrv.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { iperfSrv.Process.Kill(); iperfSrv.Wait() }()
+	runIperf(t, ctx, l, 1, benchRate, 0) // until the server listens
 
-	// The test process's own CPU while the flow runs with no reader (no
-	// capture open): netlab's in-process services, the Go runtime, and
-	// kernel work that happens to be charged to this process.
-	idleBefore := rusageSelf(t)
-	idleStart := time.Now()
-	runIperf(t, ctx, l, 3)
-	idleRate := (rusageSelf(t) - idleBefore).Seconds() / time.Since(idleStart).Seconds()
-
-	ringRatio, ringCPU := benchOne(t, ctx, l, true, idleRate)
-	ratio, cpu := benchOne(t, ctx, l, false, idleRate)
-	fmt.Printf("with Config.Ring (TPACKET_V3): capture_ratio=%.4f cpu_ratio_vs_tcpdump=%.2f\n", ringRatio, ringCPU)
-	fmt.Printf("bench-pcap capture_ratio=%.4f cpu_ratio_vs_tcpdump=%.2f\n", ratio, cpu)
+	arms := []struct {
+		name    string
+		rate    string
+		payload int
+		seconds int
+	}{{"100M", benchRate, 0, 6}, {"small", "0", 64, 4}}
+	fmt.Printf("method: per arm %d runs (arms alternating), a fresh capture server process, pcap client and tcpdump -B 4096 -w FILE each run; CPU = rusage of each process after Wait, start to exit; ratios per run, medians; load average at start %s\n",
+		pcapRuns, loadAvg())
+	res := map[string][]pcapRun{}
+	for run := 0; run < pcapRuns; run++ {
+		for _, a := range arms {
+			r := benchRun(t, ctx, l, a.rate, a.payload, a.seconds)
+			res[a.name] = append(res[a.name], r)
+			fmt.Printf("run %d %-5s sent %d datagrams (%.1f Mbit/s, %.0f pps); arkgw file %d (%.4f), kernel drops %d, reader drops %d; tcpdump file %d (%.4f), dropped by kernel %d; "+
+				"CPU server %v + client %v = %.3f us/packet vs tcpdump %v = %.3f us/packet (ratio %.2f); load average %s\n",
+				run+1, a.name, r.sent, r.mbps, float64(r.sent)/float64(a.seconds), r.got, r.ratio(), r.kernelDrops, r.readerDrops, r.tdGot, r.tdRatio(), r.tdDropped,
+				r.srvCPU.Round(time.Microsecond), r.cliCPU.Round(time.Microsecond), r.perPkt(), r.tdCPU.Round(time.Microsecond), r.tdPerPkt(), r.cpuRatio(), loadAvg())
+		}
+	}
+	med := func(name string, f func(pcapRun) float64) (m float64, spread string) {
+		var v []float64
+		for _, r := range res[name] {
+			v = append(v, f(r))
+		}
+		slices.Sort(v)
+		return v[len(v)/2], fmt.Sprintf("%.4g..%.4g", v[0], v[len(v)-1])
+	}
+	for _, a := range arms {
+		cr, crs := med(a.name, pcapRun.ratio)
+		tr, trs := med(a.name, pcapRun.tdRatio)
+		cpu, cpus := med(a.name, pcapRun.cpuRatio)
+		fmt.Printf("%-5s medians: capture ratio arkgw %.4f (%s) tcpdump %.4f (%s); CPU per packet (server+client)/tcpdump %.2f (%s)\n", a.name, cr, crs, tr, trs, cpu, cpus)
+	}
+	cr, _ := med("100M", pcapRun.ratio)
+	cpu, _ := med("100M", pcapRun.cpuRatio)
+	scr, _ := med("small", pcapRun.ratio)
+	std, _ := med("small", pcapRun.tdRatio)
+	scpu, _ := med("small", pcapRun.cpuRatio)
+	fmt.Printf("bench-pcap capture_ratio=%.4f cpu_ratio_vs_tcpdump=%.2f small_capture_ratio=%.4f small_tcpdump_capture_ratio=%.4f small_cpu_ratio_vs_tcpdump=%.2f backend=ring\n",
+		cr, cpu, scr, std, scpu)
 }
 
 const (
-	benchRate    = "100M"
-	benchSeconds = 8
-	benchPort    = 5201
-	benchServer  = "198.51.100.5"
+	benchRate   = "100M"
+	benchPort   = 5201
+	benchServer = "198.51.100.5"
+	pcapRuns    = 3
 )
 
-// benchOne measures one backend: returns the reader's share of the flow's
-// datagrams and the daemon's CPU per packet relative to tcpdump's.
-func benchOne(t *testing.T, ctx context.Context, l *lab, ring bool, idleRate float64) (ratio, cpuRatio float64) {
-	name := "pcapgo"
-	if ring {
-		name = "ring"
-	}
-	srv, sock := startServer(t, l, "pc1", exp1If, func(c *Config) { c.Ring = ring; c.Logger = nil })
-	reader := startClient(t, sock)
-	waitFor(t, "reader", 10*time.Second, func() bool { return srv.Capturing() })
+type pcapRun struct {
+	sent, got, tdGot         int64
+	mbps                     float64
+	captured, tdCaptured     int64
+	kernelDrops, readerDrops uint64
+	tdDropped                int64
+	srvCPU, cliCPU, tdCPU    time.Duration
+}
 
+func (r pcapRun) ratio() float64   { return float64(r.got) / float64(max(r.sent, 1)) }
+func (r pcapRun) tdRatio() float64 { return float64(r.tdGot) / float64(max(r.sent, 1)) }
+func (r pcapRun) perPkt() float64 {
+	return float64((r.srvCPU + r.cliCPU).Nanoseconds()) / 1e3 / float64(max(r.captured, 1))
+}
+func (r pcapRun) tdPerPkt() float64 {
+	return float64(r.tdCPU.Nanoseconds()) / 1e3 / float64(max(r.tdCaptured, 1))
+}
+func (r pcapRun) cpuRatio() float64 {
+	if r.tdPerPkt() == 0 {
+		return 0
+	}
+	return r.perPkt() / r.tdPerPkt()
+}
+
+func rusageOf(ps *os.ProcessState) time.Duration {
+	if ps == nil {
+		return 0
+	}
+	return ps.UserTime() + ps.SystemTime()
+}
+
+// benchRun is one run: server process, client, tcpdump, one iperf3 flow.
+func benchRun(t *testing.T, ctx context.Context, l *lab, rate string, payload, seconds int) pcapRun {
+	// A directory the unprivileged reader may traverse to the socket.
+	dir, err := os.MkdirTemp("", "pcapbench-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o711)
+	sock := filepath.Join(dir, "pcap.sock")
+	srv := reexec.Command(benchServerHelper, exp1If, sock, "1")
+	srvOut, err := srv.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srvErr lockedBuffer
+	srv.Stderr = &srvErr
+	if err := l.node.Start(srv); err != nil {
+		t.Fatal(err)
+	}
+	srvDone := false
+	defer func() {
+		if !srvDone {
+			srv.Process.Kill()
+			srv.Wait()
+		}
+	}()
+	waitFor(t, "pcap socket", 10*time.Second, func() bool {
+		fi, err := os.Stat(sock)
+		return err == nil && fi.Mode().Type() == os.ModeSocket
+	})
+	lines := bufio.NewReader(srvOut)
+	reader := startClient(t, sock)
+	if line, err := lines.ReadString('\n'); err != nil || strings.TrimSpace(line) != "capturing" {
+		t.Fatalf("capture server: %q %v; %s", line, err, srvErr.String())
+	}
+
+	tdFile := filepath.Join(dir, "tcpdump.pcap")
 	var tdErr lockedBuffer
-	td := l.node.Command(ctx, "tcpdump", "-n", "-i", exp1If, "-s", "0", "-w", "/dev/null")
+	td := l.node.Command(ctx, "tcpdump", "-n", "-i", exp1If, "-s", "0", "-B", "4096", "-Z", "root", "-w", tdFile)
 	td.Stderr = &tdErr
 	if err := td.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { td.Process.Kill(); td.Wait() }()
+	tdDone := false
+	defer func() {
+		if !tdDone {
+			td.Process.Kill()
+			td.Wait()
+		}
+	}()
 	waitFor(t, "tcpdump listening", 10*time.Second, func() bool { return strings.Contains(tdErr.String(), "listening on") })
 
-	capturedBefore := srv.Stats().Captured
-	selfBefore := rusageSelf(t)
-	runStart := time.Now()
-	tdBefore := procCPU(t, td.Process.Pid)
+	res := runIperf(t, ctx, l, seconds, rate, payload)
 
-	res := runIperf(t, ctx, l, benchSeconds)
-	sent := res.End.Sum.Packets
-
-	// Let the capture and the reader drain, then read the CPU counters.
-	last := uint64(0)
-	waitFor(t, "reader drained", 30*time.Second, func() bool {
-		time.Sleep(300 * time.Millisecond)
-		d := srv.Stats().Delivered
-		done := d == last
-		last = d
+	// Let the capture and the reader drain: the reader's file stops growing.
+	var last int64 = -1
+	waitFor(t, "reader drained", 60*time.Second, func() bool {
+		time.Sleep(500 * time.Millisecond)
+		fi, err := os.Stat(reader.out)
+		if err != nil {
+			return false
+		}
+		done := fi.Size() == last
+		last = fi.Size()
 		return done
 	})
-	selfCPU := rusageSelf(t) - selfBefore
-	background := time.Duration(idleRate * float64(time.Since(runStart)))
-	tdCPU := procCPU(t, td.Process.Pid) - tdBefore
-	captured := srv.Stats().Captured - capturedBefore
 
 	td.Process.Signal(syscall.SIGINT)
 	td.Wait()
-	tdCaptured := parseTcpdumpCount(tdErr.String())
-
+	tdDone = true
 	if err := reader.stop(t); err != nil {
 		t.Fatalf("pcap: %v; %s", err, reader.stderr)
 	}
-	readerCPU := reader.cmd.ProcessState.UserTime() + reader.cmd.ProcessState.SystemTime()
-	got := countUDP(t, reader.out, exp1Addr, benchServer, benchPort)
-	os.Remove(reader.out)
-	st := srv.Stats()
-
-	ratio = float64(got) / float64(sent)
-	perPkt := (selfCPU - background).Seconds() / float64(captured)
-	tdPerPkt := tdCPU.Seconds() / float64(tdCaptured)
-	fmt.Printf("[%s] iperf3 UDP %s for %ds: %d datagrams sent (%.1f Mbit/s, %d lost at the server)\n", name, benchRate, benchSeconds, sent, res.End.Sum.BitsPerSec/1e6, res.End.Sum.LostPackets)
-	fmt.Printf("[%s] pcapstream: %d packets captured on %s, %d datagrams of the flow in the reader's file, kernel drops %d, reader drops %d\n", name, captured, exp1If, got, st.KernelDropped, st.Dropped)
-	fmt.Printf("[%s] daemon side CPU %v, minus %v background (same flow, no reader) = %.2f us/packet (%.2f raw); cmd/pcap client CPU %v\n",
-		name, selfCPU, background, perPkt*1e6, selfCPU.Seconds()/float64(captured)*1e6, readerCPU)
-	fmt.Printf("[%s] tcpdump -w /dev/null: %d packets, CPU %v = %.2f us/packet (%s)\n", name, tdCaptured, tdCPU, tdPerPkt*1e6, strings.Join(strings.Fields(tdErr.String()), " "))
-	if tdPerPkt > 0 {
-		cpuRatio = perPkt / tdPerPkt
+	srv.Process.Signal(syscall.SIGTERM)
+	var st Stats
+	if err := json.NewDecoder(lines).Decode(&st); err != nil {
+		t.Fatalf("capture server stats: %v; %s", err, srvErr.String())
 	}
-	return ratio, cpuRatio
+	if err := srv.Wait(); err != nil {
+		t.Fatalf("capture server: %v; %s", err, srvErr.String())
+	}
+	srvDone = true
+
+	r := pcapRun{
+		sent: res.End.Sum.Packets, mbps: res.End.Sum.BitsPerSec / 1e6,
+		got:      countUDP(t, reader.out, exp1Addr, benchServer, benchPort, payload),
+		tdGot:    countUDP(t, tdFile, exp1Addr, benchServer, benchPort, payload),
+		captured: int64(st.Captured), kernelDrops: st.KernelDropped, readerDrops: st.Dropped,
+		srvCPU: rusageOf(srv.ProcessState), cliCPU: rusageOf(reader.cmd.ProcessState), tdCPU: rusageOf(td.ProcessState),
+	}
+	r.tdCaptured, r.tdDropped = parseTcpdumpCounts(tdErr.String())
+	os.Remove(reader.out)
+	os.Remove(tdFile)
+	return r
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 type iperfResult struct {
@@ -135,14 +280,20 @@ type iperfResult struct {
 	} `json:"end"`
 }
 
-// runIperf runs an iperf3 UDP client in exp1 against inet's server.
-func runIperf(t *testing.T, ctx context.Context, l *lab, seconds int) iperfResult {
+// runIperf runs an iperf3 UDP client in exp1 against inet's server at rate
+// ("0": as fast as it goes) with payload-byte datagrams (0: iperf3's
+// default, the path MTU).
+func runIperf(t *testing.T, ctx context.Context, l *lab, seconds int, rate string, payload int) iperfResult {
 	t.Helper()
 	var out []byte
 	var res iperfResult
 	for try := 0; ; try++ { // until the iperf3 server listens
 		var err error
-		out, err = l.exp1.Command(ctx, "iperf3", "-c", benchServer, "-p", strconv.Itoa(benchPort), "-u", "-b", benchRate, "-t", strconv.Itoa(seconds), "-J").Output()
+		args := []string{"-c", benchServer, "-p", strconv.Itoa(benchPort), "-u", "-b", rate, "-t", strconv.Itoa(seconds), "-J"}
+		if payload > 0 {
+			args = append(args, "-l", strconv.Itoa(payload))
+		}
+		out, err = l.exp1.Command(ctx, "iperf3", args...).Output()
 		res = iperfResult{}
 		jerr := json.Unmarshal(out, &res)
 		if err == nil && jerr == nil && res.End.Sum.Packets > 0 {
@@ -156,38 +307,27 @@ func runIperf(t *testing.T, ctx context.Context, l *lab, seconds int) iperfResul
 	return res
 }
 
-func rusageSelf(t *testing.T) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// procCPU reads utime+stime of pid from /proc (clock ticks of 10 ms).
-func procCPU(t *testing.T, pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * (time.Second / 100)
-}
-
-func parseTcpdumpCount(s string) int64 {
+// parseTcpdumpCounts reads "N packets captured" and "M packets dropped by
+// kernel" from tcpdump's exit summary.
+func parseTcpdumpCounts(s string) (captured, dropped int64) {
 	for _, line := range strings.Split(s, "\n") {
 		var n int64
 		if _, err := fmt.Sscanf(line, "%d packets captured", &n); err == nil {
-			return n
+			captured = n
+		}
+		if _, err := fmt.Sscanf(line, "%d packets dropped by kernel", &n); err == nil {
+			dropped = n
 		}
 	}
-	return 0
+	return
 }
 
-func countUDP(t *testing.T, path, src, dst string, port int) int64 {
+// countUDP counts the datagrams of the iperf3 flow in a capture file: at
+// least payload bytes (64 when 0) from src to dst:port.
+func countUDP(t *testing.T, path, src, dst string, port, payload int) int64 {
+	if payload == 0 {
+		payload = 64
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -217,7 +357,7 @@ func countUDP(t *testing.T, path, src, dst string, port int) int64 {
 		if parser.DecodeLayers(data, &decoded) != nil {
 			continue
 		}
-		if len(decoded) == 3 && ip.SrcIP.String() == src && ip.DstIP.String() == dst && int(udp.DstPort) == port && len(udp.Payload) >= 64 {
+		if len(decoded) == 3 && ip.SrcIP.String() == src && ip.DstIP.String() == dst && int(udp.DstPort) == port && len(udp.Payload) >= payload {
 			n++
 		}
 	}
