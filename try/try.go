@@ -40,6 +40,10 @@ type Options struct {
 	HostNS nsdo.NS
 	// NFLOGGroup for the drop alerts; 0 = 7713 (not a node daemon's 100).
 	NFLOGGroup int
+	// Lab makes the documentation prefixes reachable, as a node's [lab]
+	// documentation_prefixes does: for a lab whose fake Internet answers
+	// them (netlab), never for the real one.
+	Lab bool
 	// Helper and Pcap binaries (cmd/arkgw-init, cmd/pcap); "" = beside
 	// this binary (then the image's own /usr/bin/pcap for pcap).
 	HelperBinary, PcapBinary string
@@ -60,7 +64,7 @@ type Result struct {
 // policyFor is a node policy that permits what m declares: admission then
 // makes the effective policy exactly the declaration (minus the reserved
 // destinations a node always drops).
-func policyFor(m *configs.Manifest, stateDir, uplink string, group int) (*configs.NodePolicy, error) {
+func policyFor(m *configs.Manifest, stateDir, uplink string, group int, lab bool) (*configs.NodePolicy, error) {
 	var protos []string
 	for _, p := range m.Protocols {
 		protos = append(protos, fmt.Sprint(p))
@@ -92,7 +96,9 @@ output_mb = 1024
 allow_missing_controllers = ["cpu", "memory", "pids"]
 [alerts]
 nflog_group = %d
-`, stateDir, uplink, strings.Join(protos, ", "), strings.Join(spoofDst, ", "), group)
+[lab]
+documentation_prefixes = %v
+`, stateDir, uplink, strings.Join(protos, ", "), strings.Join(spoofDst, ", "), group, lab)
 	return configs.ParseNode("try policy", []byte(text))
 }
 
@@ -121,7 +127,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		return nil, err
 	}
 	defer os.RemoveAll(work)
-	node, err := policyFor(m, work, o.Uplink, o.NFLOGGroup)
+	node, err := policyFor(m, work, o.Uplink, o.NFLOGGroup, o.Lab)
 	if err != nil {
 		return nil, fmt.Errorf("try: %w", err)
 	}

@@ -119,7 +119,7 @@ func TestPrivilegedTryPingSurvey(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, Options{
-		Manifest: filepath.Join(exp, "ping-survey.toml"), Image: image, HostNS: w.Node.NS(),
+		Manifest: filepath.Join(exp, "ping-survey.toml"), Image: image, HostNS: w.Node.NS(), Lab: true,
 		HelperBinary: helper, PcapBinary: pcap, Out: &out,
 		Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
 	})
@@ -183,7 +183,7 @@ email = "researcher@example.edu"
 		}
 	}()
 	t0 := time.Now()
-	res, err := Run(ctx, Options{Manifest: filepath.Join(exp, "m.toml"), Image: image, HostNS: w.Node.NS(),
+	res, err := Run(ctx, Options{Manifest: filepath.Join(exp, "m.toml"), Image: image, HostNS: w.Node.NS(), Lab: true,
 		HelperBinary: helper, PcapBinary: pcap, Out: pw})
 	pw.Close()
 	if err != nil {
