@@ -69,6 +69,24 @@ func Cleanup(id, cgroupParent string) error {
 	return errors.Join(cg.Kill(), cg.Delete())
 }
 
+// RemoveParent deletes the cgroup parent itself (every hierarchy), for a
+// caller whose parent lives no longer than it does (arkgw try); it fails
+// while an experiment's cgroup is still in it. The node daemon keeps its
+// "arkgw" across restarts.
+func RemoveParent(cgroupParent string) error {
+	if cgroupParent == "" {
+		return errors.New("sandbox: the node's default cgroup parent is not removed")
+	}
+	cg, ok := loadCgroup("/" + strings.Trim(filepath.Clean("/"+cgroupParent), "/"))
+	if !ok {
+		return nil
+	}
+	if err := cg.Delete(); err != nil {
+		return fmt.Errorf("remove cgroup parent %s: %w", cgroupParent, err)
+	}
+	return nil
+}
+
 func cgroupRel(parent, id string) string {
 	if parent == "" {
 		parent = "arkgw"

@@ -25,7 +25,11 @@ import (
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/nsdo"
 	"github.com/arkgw/arkgw/runner"
+	"github.com/arkgw/arkgw/sandbox"
 )
+
+// cgroupParent holds a try run's experiment cgroup; removed when Run ends.
+const cgroupParent = "arkgw-try"
 
 // Options configure Run.
 type Options struct {
@@ -178,7 +182,7 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 		Policy: &daemon.Policy{Node: node}, Alerts: sink, Logger: o.Logger,
 		Lookup: func(string) (string, []string, bool) { return m.Title, nil, true },
 	}, runner.Options{HostNS: o.HostNS, RunDir: filepath.Join(work, "run"),
-		HelperBinary: o.HelperBinary, PcapBinary: o.PcapBinary, CgroupParent: "arkgw-try"})
+		HelperBinary: o.HelperBinary, PcapBinary: o.PcapBinary, CgroupParent: cgroupParent})
 	if err != nil {
 		return nil, fmt.Errorf("try: %w", err)
 	}
@@ -196,6 +200,9 @@ func Run(ctx context.Context, o Options) (res *Result, err error) {
 				shutErr = fmt.Errorf("try: %w", e)
 			}
 			if e := r.Close(); e != nil && shutErr == nil {
+				shutErr = fmt.Errorf("try: clean up: %w", e)
+			}
+			if e := sandbox.RemoveParent(cgroupParent); e != nil && shutErr == nil {
 				shutErr = fmt.Errorf("try: clean up: %w", e)
 			}
 		})

@@ -205,6 +205,9 @@ func checkNothingLeft(t *testing.T, w *netlab.World, before string) {
 	if mounts, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mounts), "arkgw-try-") {
 		t.Errorf("a mount of the try run is left:\n%s", mounts)
 	}
+	if cg, _ := filepath.Glob("/sys/fs/cgroup/*/" + cgroupParent); len(cg) > 0 {
+		t.Errorf("cgroups left: %v", cg)
+	}
 	if ms, _ := filepath.Glob(filepath.Join(os.TempDir(), "arkgw-try-*")); len(ms) > 0 {
 		t.Errorf("work directories left: %v", ms)
 	}
