@@ -307,15 +307,18 @@ func TestBenchSandbox(t *testing.T) {
 	rand.Read(rb)
 	tag := hex.EncodeToString(rb)
 	parent := "arkgw-bench-" + tag
+	// crun makes its cgroups in every hierarchy (blkio, cpuset, ... too):
+	// remove the parent wherever it was made.
 	t.Cleanup(func() {
-		for _, c := range []string{"cpu", "cpuacct", "memory", "pids", "freezer"} {
-			subs, _ := filepath.Glob(filepath.Join(v1Root, c, parent, "*"))
+		parents, _ := filepath.Glob(filepath.Join(v1Root, "*", parent))
+		for _, p := range parents {
+			subs, _ := filepath.Glob(filepath.Join(p, "*"))
 			for _, d := range subs {
 				if fi, err := os.Stat(d); err == nil && fi.IsDir() {
 					os.Remove(d)
 				}
 			}
-			os.Remove(filepath.Join(v1Root, c, parent))
+			os.Remove(p)
 		}
 	})
 	dir := t.TempDir()
