@@ -69,13 +69,17 @@ func Cleanup(id, cgroupParent string) error {
 	return errors.Join(cg.Kill(), cg.Delete())
 }
 
-// RemoveParent deletes the cgroup parent itself (every hierarchy), for a
-// caller whose parent lives no longer than it does (arkgw try); it fails
-// while an experiment's cgroup is still in it. The node daemon keeps its
-// "arkgw" across restarts.
+// DefaultCgroupParent holds the node daemon's experiment cgroups (a Spec's
+// CgroupParent "").
+const DefaultCgroupParent = "arkgw"
+
+// RemoveParent deletes the cgroup parent itself (every hierarchy): `arkgw
+// try` when it ends, `arkgw cleanup` when no experiment runs (the daemon
+// keeps its parent across restarts and makes it again at start). It fails
+// while an experiment's cgroup is still in it.
 func RemoveParent(cgroupParent string) error {
 	if cgroupParent == "" {
-		return errors.New("sandbox: the node's default cgroup parent is not removed")
+		cgroupParent = DefaultCgroupParent
 	}
 	cg, ok := loadCgroup("/" + strings.Trim(filepath.Clean("/"+cgroupParent), "/"))
 	if !ok {
@@ -89,7 +93,7 @@ func RemoveParent(cgroupParent string) error {
 
 func cgroupRel(parent, id string) string {
 	if parent == "" {
-		parent = "arkgw"
+		parent = DefaultCgroupParent
 	}
 	return "/" + strings.Trim(filepath.Clean("/"+parent), "/") + "/" + id
 }

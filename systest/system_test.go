@@ -266,6 +266,9 @@ func TestPrivilegedSystemNode(t *testing.T) {
 		if out, err := w.Node.RunE(t.Context(), "nft", "list", "tables"); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("nft tables left in the node's namespace: %q %v", out, err)
 		}
+		if left, _ := filepath.Glob("/sys/fs/cgroup/*/arkgw"); len(left) > 0 {
+			t.Errorf("cgroup parent left after cleanup with nothing running: %v", left)
+		}
 		if left, _ := filepath.Glob("/sys/fs/cgroup/*/arkgw/*"); len(dirsOnly(left)) > 0 {
 			t.Errorf("cgroups left: %v", dirsOnly(left))
 		}

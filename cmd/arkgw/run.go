@@ -16,6 +16,7 @@ import (
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/daemon"
 	"github.com/arkgw/arkgw/runner"
+	"github.com/arkgw/arkgw/sandbox"
 	"github.com/arkgw/arkgw/store"
 )
 
@@ -150,6 +151,13 @@ func runCleanup(args []string) int {
 	defer r.Close()
 	if err := r.Sweep(context.Background(), keep); err != nil {
 		return fail(err)
+	}
+	if len(keep) == 0 {
+		// No experiment runs: the daemon's cgroup parent is kernel state
+		// nothing owns (the next `arkgw run` makes it again).
+		if err := sandbox.RemoveParent(sandbox.DefaultCgroupParent); err != nil {
+			return fail(err)
+		}
 	}
 	fmt.Printf("arkgw cleanup: done (%d running experiments kept)\n", len(keep))
 	return 0
