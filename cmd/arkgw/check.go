@@ -23,8 +23,8 @@ import (
 // 1 refused, 2 unreadable or invalid input.
 func runCheck(args []string) int {
 	// The manifest's title, contacts and values reach the report: escaped
-	// line by line on the way out.
-	stdout, stderr := &escapingWriter{w: os.Stdout}, &escapingWriter{w: os.Stderr}
+	// on the way out.
+	stdout, stderr := &terminalWriter{w: os.Stdout}, &terminalWriter{w: os.Stderr}
 	code := checkManifest(args, stdout, stderr, configs.DefaultNodePath)
 	stdout.Flush()
 	stderr.Flush()

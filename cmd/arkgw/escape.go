@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"strings"
 	"unicode/utf8"
@@ -24,36 +23,8 @@ func escapeText(s string) string {
 	return strings.Join(lines, "\n")
 }
 
-// escapingWriter passes complete lines through escapeText; Flush writes
-// the rest. Not safe for concurrent use.
-type escapingWriter struct {
-	w   io.Writer
-	buf []byte
-}
-
-func (e *escapingWriter) Write(p []byte) (int, error) {
-	e.buf = append(e.buf, p...)
-	if i := bytes.LastIndexByte(e.buf, '\n'); i >= 0 {
-		_, err := io.WriteString(e.w, escapeText(string(e.buf[:i+1])))
-		e.buf = append(e.buf[:0], e.buf[i+1:]...)
-		if err != nil {
-			return 0, err
-		}
-	}
-	return len(p), nil
-}
-
-// Flush writes what is left after the last line feed.
-func (e *escapingWriter) Flush() error {
-	if len(e.buf) == 0 {
-		return nil
-	}
-	_, err := io.WriteString(e.w, escapeText(string(e.buf)))
-	e.buf = e.buf[:0]
-	return err
-}
-
-// terminalWriter escapes a byte stream for a terminal as it passes
+// terminalWriter escapes a byte stream for a terminal as it passes (the
+// `check` report, `logs` on a terminal)
 // (escapeText: control characters become visible, line feeds and tabs
 // stay), holding back at most the 3 bytes of a UTF-8 sequence cut by a
 // write boundary. Write reports the input bytes as written. Call Flush at

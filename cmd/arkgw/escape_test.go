@@ -71,7 +71,7 @@ func FuzzListAndFlowsTables(f *testing.F) {
 			t.Fatalf("flows table %q", out)
 		}
 		b.Reset()
-		w := &escapingWriter{w: &b}
+		w := &terminalWriter{w: &b}
 		w.Write([]byte("title: " + title + "\n"))
 		w.Write([]byte(email))
 		w.Flush()
