@@ -135,7 +135,8 @@ func TestBenchGateway(t *testing.T) {
 	defer usrv.Wait()
 	defer stop()
 
-	eff := bigPolicy("bench", 1000, configs.Dest{Prefix: netip.MustParsePrefix(server + "/32"), Ports: []configs.PortRange{{Lo: 5201, Hi: 5201}}})
+	// iperf3's control connection is TCP, also to the UDP arm's port.
+	eff := bigPolicy("bench", 1000, configs.Dest{Prefix: netip.MustParsePrefix(server + "/32"), Ports: []configs.PortRange{{Lo: 5201, Hi: udpPPSPort}}})
 	eff.UDP = append(eff.UDP, configs.Dest{Prefix: netip.MustParsePrefix(server + "/32"), Ports: []configs.PortRange{{Lo: udpPPSPort, Hi: udpPPSPort}}})
 	n, _ := l.add(t, eff, 0)
 	exp := netlab.Build(t, netlab.Topology{Hosts: []netlab.HostSpec{{Name: "exp", NetNSPath: n.NetNSPath}}}).Host("exp")
