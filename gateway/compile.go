@@ -29,7 +29,11 @@ const (
 	mapIn   = "in_exp"   // iifname -> jump in_<id>
 	mapDNS  = "dns_exp"  // iifname -> jump dns_<id> (restricted DNS only)
 
-	// Established fast path: (interface . flow mark) pairs of admitted flows.
+	// Established fast path: one set of (iifname . oifname . flow mark)
+	// of admitted flows between an experiment and the uplink, both ways.
+	setEst = "est" // "ark<id>" . uplink . admitted|slot+1 (never SYN-only); uplink . "ark<id>" . admitted[|syn-only]|slot+1
+	// Without a named uplink (masquerade out of any interface): one set
+	// per direction, keyed by the experiment's interface.
 	setEstOut = "est_out" // iifname "ark<id>" . admitted|slot+1 (never SYN-only)
 	setEstIn  = "est_in"  // oifname "ark<id>" . admitted[|syn-only]|slot+1
 
@@ -196,13 +200,42 @@ func Compile(in CompileInput) (*Ruleset, error) {
 	dnsm := &Set{Name: mapDNS, Fields: []Field{FIIFName}, VerdictMap: true}
 	exp4 := &Set{Name: setExp4, Fields: []Field{FIPSaddr}}
 	exp6 := &Set{Name: setExp6, Fields: []Field{FIP6Saddr}}
-	estOut := &Set{Name: setEstOut, Fields: []Field{FIIFName, FCtFlow}}
-	estIn := &Set{Name: setEstIn, Fields: []Field{FOIFName, FCtFlow}}
-	rs.Sets = append(rs.Sets, from, to, inm, dnsm, exp4, exp6, estOut, estIn)
+	rs.Sets = append(rs.Sets, from, to, inm, dnsm, exp4, exp6)
+
+	// The established fast path: the first rule an experiment's packet
+	// meets, one set lookup for both directions. The policy decided on the
+	// flow's first packet (its ct mark says so: admitted, for this slot);
+	// a decision that no longer holds is revoked by deleting the conntrack
+	// entry (Update), after which the flow starts over with mark 0 and
+	// goes through fwd_<id>. So the ct state need not be checked: an
+	// admitted flow whose later packets conntrack still calls new (UDP
+	// before any reply, SYN retransmits) is the same flow the policy
+	// admitted, and packets without conntrack (invalid, untracked) have no
+	// mark and miss. SYN-only flows carry the syn-only bit, which the
+	// outbound elements never hold, so their packets from the experiment
+	// always go through fwd_<id>'s syn-only check (KERNEL-NOTES).
+	var est, estOut, estIn *Set
+	var fast []Rule
+	if in.Uplink != "" {
+		// With the uplink named, one lookup covers both directions:
+		// (experiment, uplink) outbound and (uplink, experiment) back.
+		// Experiment traffic through any other interface takes the slow
+		// path (fwd_<id>/ret_<id>), which checks the same.
+		est = &Set{Name: setEst, Fields: []Field{FIIFName, FOIFName, FCtFlow}}
+		rs.Sets = append(rs.Sets, est)
+		fast = []Rule{{Exprs: []Expr{Lookup{Fields: est.Fields, Set: setEst}, Verdict{Kind: "accept"}}}}
+	} else {
+		estOut = &Set{Name: setEstOut, Fields: []Field{FIIFName, FCtFlow}}
+		estIn = &Set{Name: setEstIn, Fields: []Field{FOIFName, FCtFlow}}
+		rs.Sets = append(rs.Sets, estOut, estIn)
+		fast = []Rule{
+			{Exprs: []Expr{Lookup{Fields: estOut.Fields, Set: setEstOut}, Verdict{Kind: "accept"}}},
+			{Exprs: []Expr{Lookup{Fields: estIn.Fields, Set: setEstIn}, Verdict{Kind: "accept"}}},
+		}
+	}
 	rs.Sets = append(rs.Sets, globalSets(in.Reserved, in.DefaultRouters)...)
 
 	unknown := []Expr{Counter{counterUnknown}, Verdict{Kind: "drop"}}
-	estab := Cmp{Field: FCtState, Mask: ctEstablished | ctRelated, Neq: true, Value: Value{Num: 0}}
 	arkIn := Cmp{Field: FIIFName, Value: Value{Str: LinkPrefix, Prefix: true}}
 	arkOut := Cmp{Field: FOIFName, Value: Value{Str: LinkPrefix, Prefix: true}}
 	rs.Chains = append(rs.Chains,
@@ -213,18 +246,12 @@ func Compile(in CompileInput) (*Ruleset, error) {
 			{Exprs: []Expr{Vmap{Field: FIIFName, Map: mapIn}}},
 			{Exprs: append([]Expr{arkIn}, unknown...)},
 		}},
-		&Chain{Name: chainForward, Type: "filter", Hook: "forward", Priority: 0, Rules: []Rule{
-			// Established fast path: packets of flows this interface's
-			// experiment was admitted for. SYN-only flows carry the
-			// syn-only bit, which est_out never holds, so they always go
-			// through fwd_<id>'s syn-only check (KERNEL-NOTES).
-			{Exprs: []Expr{estab, Lookup{Fields: estOut.Fields, Set: setEstOut}, Verdict{Kind: "accept"}}},
-			{Exprs: []Expr{estab, Lookup{Fields: estIn.Fields, Set: setEstIn}, Verdict{Kind: "accept"}}},
+		&Chain{Name: chainForward, Type: "filter", Hook: "forward", Priority: 0, Rules: append(fast, []Rule{
 			{Exprs: []Expr{Vmap{Field: FIIFName, Map: mapFrom}}},
 			{Exprs: append([]Expr{arkIn}, unknown...)},
 			{Exprs: []Expr{Vmap{Field: FOIFName, Map: mapTo}}},
 			{Exprs: append([]Expr{arkOut}, unknown...)},
-		}},
+		}...)},
 	)
 	post := &Chain{Name: chainPostrouting, Type: "nat", Hook: "postrouting", Priority: 100}
 	var up []Expr
@@ -282,8 +309,14 @@ func Compile(in CompileInput) (*Ruleset, error) {
 			dnsm.Elems = append(dnsm.Elems, Elem{Key: []Value{ifv}, Verdict: Verdict{Kind: "jump", Chain: "dns_" + id}})
 		}
 		flow := MarkAdmitted | MarkForSlot(x.Net.Slot)
-		estOut.Elems = append(estOut.Elems, Elem{Key: []Value{ifv, {Num: flow}}})
-		estIn.Elems = append(estIn.Elems, Elem{Key: []Value{ifv, {Num: flow}}}, Elem{Key: []Value{ifv, {Num: flow | MarkSynOnly}}})
+		if est != nil {
+			upv := Value{Str: in.Uplink}
+			est.Elems = append(est.Elems, Elem{Key: []Value{ifv, upv, {Num: flow}}},
+				Elem{Key: []Value{upv, ifv, {Num: flow}}}, Elem{Key: []Value{upv, ifv, {Num: flow | MarkSynOnly}}})
+		} else {
+			estOut.Elems = append(estOut.Elems, Elem{Key: []Value{ifv, {Num: flow}}})
+			estIn.Elems = append(estIn.Elems, Elem{Key: []Value{ifv, {Num: flow}}}, Elem{Key: []Value{ifv, {Num: flow | MarkSynOnly}}})
+		}
 		if x.Net.Addr4.IsValid() {
 			exp4.Elems = append(exp4.Elems, Elem{Key: []Value{{Addr: x.Net.Addr4}}})
 		}

@@ -78,7 +78,7 @@ func TestDiff(t *testing.T) {
 	for _, s := range p.AddElems {
 		joined = append(joined, s.Name)
 	}
-	for _, want := range []string{"from_exp", "to_exp", "in_exp", "est_out", "exp4", "exp6"} {
+	for _, want := range []string{"from_exp", "to_exp", "in_exp", "est", "exp4", "exp6"} {
 		if !slices.Contains(joined, want) {
 			t.Errorf("add puts no element into %s (into %v)", want, joined)
 		}

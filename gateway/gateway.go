@@ -102,6 +102,9 @@ type Gateway struct {
 	log hclog.Logger
 	// no6: the host has IPv6 disabled; experiments get IPv4 only.
 	no6 bool
+	// flowtable: the kernel can make nftables flowtables (detected at
+	// start; not used, see flowtable.go).
+	flowtable bool
 
 	mu   sync.Mutex
 	exps map[string]*expState
@@ -122,7 +125,9 @@ type Gateway struct {
 }
 
 // New checks cfg, fills defaults, resolves the uplink and default routers
-// from HostNS's routes, and returns a Gateway. It changes nothing.
+// from HostNS's routes, detects whether the kernel has nftables flowtables
+// (with a scratch table, removed again), and returns a Gateway. It
+// changes nothing.
 func New(cfg Config) (*Gateway, error) {
 	if !cfg.Pool4.IsValid() {
 		cfg.Pool4 = DefaultPool4
@@ -174,6 +179,15 @@ func New(cfg Config) (*Gateway, error) {
 	if v, err := readSysctl(cfg.HostNS, "net.ipv6.conf.all.disable_ipv6"); err != nil || v == "1" {
 		g.no6 = true
 		g.log.Warn("ipv6 is disabled on this node: experiments get ipv4 only")
+	}
+	switch ok, err := probeFlowtable(cfg.HostNS, g.ledger); {
+	case err != nil:
+		g.log.Warn("cannot tell whether the kernel has nftables flowtables; not using them", "error", err)
+	case ok:
+		g.flowtable = true
+		g.log.Info("the kernel has nftables flowtables; not offloading experiment flows: offloaded packets would skip the forward hook's byte counters, daily quota and shaping marks; established flows take the forward chain's one-lookup fast path")
+	default:
+		g.log.Info("the kernel has no nftables flowtables (CONFIG_NF_FLOW_TABLE_INET); established flows take the forward chain's one-lookup fast path")
 	}
 	return g, nil
 }
