@@ -26,7 +26,7 @@ import (
 // benchServerHelper runs the capture server as its own process, as the
 // daemon does, so that its CPU time is read from the kernel (rusage after
 // Wait) instead of estimated inside the test process. Arguments: iface,
-// socket path, ring (1) or pcapgo (0). It prints "capturing" once a reader
+// socket path. It prints "capturing" once a reader
 // made it open the capture, serves until SIGTERM, then prints its Stats as
 // JSON.
 const benchServerHelper = "pcapstream-bench-server"
@@ -36,7 +36,7 @@ func init() {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 		defer stop()
 		s, err := New(Config{Experiment: "bench1", Iface: os.Args[1], SocketPath: os.Args[2],
-			SocketUID: readerUID, SocketGID: readerUID, Ring: os.Args[3] == "1"})
+			SocketUID: readerUID, SocketGID: readerUID})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -174,7 +174,7 @@ func benchRun(t *testing.T, ctx context.Context, l *lab, rate string, payload, s
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o711)
 	sock := filepath.Join(dir, "pcap.sock")
-	srv := reexec.Command(benchServerHelper, exp1If, sock, "1")
+	srv := reexec.Command(benchServerHelper, exp1If, sock)
 	srvOut, err := srv.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
