@@ -36,9 +36,9 @@ import (
 // busy capture costs one wake-up, one walk and one writev per block. A
 // block must hold a whole 64 KiB GSO frame (V3 cuts frames at the block
 // size). Config.CaptureBuffer bytes in all.
-const (
-	ringBlockSize    = 128 << 10
-	ringBlockTimeout = 10 * time.Millisecond
+var (
+	ringBlockSize    = 512 << 10
+	ringBlockTimeout = 100 * time.Millisecond
 )
 
 // Offsets in a TPACKET_V3 block (struct tpacket_block_desc with its

@@ -214,7 +214,7 @@ func startClient(t *testing.T, sock string, args ...string) *client {
 	defer f.Close()
 	c := &client{out: out, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
 	c.cmd = exec.Command(bin, args...)
-	c.cmd.Env = []string{"ARK_PCAP_SOCK=" + sock}
+	c.cmd.Env = []string{"ARK_PCAP_SOCK=" + sock, "GOMAXPROCS=" + os.Getenv("CLIENT_GOMAXPROCS")}
 	c.cmd.Stdout = f
 	c.cmd.Stderr = c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: readerUID, Gid: readerUID}}
@@ -850,5 +850,53 @@ func TestPrivilegedPcapInterfaceGone(t *testing.T) {
 	c2 := dialRaw(t, sock, wire.Request{})
 	if _, _, msg := finish(t, c2); !strings.Contains(msg, "cannot capture on "+exp2If) {
 		t.Errorf("new reader after the interface went away: %q", msg)
+	}
+}
+
+// TestPrivilegedPcapKernelFilter: a reader's filter runs in the kernel on
+// its own socket. With "icmp", a UDP flood on the same veth never reaches
+// the daemon: the capture reads exactly the ICMP packets, while an
+// unfiltered reader (of another server on the same interface) sees the
+// flood.
+func TestPrivilegedPcapKernelFilter(t *testing.T) {
+	l := newLab(t)
+	srv, sock := startServer(t, l, "pk1", exp1If, nil)
+	all, allSock := startServer(t, l, "pk2", exp1If, nil)
+	icmp := dialRaw(t, sock, wire.Request{Count: 6, Filter: "icmp"})
+	every := dialRaw(t, allSock, wire.Request{Snaplen: 64})
+	waitFor(t, "both readers", 10*time.Second, func() bool { return srv.Capturing() && all.Capturing() })
+
+	const flood = 20000
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	u, err := l.exp1.Dial(ctx, "udp", "198.51.100.1:7") // the fake Internet echoes: UDP both ways
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 200)
+	for i := 0; i < flood; i++ {
+		if _, err := u.Write(payload); err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+	}
+	// The socket stays open until the echoes are in: closed, it would
+	// answer late ones with ICMP port unreachable.
+	defer u.Close()
+	l.exp1.Run(t, "ping", "-n", "-c", "3", "-i", "0.2", "198.51.100.1")
+
+	n, st, msg := readToEnd(t, icmp)
+	if msg != "" || st.Packets != 6 || n < 24+6*(16+98) {
+		t.Fatalf("icmp reader: %d pcap bytes, stats %+v, error %q", n, st, msg)
+	}
+	if got := srv.Stats().Captured; got != 6 {
+		t.Errorf("the filtered capture read %d packets: want only the 6 ICMP ones (the kernel filter drops the UDP flood)", got)
+	}
+	waitFor(t, "the unfiltered reader sees the flood", 10*time.Second, func() bool { return all.Stats().Captured >= flood })
+	if _, st, msg := finish(t, every); st.Packets < flood || msg != "" {
+		t.Errorf("unfiltered reader: stats %+v, error %q", st, msg)
+	}
+	waitFor(t, "captures closed", 5*time.Second, func() bool { return !srv.Capturing() && !all.Capturing() })
+	if n := packetSockets(t, l.node, exp1If); n != 0 {
+		t.Errorf("%d packet sockets left on %s", n, exp1If)
 	}
 }

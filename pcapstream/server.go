@@ -331,9 +331,6 @@ type reader struct {
 	iov    [][]byte // frame header, then the records of one block
 }
 
-// A block's records always fit in one P frame.
-const _ = uint(wire.MaxFrame - ringBlockSize)
-
 // stop ends r's stream with reason (the first reason wins) and wakes its
 // goroutine.
 func (r *reader) stop(reason string) {
@@ -376,6 +373,10 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 		return
 	}
 	r := &reader{req: req, snaplen: snap}
+	// Room for a few whole blocks in the connection, so that sending one
+	// is one writev that does not wait for the client (and wake both
+	// sides once per 200 KiB, the default buffer).
+	setSendBuf(c, 4*ringBlockSize)
 	if err := s.join(r, prog); err != nil {
 		log.Warn("pcap reader refused", "error", err)
 		s.refuse(c, err.Error())
@@ -671,6 +672,20 @@ func (s *Server) Capturing() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.all) > 0
+}
+
+// setSendBuf enlarges c's send buffer (SO_SNDBUFFORCE: the daemon has
+// CAP_NET_ADMIN; else SO_SNDBUF, capped by net.core.wmem_max).
+func setSendBuf(c *net.UnixConn, n int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n) != nil {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+		}
+	})
 }
 
 func peerCred(c *net.UnixConn) (uid uint32, pid int32, ok bool) {
