@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -35,12 +36,6 @@ const benchServerHelper = "pcapstream-bench-server"
 
 func init() {
 	reexec.Register(benchServerHelper, func() {
-		if v, err := strconv.Atoi(os.Getenv("ARKGW_RING_BLOCK_KB")); err == nil {
-			ringBlockSize = v << 10
-		}
-		if v, err := strconv.Atoi(os.Getenv("ARKGW_RING_TOV_MS")); err == nil {
-			ringBlockTimeout = time.Duration(v) * time.Millisecond
-		}
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 		defer stop()
 		s, err := New(Config{Experiment: "bench1", Iface: os.Args[1], SocketPath: os.Args[2],
@@ -107,11 +102,7 @@ func TestBenchPcap(t *testing.T) {
 	fmt.Printf("method: per arm %d runs (arms alternating), a fresh capture server process, pcap client and tcpdump -B 4096 -w FILE each run; CPU = rusage of each process after Wait, start to exit; ratios per run, medians; load average at start %s\n",
 		pcapRuns, loadAvg())
 	res := map[string][]pcapRun{}
-	runs := pcapRuns
-	if v, err := strconv.Atoi(os.Getenv("ARKGW_BENCH_RUNS")); err == nil && v > 0 {
-		runs = v
-	}
-	for run := 0; run < runs; run++ {
+	for run := 0; run < pcapRuns; run++ {
 		for _, a := range arms {
 			r := benchRun(t, ctx, l, a.rate, a.payload, a.seconds)
 			res[a.name] = append(res[a.name], r)
@@ -252,9 +243,12 @@ func benchRun(t *testing.T, ctx context.Context, l *lab, rate string, payload, s
 
 	tdFile := filepath.Join(dir, "tcpdump.pcap")
 	var tdErr lockedBuffer
-	td := l.node.Command(ctx, "tcpdump", "-n", "-i", exp1If, "-s", "0", "-B", "4096", "-Z", "root", "-w", tdFile)
+	// Forked straight into the node's namespace (Host.Start), not through
+	// Host.Command's re-executed test binary, whose Go start-up would be
+	// counted in tcpdump's rusage.
+	td := exec.CommandContext(ctx, "tcpdump", "-n", "-i", exp1If, "-s", "0", "-B", "4096", "-Z", "root", "-w", tdFile)
 	td.Stderr = &tdErr
-	if err := td.Start(); err != nil {
+	if err := l.node.Start(td); err != nil {
 		t.Fatal(err)
 	}
 	tdDone := false

@@ -214,7 +214,7 @@ func startClient(t *testing.T, sock string, args ...string) *client {
 	defer f.Close()
 	c := &client{out: out, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
 	c.cmd = exec.Command(bin, args...)
-	c.cmd.Env = []string{"ARK_PCAP_SOCK=" + sock, "GOMAXPROCS=" + os.Getenv("CLIENT_GOMAXPROCS")}
+	c.cmd.Env = []string{"ARK_PCAP_SOCK=" + sock}
 	c.cmd.Stdout = f
 	c.cmd.Stderr = c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: readerUID, Gid: readerUID}}

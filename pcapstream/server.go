@@ -315,6 +315,9 @@ func (s *Server) listen() (*net.UnixListener, error) {
 	return l, nil
 }
 
+// A block's records always fit in one P frame.
+const _ = uint(wire.MaxFrame - ringBlockSize)
+
 // reader is one connected client and its capture.
 type reader struct {
 	req     wire.Request
