@@ -123,56 +123,11 @@ func run(args []string, stdout io.Writer, stderr io.Writer) int {
 		failed   string
 		outOK    = true
 		// Each P frame is a block of records the daemon framed: one read
-		// takes it whole (usually), one write puts it out...
+		// takes it whole (usually), one write puts it out.
 		frames = wire.NewFrameReader(conn, readBuf)
-		// ... or, when stdout is a file or a pipe, splice(2) hands the
-		// pages on without copying them through this process.
-		sp    *splicer
-		hdr   [wire.HeaderLen]byte
-		small []byte
 	)
-	if f, ok := stdout.(*os.File); ok {
-		if sp = newSplicer(conn, f); sp != nil {
-			defer sp.close()
-		}
-	}
 	for {
-		var (
-			typ     byte
-			payload []byte
-			err     error
-		)
-		if sp != nil && !sp.off {
-			// Exact reads only: nothing is buffered here, so the
-			// FrameReader can take over if stdout refuses splice.
-			var n int
-			typ, n, err = readHeader(conn, hdr[:])
-			if err == nil && typ == wire.FramePcap && outOK {
-				err = sp.copy(n)
-				var oe *outError
-				if errors.As(err, &oe) {
-					outOK = false
-					if !errors.Is(err, syscall.EPIPE) {
-						failed = oe.Error()
-					}
-					stop()
-					continue
-				}
-				if err == nil {
-					continue
-				}
-			} else if err == nil {
-				if cap(small) < n {
-					small = make([]byte, n)
-				}
-				payload = small[:n]
-				if _, err = io.ReadFull(conn, payload); errors.Is(err, io.EOF) {
-					err = fmt.Errorf("truncated frame: %w", io.ErrUnexpectedEOF)
-				}
-			}
-		} else {
-			typ, payload, err = frames.Next()
-		}
+		typ, payload, err := frames.Next()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && failed == "" {
 				failed = fmt.Sprintf("reading from %s: %v", path, err)

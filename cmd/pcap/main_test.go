@@ -2,10 +2,8 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -93,48 +91,5 @@ func TestRunUsage(t *testing.T) {
 	}
 	if code := run([]string{"-S", filepath.Join(t.TempDir(), "none.sock")}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "connect to") {
 		t.Fatalf("no socket: exit %d, %q", code, errb.String())
-	}
-}
-
-// With a file or a pipe as stdout the records are spliced, not copied
-// through the process: the bytes must come out the same.
-func TestRunSplicesToFileAndPipe(t *testing.T) {
-	big := make([]byte, 700<<10)
-	rand.Read(big)
-	frames := func(c net.Conn) {
-		wire.WriteFrame(c, wire.FramePcap, []byte("HEADER"))
-		wire.WriteFrame(c, wire.FrameStats, wire.Stats{Packets: 1}.Marshal())
-		wire.WriteFrame(c, wire.FramePcap, big)
-		wire.WriteFrame(c, wire.FramePcap, nil)
-		wire.WriteFrame(c, wire.FramePcap, []byte("TAIL"))
-		wire.WriteFrame(c, wire.FrameStats, wire.Stats{Packets: 9}.Marshal())
-	}
-	want := append(append([]byte("HEADER"), big...), "TAIL"...)
-
-	f, err := os.Create(filepath.Join(t.TempDir(), "out.pcap"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var errb bytes.Buffer
-	if code := run([]string{"-S", fakeDaemon(t, wire.Request{}, frames)}, f, &errb); code != 0 || errb.String() != "pcap: 9 packets captured, 0 dropped\n" {
-		t.Fatalf("to a file: exit %d, stderr %q", code, errb.String())
-	}
-	if got, _ := os.ReadFile(f.Name()); !bytes.Equal(got, want) {
-		t.Fatalf("file holds %d bytes, want %d (equal: %v)", len(got), len(want), bytes.Equal(got, want))
-	}
-
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pr.Close()
-	got := make(chan []byte)
-	go func() { b, _ := io.ReadAll(pr); got <- b }()
-	errb.Reset()
-	code := run([]string{"-S", fakeDaemon(t, wire.Request{}, frames)}, pw, &errb)
-	pw.Close()
-	if b := <-got; code != 0 || !bytes.Equal(b, want) {
-		t.Fatalf("to a pipe: exit %d, %d bytes (want %d), stderr %q", code, len(b), len(want), errb.String())
 	}
 }

@@ -285,23 +285,6 @@ func ReadFrame(r io.Reader, buf []byte) (typ byte, payload []byte, newbuf []byte
 	return h[0], buf, buf, nil
 }
 
-// ParseHeader checks a frame header and returns its type and payload length.
-func ParseHeader(h []byte) (typ byte, n int, err error) {
-	if len(h) < HeaderLen {
-		return 0, 0, fmt.Errorf("frame header of %d bytes, want %d", len(h), HeaderLen)
-	}
-	l := binary.BigEndian.Uint32(h[1:HeaderLen])
-	if l > MaxFrame {
-		return 0, 0, fmt.Errorf("frame of %d bytes exceeds %d", l, MaxFrame)
-	}
-	switch h[0] {
-	case FramePcap, FrameStats, FrameError:
-	default:
-		return 0, 0, fmt.Errorf("unknown frame type %q", h[0])
-	}
-	return h[0], int(l), nil
-}
-
 // FrameReader reads frames through one large buffer: each read takes what
 // the connection holds (a whole block of records, usually), and frames are
 // returned from the buffer without a copy. cmd/pcap uses it to write each
@@ -325,9 +308,14 @@ func (f *FrameReader) Next() (typ byte, payload []byte, err error) {
 	for {
 		if have := f.end - f.start; have >= HeaderLen {
 			h := f.buf[f.start:]
-			_, n, err := ParseHeader(h)
-			if err != nil {
-				return 0, nil, err
+			n := int(binary.BigEndian.Uint32(h[1:HeaderLen]))
+			if n > MaxFrame {
+				return 0, nil, fmt.Errorf("frame of %d bytes exceeds %d", n, MaxFrame)
+			}
+			switch h[0] {
+			case FramePcap, FrameStats, FrameError:
+			default:
+				return 0, nil, fmt.Errorf("unknown frame type %q", h[0])
 			}
 			need = HeaderLen + n
 			if have >= need {
