@@ -8,9 +8,11 @@ import (
 	"strings"
 )
 
-// Filter selects packets with a small tcpdump-like expression, evaluated in
-// Go on the frame's headers (no kernel BPF: each reader has its own filter
-// while all share one socket).
+// Filter selects packets with a small tcpdump-like expression. It is
+// compiled to classic BPF (filterbpf.go) and attached to the reader's own
+// capture socket, so the kernel drops what the reader does not want before
+// it costs the daemon anything. Match is the reference evaluator in Go: the
+// tests and FuzzFilterBPF check that the BPF program agrees with it.
 //
 // Grammar (keywords lowercase):
 //
@@ -23,16 +25,22 @@ import (
 //	       | ["tcp" | "udp"] ["src" | "dst"] "port" NUMBER
 //
 // "icmp" is ICMP over IPv4 and "icmp6" ICMPv6, as in tcpdump; "port" without
-// a protocol matches TCP and UDP. VLAN tags are skipped; IPv6 extension
-// headers (hop-by-hop, routing, fragment, destination options) are walked.
+// a protocol matches TCP, UDP and SCTP. Up to two VLAN tags in the frame's
+// data are skipped; IPv6 extension headers (hop-by-hop, routing, fragment,
+// destination options) are walked, at most maxExtHeaders of them (classic
+// BPF has only forward jumps, so the walk is unrolled to that depth).
 // Non-first fragments have no ports.
 type Filter struct {
 	expr string
-	eval func(*headers) bool
+	root *fnode
 }
 
 // maxFilterTokens bounds the work a filter costs per packet.
 const maxFilterTokens = 64
+
+// maxExtHeaders is how many IPv6 extension headers a filter walks before it
+// takes the next header value as the transport protocol.
+const maxExtHeaders = 8
 
 // String returns the expression f was parsed from.
 func (f *Filter) String() string { return f.expr }
@@ -55,7 +63,7 @@ func ParseFilter(expr string) (*Filter, error) {
 	if p.i != len(p.toks) {
 		return nil, fmt.Errorf("filter %q: unexpected %q", clip(expr), clip(p.toks[p.i]))
 	}
-	return &Filter{expr: expr, eval: e}, nil
+	return &Filter{expr: expr, root: e}, nil
 }
 
 // Match reports whether an Ethernet frame passes f. A nil Filter passes all.
@@ -65,7 +73,7 @@ func (f *Filter) Match(frame []byte) bool {
 	}
 	var h headers
 	h.decode(frame)
-	return f.eval(&h)
+	return f.root.eval(&h)
 }
 
 func clip(s string) string {
@@ -84,7 +92,72 @@ func tokenize(s string) []string {
 	return toks
 }
 
-type pred = func(*headers) bool
+// fnode is a node of a parsed filter.
+type fnode struct {
+	op   int // opAnd, opOr, opNot, opPrim
+	a, b *fnode
+	p    prim
+}
+
+const (
+	opPrim = iota
+	opAnd
+	opOr
+	opNot
+)
+
+// prim is a primitive test.
+type prim struct {
+	kind   int    // primEther, primProto, primHost, primNet, primPort
+	et     uint16 // primEther, primProto: the EtherType required (0: any, for tcp/udp)
+	proto  int    // primProto, primPort: the IP protocol required (-1: any)
+	dir    int    // dirAny, dirSrc, dirDst
+	addr   netip.Addr
+	prefix netip.Prefix
+	port   uint16
+}
+
+const (
+	primEther = iota
+	primProto
+	primHost
+	primNet
+	primPort
+)
+
+const (
+	dirAny = iota
+	dirSrc
+	dirDst
+)
+
+func (n *fnode) eval(h *headers) bool {
+	switch n.op {
+	case opAnd:
+		return n.a.eval(h) && n.b.eval(h)
+	case opOr:
+		return n.a.eval(h) || n.b.eval(h)
+	case opNot:
+		return !n.a.eval(h)
+	}
+	p := &n.p
+	switch p.kind {
+	case primEther:
+		return h.ethType == p.et
+	case primProto:
+		return (p.et == 0 || h.ethType == p.et) && h.hasProto && int(h.proto) == p.proto
+	case primHost:
+		return h.hasAddrs && ((p.dir != dirDst && h.src == p.addr) || (p.dir != dirSrc && h.dst == p.addr))
+	case primNet:
+		return h.hasAddrs && ((p.dir != dirDst && p.prefix.Contains(h.src)) || (p.dir != dirSrc && p.prefix.Contains(h.dst)))
+	case primPort:
+		if !h.hasPorts || (p.proto >= 0 && int(h.proto) != p.proto) {
+			return false
+		}
+		return (p.dir != dirDst && h.sport == p.port) || (p.dir != dirSrc && h.dport == p.port)
+	}
+	return false
+}
 
 type filterParser struct {
 	toks []string
@@ -110,7 +183,7 @@ func (p *filterParser) next() string {
 // recursion obvious.
 const maxDepth = 32
 
-func (p *filterParser) or(depth int) (pred, error) {
+func (p *filterParser) or(depth int) (*fnode, error) {
 	l, err := p.and(depth)
 	if err != nil {
 		return nil, err
@@ -121,13 +194,12 @@ func (p *filterParser) or(depth int) (pred, error) {
 		if err != nil {
 			return nil, err
 		}
-		a, b := l, r
-		l = func(h *headers) bool { return a(h) || b(h) }
+		l = &fnode{op: opOr, a: l, b: r}
 	}
 	return l, nil
 }
 
-func (p *filterParser) and(depth int) (pred, error) {
+func (p *filterParser) and(depth int) (*fnode, error) {
 	l, err := p.unary(depth)
 	if err != nil {
 		return nil, err
@@ -138,13 +210,12 @@ func (p *filterParser) and(depth int) (pred, error) {
 		if err != nil {
 			return nil, err
 		}
-		a, b := l, r
-		l = func(h *headers) bool { return a(h) && b(h) }
+		l = &fnode{op: opAnd, a: l, b: r}
 	}
 	return l, nil
 }
 
-func (p *filterParser) unary(depth int) (pred, error) {
+func (p *filterParser) unary(depth int) (*fnode, error) {
 	if depth > maxDepth {
 		return nil, fmt.Errorf("nested more than %d deep", maxDepth)
 	}
@@ -155,7 +226,7 @@ func (p *filterParser) unary(depth int) (pred, error) {
 		if err != nil {
 			return nil, err
 		}
-		return func(h *headers) bool { return !e(h) }, nil
+		return &fnode{op: opNot, a: e}, nil
 	case "(":
 		p.next()
 		e, err := p.or(depth + 1)
@@ -169,33 +240,31 @@ func (p *filterParser) unary(depth int) (pred, error) {
 	case "":
 		return nil, fmt.Errorf("expression ends too early")
 	}
-	return p.prim()
+	pr, err := p.prim()
+	if err != nil {
+		return nil, err
+	}
+	return &fnode{op: opPrim, p: pr}, nil
 }
 
-const (
-	dirAny = iota
-	dirSrc
-	dirDst
-)
-
-func (p *filterParser) prim() (pred, error) {
+func (p *filterParser) prim() (prim, error) {
 	proto := -1 // for "tcp port": restrict to a protocol
 	switch t := p.peek(); t {
 	case "ip":
 		p.next()
-		return func(h *headers) bool { return h.ethType == etIPv4 }, nil
+		return prim{kind: primEther, et: etIPv4}, nil
 	case "ip6":
 		p.next()
-		return func(h *headers) bool { return h.ethType == etIPv6 }, nil
+		return prim{kind: primEther, et: etIPv6}, nil
 	case "arp":
 		p.next()
-		return func(h *headers) bool { return h.ethType == etARP }, nil
+		return prim{kind: primEther, et: etARP}, nil
 	case "icmp":
 		p.next()
-		return func(h *headers) bool { return h.ethType == etIPv4 && h.hasProto && h.proto == 1 }, nil
+		return prim{kind: primProto, et: etIPv4, proto: 1}, nil
 	case "icmp6":
 		p.next()
-		return func(h *headers) bool { return h.ethType == etIPv6 && h.hasProto && h.proto == 58 }, nil
+		return prim{kind: primProto, et: etIPv6, proto: 58}, nil
 	case "tcp", "udp":
 		p.next()
 		proto = 6
@@ -205,8 +274,7 @@ func (p *filterParser) prim() (pred, error) {
 		switch p.peek() {
 		case "port", "src", "dst":
 		default:
-			pr := uint8(proto)
-			return func(h *headers) bool { return h.hasProto && h.proto == pr }, nil
+			return prim{kind: primProto, proto: proto}, nil
 		}
 	}
 	dir := dirAny
@@ -222,37 +290,25 @@ func (p *filterParser) prim() (pred, error) {
 	case "host":
 		a, err := netip.ParseAddr(p.next())
 		if err != nil {
-			return nil, fmt.Errorf("host: want an IPv4 or IPv6 address")
+			return prim{}, fmt.Errorf("host: want an IPv4 or IPv6 address")
 		}
-		a = a.Unmap()
-		return func(h *headers) bool {
-			return h.hasAddrs && ((dir != dirDst && h.src == a) || (dir != dirSrc && h.dst == a))
-		}, nil
+		return prim{kind: primHost, dir: dir, addr: a.Unmap()}, nil
 	case "net":
 		n, err := netip.ParsePrefix(p.next())
 		if err != nil {
-			return nil, fmt.Errorf("net: want a prefix like 10.0.0.0/8")
+			return prim{}, fmt.Errorf("net: want a prefix like 10.0.0.0/8")
 		}
-		n = n.Masked()
-		return func(h *headers) bool {
-			return h.hasAddrs && ((dir != dirDst && n.Contains(h.src)) || (dir != dirSrc && n.Contains(h.dst)))
-		}, nil
+		return prim{kind: primNet, dir: dir, prefix: n.Masked()}, nil
 	case "port":
 		v, err := strconv.ParseUint(p.next(), 10, 16)
 		if err != nil {
-			return nil, fmt.Errorf("port: want a number 0-65535")
+			return prim{}, fmt.Errorf("port: want a number 0-65535")
 		}
-		port := uint16(v)
-		return func(h *headers) bool {
-			if !h.hasPorts || (proto >= 0 && int(h.proto) != proto) {
-				return false
-			}
-			return (dir != dirDst && h.sport == port) || (dir != dirSrc && h.dport == port)
-		}, nil
+		return prim{kind: primPort, dir: dir, proto: proto, port: uint16(v)}, nil
 	case "":
-		return nil, fmt.Errorf("expression ends too early")
+		return prim{}, fmt.Errorf("expression ends too early")
 	default:
-		return nil, fmt.Errorf("unknown word %q (known: ip ip6 arp tcp udp icmp icmp6 host net port src dst and or not)", clip(kw))
+		return prim{}, fmt.Errorf("unknown word %q (known: ip ip6 arp tcp udp icmp icmp6 host net port src dst and or not)", clip(kw))
 	}
 }
 
@@ -275,6 +331,7 @@ type headers struct {
 }
 
 // decode fills h from an Ethernet frame; whatever is cut short stays unset.
+// The BPF prologue (filterbpf.go) decodes the same fields the same way.
 func (h *headers) decode(b []byte) {
 	if len(b) < 14 {
 		return
@@ -313,7 +370,8 @@ func (h *headers) decode(b []byte) {
 		h.hasAddrs = true
 		next := b[6]
 		b = b[40:]
-		for i := 0; i < 8; i++ {
+	walk:
+		for i := 0; i < maxExtHeaders; i++ {
 			switch next {
 			case 0, 43, 60: // hop-by-hop, routing, destination options
 				if len(b) < 8 {
@@ -324,7 +382,6 @@ func (h *headers) decode(b []byte) {
 					return
 				}
 				next, b = b[0], b[n:]
-				continue
 			case 44: // fragment
 				if len(b) < 8 {
 					return
@@ -335,9 +392,9 @@ func (h *headers) decode(b []byte) {
 					h.proto, h.hasProto = next, true
 					return
 				}
-				continue
+			default:
+				break walk
 			}
-			break
 		}
 		h.proto, h.hasProto = next, true
 		l4 = b

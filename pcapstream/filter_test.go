@@ -1,8 +1,12 @@
 package pcapstream
 
 import (
+	"fmt"
 	"net"
+	"strings"
 	"testing"
+
+	"golang.org/x/net/bpf"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -95,9 +99,17 @@ func TestFilterMatch(t *testing.T) {
 			for _, n := range c.want {
 				want[n] = true
 			}
+			vm := filterVM(t, f, 96)
 			for name, fr := range frames {
 				if got := f.Match(fr); got != want[name] {
 					t.Errorf("%s: match = %v, want %v", name, got, want[name])
+				}
+				n, err := vm.Run(fr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if wantN := map[bool]int{true: 96, false: 0}[want[name]]; n != wantN {
+					t.Errorf("%s: BPF program returns %d, want %d", name, n, wantN)
 				}
 			}
 		})
@@ -115,6 +127,120 @@ func TestFilterErrors(t *testing.T) {
 	if !nilf.Match(nil) {
 		t.Error("nil filter must match")
 	}
+}
+
+// filterVM compiles f to classic BPF, checks the kernel's structural
+// rules, and returns x/net/bpf's VM for it.
+func filterVM(t testing.TB, f *Filter, snaplen uint32) *bpf.VM {
+	t.Helper()
+	prog, err := f.BPF(snaplen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkClassic(t, prog)
+	vm, err := bpf.NewVM(prog)
+	if err != nil {
+		t.Fatalf("x/net/bpf refuses the program: %v", err)
+	}
+	return vm
+}
+
+// checkClassic checks what the kernel's bpf_check_classic would: at most
+// 4096 instructions, a return last, every scratch slot stored before any
+// load on every path (checked here as: stored before loaded in program
+// order, which the prologue guarantees by writing every slot first).
+func checkClassic(t testing.TB, prog []bpf.Instruction) {
+	t.Helper()
+	if len(prog) == 0 || len(prog) > maxBPFInstructions {
+		t.Fatalf("program of %d instructions", len(prog))
+	}
+	if _, ok := prog[len(prog)-1].(bpf.RetConstant); !ok {
+		t.Fatalf("last instruction %v is not a return", prog[len(prog)-1])
+	}
+	var stored [16]bool
+	for i, ins := range prog {
+		switch in := ins.(type) {
+		case bpf.StoreScratch:
+			stored[in.N] = true
+		case bpf.LoadScratch:
+			if !stored[in.N] {
+				t.Fatalf("instruction %d loads M[%d] before any store", i, in.N)
+			}
+		}
+	}
+	if _, err := bpf.Assemble(prog); err != nil {
+		t.Fatalf("assemble: %v", err)
+	}
+}
+
+// Long expressions need conditional jumps further than 255 instructions;
+// the assembler turns them into jumps over unconditional ones.
+func TestFilterBPFLongJumps(t *testing.T) {
+	frames := testFrames(t)
+	var terms []string
+	for i := 0; i < 20; i++ {
+		terms = append(terms, fmt.Sprintf("host 2001:db8::%x", i+1))
+	}
+	for _, expr := range []string{
+		strings.Join(terms, " or ") + " or tcp",
+		"not (" + strings.Join(terms, " or ") + ") and udp",
+		"src net 10.0.0.0/8 and (" + strings.Join(terms[:15], " or ") + " or dst host 198.51.100.1)",
+	} {
+		f, err := ParseFilter(expr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prog, _ := f.BPF(65535)
+		long := 0
+		for _, in := range prog {
+			if _, ok := in.(bpf.Jump); ok {
+				long++
+			}
+		}
+		vm := filterVM(t, f, 65535)
+		for name, fr := range frames {
+			n, _ := vm.Run(fr)
+			if (n != 0) != f.Match(fr) {
+				t.Errorf("%q on %s: BPF %d, Go %v", clip(expr), name, n, f.Match(fr))
+			}
+		}
+		t.Logf("%d instructions, %d unconditional jumps", len(prog), long)
+	}
+}
+
+// FuzzFilterBPF: for any filter and frame, the kernel program (run in
+// x/net/bpf's VM) and the Go reference evaluator agree.
+func FuzzFilterBPF(f *testing.F) {
+	fr := testFrames(f)
+	f.Add("tcp port 80", fr["tcp4"])
+	f.Add("not (icmp or udp dst port 53) and host 10.250.0.2", fr["udp4"])
+	f.Add("ip6 and port 7", fr["udp6hb"])
+	f.Add("net 10.0.0.0/8", fr["vlan"])
+	f.Add("src net 2001:db8:100::/40 or icmp6", fr["icmp6"])
+	f.Add("arp or dst host fd00:a4c::2", fr["arp"])
+	f.Add("udp src port 1 and net 198.51.100.0/25", fr["vlan"])
+	f.Add("port 9 and ip6", fr["udp6hb"])
+	f.Fuzz(func(t *testing.T, expr string, frame []byte) {
+		flt, err := ParseFilter(expr)
+		if err != nil {
+			return
+		}
+		prog, err := flt.BPF(1 << 18)
+		if err != nil {
+			t.Fatalf("%q parses but does not compile: %v", expr, err)
+		}
+		vm, err := bpf.NewVM(prog)
+		if err != nil {
+			t.Fatalf("%q: VM refuses the program: %v", expr, err)
+		}
+		n, err := vm.Run(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := flt.Match(frame); (n != 0) != want {
+			t.Fatalf("%q on %x: BPF returns %d, Go reference says %v", expr, frame, n, want)
+		}
+	})
 }
 
 func FuzzFilter(f *testing.F) {

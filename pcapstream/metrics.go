@@ -5,14 +5,14 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics (all labelled experiment="<id>"):
 //
 //	arkgw_pcap_readers                          gauge   readers connected now
-//	arkgw_pcap_capturing                        gauge   1 while the AF_PACKET socket is open
-//	arkgw_pcap_captures_total                   counter times the socket was opened
+//	arkgw_pcap_capturing                        gauge   1 while a reader's AF_PACKET socket is open
+//	arkgw_pcap_captures_total                   counter captures opened (one per reader)
 //	arkgw_pcap_connections_total                counter connections accepted
 //	arkgw_pcap_refused_total                    counter connections refused (bad request, too many readers, capture failed)
-//	arkgw_pcap_captured_packets_total           counter packets read from the socket
-//	arkgw_pcap_delivered_packets_total          counter packets written to readers (one per reader)
-//	arkgw_pcap_reader_dropped_packets_total     counter packets lost by readers with full queues (one per reader)
-//	arkgw_pcap_kernel_dropped_packets_total     counter packets the socket lost (PACKET_STATISTICS)
+//	arkgw_pcap_captured_packets_total           counter packets read from the readers' rings (after their filters, once per reader)
+//	arkgw_pcap_delivered_packets_total          counter packets written to readers (once per reader)
+//	arkgw_pcap_reader_dropped_packets_total     counter packets the readers' rings lost (PACKET_STATISTICS, once per reader)
+//	arkgw_pcap_kernel_dropped_packets_total     counter the same packets (every loss is in a reader's own kernel ring)
 //
 // descs are one server's metric descriptions. The experiment is a constant
 // label, so each experiment's server is its own collector: shared
@@ -28,14 +28,14 @@ func newDescs(exp string) *descs {
 	}
 	return &descs{
 		readers:    d("readers", "Pcap readers connected now."),
-		capturing:  d("capturing", "1 while the capture socket is open (only while a reader is connected)."),
-		captures:   d("captures_total", "Times the capture socket was opened."),
+		capturing:  d("capturing", "1 while a capture socket is open (each connected reader has one)."),
+		captures:   d("captures_total", "Capture sockets opened (one per reader)."),
 		conns:      d("connections_total", "Connections accepted on the pcap socket."),
 		refused:    d("refused_total", "Connections refused: bad request, too many readers, or capture unavailable."),
-		captured:   d("captured_packets_total", "Packets read from the capture socket."),
+		captured:   d("captured_packets_total", "Packets read from the readers' capture rings (after their kernel filters), counted once per reader."),
 		delivered:  d("delivered_packets_total", "Packets written to readers, counted once per reader."),
-		dropped:    d("reader_dropped_packets_total", "Packets lost by slow readers (queue full), counted once per reader."),
-		kernelDrop: d("kernel_dropped_packets_total", "Packets the capture socket lost (kernel PACKET_STATISTICS)."),
+		dropped:    d("reader_dropped_packets_total", "Packets lost by readers that did not keep up (their own ring full, PACKET_STATISTICS), counted once per reader."),
+		kernelDrop: d("kernel_dropped_packets_total", "Packets the readers' kernel rings lost: the same packets as reader_dropped (each reader has its own ring)."),
 	}
 }
 
@@ -54,7 +54,6 @@ func (s *Server) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (s *Server) Collect(ch chan<- prometheus.Metric) {
-	s.pollKernelDrops()
 	st := s.Stats()
 	d := s.descs()
 	capturing := 0.0

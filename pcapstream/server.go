@@ -4,24 +4,26 @@
 // /run/ark/pcap.sock, where /usr/bin/pcap (cmd/pcap) connects to it. No
 // setuid helper or capability is involved on the experiment's side.
 //
-// The capture is a pure Go AF_PACKET socket (gopacket's pcapgo; with
-// Config.Ring a TPACKET_V3 ring from gopacket's afpacket) bound to the host
-// end of the experiment's veth in the node's network namespace. Packets
-// there carry the experiment's own addresses: NAT happens later, on the
-// uplink. Both directions are captured. The socket exists only while at
-// least one reader is connected: the first reader opens it, the last one to
-// leave closes it.
+// Every connected reader gets its own capture: a pure Go AF_PACKET socket
+// with a TPACKET_V3 ring (capture.go), bound to the host end of the
+// experiment's veth in the node's network namespace, with the reader's
+// filter compiled to classic BPF and run by the kernel (filterbpf.go).
+// Packets there carry the experiment's own addresses: NAT happens later, on
+// the uplink. Both directions are captured. A socket exists only while its
+// reader is connected.
 //
-// Every reader has a bounded queue (packets and bytes). The capture goroutine
-// never waits for a reader: when a queue is full the packet is dropped for
-// that reader and counted. Readers therefore cannot slow the capture, the
-// experiment or the daemon.
+// The reader's goroutine frames the pcap records in place in each ring block
+// and sends the block with one writev. A reader that does not keep up holds
+// its own ring's blocks: its kernel ring drops (counted for that reader),
+// and nothing else waits. Readers therefore cannot slow the capture of
+// others, the experiment or the daemon.
 //
 // The wire protocol is in package wire and README.md.
 package pcapstream
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -36,19 +38,15 @@ import (
 	"github.com/arkgw/arkgw/configs"
 	"github.com/arkgw/arkgw/nsdo"
 	"github.com/arkgw/arkgw/pcapstream/wire"
-	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/layers"
-	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
 
 // Defaults for Config fields left zero.
 const (
-	DefaultSnaplen      = 262144 // libpcap's MAXIMUM_SNAPLEN: full packets, including GSO/GRO super-frames
-	DefaultQueuePackets = 4096
-	DefaultQueueBytes   = 8 << 20
-	DefaultMaxReaders   = 8
+	DefaultSnaplen    = 262144 // libpcap's MAXIMUM_SNAPLEN: full packets, including GSO/GRO super-frames
+	DefaultMaxReaders = 8
 	// DefaultMaxPending bounds connections of one experiment that have not
 	// finished their handshake; DefaultMaxConns bounds all its connections
 	// (readers, handshakes, refusals being written). An experiment may run
@@ -61,8 +59,12 @@ const (
 	// connection that says nothing for this long is closed (the DNS proxy
 	// closes idle TCP after 2 s too).
 	DefaultHandshakeTimeout = 2 * time.Second
-	DefaultCaptureBuf       = 4 << 20
-	DefaultSocketMode       = 0o660
+	// DefaultCaptureBuf is each reader's ring: what absorbs bursts while
+	// the reader's goroutine or client is late (tcpdump -B 4096). Kernel
+	// memory, per connected reader: at most MaxReaders times this per
+	// experiment (README.md, "Memory").
+	DefaultCaptureBuf = 4 << 20
+	DefaultSocketMode = 0o660
 	// overflowWriteTimeout bounds writing the refusal to a connection over
 	// the caps, from the accept loop (a fresh socket's buffer is empty, so
 	// it does not wait in practice).
@@ -72,8 +74,6 @@ const (
 	overflowLogEvery  = 10 * time.Second
 	finalWriteTimeout = 2 * time.Second
 	statsInterval     = time.Second
-	maxBatch          = 256 << 10 // bytes of pcap records per P frame
-	flushDelay        = 10 * time.Millisecond
 )
 
 // Config configures a Server for one experiment.
@@ -87,10 +87,8 @@ type Config struct {
 	SocketGID  int         // group of the socket file
 	SocketMode os.FileMode // permission bits; 0 = 0660
 
-	Snaplen      int // maximum bytes kept per packet; 0 = DefaultSnaplen
-	QueuePackets int // per-reader queue bound in packets; 0 = DefaultQueuePackets
-	QueueBytes   int // per-reader queue bound in bytes; 0 = DefaultQueueBytes
-	MaxReaders   int // concurrent readers; 0 = DefaultMaxReaders
+	Snaplen    int // maximum bytes kept per packet; 0 = DefaultSnaplen
+	MaxReaders int // concurrent readers; 0 = DefaultMaxReaders
 	// MaxPending bounds connections still in their handshake; 0 =
 	// DefaultMaxPending. MaxConns bounds all connections of the
 	// experiment; 0 = MaxReaders + MaxPending. A connection over either
@@ -100,16 +98,10 @@ type Config struct {
 	// HandshakeTimeout closes a connection that has not sent its request
 	// in time; 0 = DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
-	// CaptureBuffer is the capture socket's receive buffer in bytes, or
-	// the ring's size with Ring (what absorbs bursts while the capture
-	// goroutine is not scheduled); 0 = DefaultCaptureBuf.
+	// CaptureBuffer is the size in bytes of each reader's TPACKET_V3 ring
+	// (kernel memory, while the reader is connected); 0 =
+	// DefaultCaptureBuf.
 	CaptureBuffer int
-	// Ring captures through a TPACKET_V3 memory-mapped ring
-	// (gopacket/afpacket, pure Go) instead of pcapgo's one-recvmsg-per-packet
-	// socket: far less CPU per packet, CaptureBuffer bytes of locked-in
-	// kernel memory per capturing experiment, sparse packets delayed up to
-	// 50 ms, and a closing capture lingers up to 40 ms.
-	Ring bool
 
 	Logger hclog.Logger // nil = no logging
 	// Alerts receives the server's own faults (accept failing, for example
@@ -128,13 +120,8 @@ type Server struct {
 	log      hclog.Logger
 	faults   *alert.Faults
 
-	// readers is the immutable slice the capture goroutine reads per packet;
-	// it is replaced (under mu) whenever a reader joins or leaves.
-	readers atomic.Pointer[[]*reader]
-
 	mu      sync.Mutex
-	cap     *capture // nil while no reader is connected
-	all     map[*reader]struct{}
+	all     map[*reader]struct{} // readers with an open capture
 	conns   map[net.Conn]struct{}
 	pending int // connections in their handshake
 	stopped bool
@@ -146,8 +133,7 @@ type Server struct {
 	// Totals (monotonic) for metrics and Stats.
 	captured     atomic.Uint64
 	delivered    atomic.Uint64
-	dropped      atomic.Uint64
-	kernelDrops  atomic.Uint64
+	dropped      atomic.Uint64 // ring drops of readers that left
 	opens        atomic.Uint64
 	acceptedConn atomic.Uint64
 	refused      atomic.Uint64
@@ -169,18 +155,12 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.SocketPath) > 107 {
 		return nil, fmt.Errorf("pcapstream: socket path %q is %d bytes, Unix sockets allow 107: use a shorter experiment directory", cfg.SocketPath, len(cfg.SocketPath))
 	}
-	if cfg.Snaplen < 0 || cfg.QueuePackets < 0 || cfg.QueueBytes < 0 || cfg.MaxReaders < 0 || cfg.CaptureBuffer < 0 ||
+	if cfg.Snaplen < 0 || cfg.MaxReaders < 0 || cfg.CaptureBuffer < 0 ||
 		cfg.MaxPending < 0 || cfg.MaxConns < 0 || cfg.HandshakeTimeout < 0 {
 		return nil, fmt.Errorf("pcapstream: experiment %q: negative snaplen, queue size or reader limit", cfg.Experiment)
 	}
 	if cfg.Snaplen == 0 || cfg.Snaplen > DefaultSnaplen {
 		cfg.Snaplen = DefaultSnaplen
-	}
-	if cfg.QueuePackets == 0 {
-		cfg.QueuePackets = DefaultQueuePackets
-	}
-	if cfg.QueueBytes == 0 {
-		cfg.QueueBytes = DefaultQueueBytes
 	}
 	if cfg.CaptureBuffer == 0 {
 		cfg.CaptureBuffer = DefaultCaptureBuf
@@ -212,8 +192,6 @@ func New(cfg Config) (*Server, error) {
 		conns:  map[net.Conn]struct{}{},
 		ready:  make(chan struct{}),
 	}
-	empty := []*reader{}
-	s.readers.Store(&empty)
 	return s, nil
 }
 
@@ -337,71 +315,30 @@ func (s *Server) listen() (*net.UnixListener, error) {
 	return l, nil
 }
 
-// packet is one captured frame, shared read-only by every reader's queue.
-type packet struct {
-	ts     time.Time
-	length int    // original length on the wire
-	data   []byte // captured bytes (at most the largest snaplen of the readers at capture time)
-}
+// A block's records always fit in one P frame.
+const _ = uint(wire.MaxFrame - ringBlockSize)
 
-// reader is one connected client.
+// reader is one connected client and its capture.
 type reader struct {
-	id      uint64
 	req     wire.Request
 	snaplen int
-	filter  *Filter
-	q       chan *packet
-	qbytes  atomic.Int64
-	maxq    int64
-
-	// accepted counts packets queued (capture goroutine only) to honour Count.
-	accepted uint64
+	ring    *ring // opened by join, closed by leave
 
 	delivered atomic.Uint64
-	dropped   atomic.Uint64
-	kbase     uint64 // s.kernelDrops when the reader joined
+	why       atomic.Pointer[string] // set (by the watcher) to end the stream
+	statsDue  atomic.Bool
 
-	end     chan struct{} // closed when the capture ends under the reader
-	endOnce sync.Once
-	endMsg  atomic.Pointer[string]
+	// The reader's goroutine only.
+	endMsg string // an error for the user, sent before the last stats
+	hdr    [wire.HeaderLen]byte
+	iov    [][]byte // frame header, then the records of one block
 }
 
-// wants reports whether p's frame is for r (count not reached, filter
-// passes). Capture goroutine only.
-func (r *reader) wants(frame []byte) bool {
-	if r.req.Count != 0 && r.accepted >= r.req.Count {
-		return false
-	}
-	return r.filter == nil || r.filter.Match(frame)
-}
-
-// room reports whether r's queue can take a frame of n bytes.
-func (r *reader) room(n int) bool {
-	return len(r.q) < cap(r.q) && r.qbytes.Load()+int64(min(n, r.snaplen)) <= r.maxq
-}
-
-// push queues p for r without blocking and reports whether it did.
-// Capture goroutine only.
-func (r *reader) push(p *packet) bool {
-	n := int64(min(len(p.data), r.snaplen))
-	select {
-	case r.q <- p:
-		r.qbytes.Add(n)
-		r.accepted++
-		return true
-	default:
-		r.dropped.Add(1)
-		return false
-	}
-}
-
-func (r *reader) stop(msg string) {
-	r.endOnce.Do(func() {
-		if msg != "" {
-			r.endMsg.Store(&msg)
-		}
-		close(r.end)
-	})
+// stop ends r's stream with reason (the first reason wins) and wakes its
+// goroutine.
+func (r *reader) stop(reason string) {
+	r.why.CompareAndSwap(nil, &reason)
+	r.ring.wake()
 }
 
 // serve runs one connection: handshake, join, stream, leave.
@@ -432,20 +369,23 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 	if req.Snaplen != 0 && int(req.Snaplen) < snap {
 		snap = int(req.Snaplen)
 	}
-	r := &reader{
-		req:     req,
-		snaplen: snap,
-		filter:  filter,
-		q:       make(chan *packet, s.cfg.QueuePackets),
-		maxq:    int64(s.cfg.QueueBytes),
-		end:     make(chan struct{}),
+	prog, err := filter.BPF(uint32(snap))
+	if err != nil {
+		log.Debug("pcap filter does not compile", "error", err)
+		s.refuse(c, err.Error())
+		return
 	}
-	if err := s.join(r); err != nil {
+	r := &reader{req: req, snaplen: snap}
+	// Room for a few whole blocks in the connection, so that sending one
+	// is one writev that does not wait for the client (and wake both
+	// sides once per 200 KiB, the default buffer).
+	setSendBuf(c, 4*ringBlockSize)
+	if err := s.join(r, prog); err != nil {
 		log.Warn("pcap reader refused", "error", err)
 		s.refuse(c, err.Error())
 		return
 	}
-	log.Info("pcap reader connected", "snaplen", snap, "count", req.Count, "filter", req.Filter)
+	log.Info("pcap reader connected", "snaplen", snap, "count", req.Count, "filter", req.Filter, "bpf_instructions", len(prog))
 
 	// The client half-closes (or goes away) to stop; anything else it sends
 	// after the request is ignored.
@@ -456,24 +396,23 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 	}()
 
 	reason := s.stream(ctx, c, r, gone)
-	s.leave(r)
-	// Write what is still queued (the client may be waiting for it after a
-	// half-close), then the last stats; a client that does not read gets
-	// a deadline, not a goroutine stuck forever.
-	c.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
-	if reason != "client gone" {
-		w := s.newFrameWriter(c, r, req.Nanos)
-		w.drain()
-		w.flush()
-		if m := r.endMsg.Load(); m != nil {
-			wire.WriteFrame(c, wire.FrameError, []byte(*m))
-		}
+	if reason != "client gone" && reason != "count reached" {
+		// Send what the ring still holds (the client may be waiting for
+		// it after a half-close); a client that does not read gets a
+		// deadline, not a goroutine stuck forever.
+		c.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
+		s.drain(c, r)
 	}
+	s.leave(r)
 	st := s.readerStats(r)
 	if reason != "client gone" {
+		c.SetWriteDeadline(time.Now().Add(finalWriteTimeout))
+		if r.endMsg != "" {
+			wire.WriteFrame(c, wire.FrameError, []byte(r.endMsg))
+		}
 		wire.WriteFrame(c, wire.FrameStats, st.Marshal())
 	}
-	log.Info("pcap reader disconnected", "reason", reason, "packets", st.Packets, "dropped", st.Dropped, "kernel_dropped", st.KernelDropped)
+	log.Info("pcap reader disconnected", "reason", reason, "packets", st.Packets, "dropped", st.Dropped)
 	c.Close()
 	<-gone
 }
@@ -492,130 +431,144 @@ func readHandshake(r io.Reader) (wire.Request, *Filter, error) {
 	return req, f, err
 }
 
-// stream copies r's queue to c until the client leaves, the count is
-// reached, the capture ends or ctx is done, and says which.
+// stream sends r's ring to c, a block at a time, until the client leaves,
+// the count is reached, the capture ends or ctx is done, and says which.
 func (s *Server) stream(ctx context.Context, c *net.UnixConn, r *reader, gone <-chan struct{}) string {
-	w := s.newFrameWriter(c, r, r.req.Nanos)
-	if err := w.header(); err != nil {
+	if err := wire.WriteFrame(c, wire.FramePcap, fileHeader(r.snaplen, r.req.Nanos)); err != nil {
 		return "client gone"
 	}
-	tick := time.NewTicker(statsInterval)
-	defer tick.Stop()
+	// The watcher turns the events that end a stream, and the stats
+	// ticks, into flags and a wake-up of the goroutine below, which
+	// otherwise waits only for the ring.
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		tick := time.NewTicker(statsInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-gone:
+				r.stop("client stopped")
+				return
+			case <-ctx.Done():
+				r.stop("server stopping")
+				return
+			case <-tick.C:
+				r.statsDue.Store(true)
+				r.ring.wake()
+			case <-quit:
+				return
+			}
+		}
+	}()
 	var last wire.Stats
 	for {
-		select {
-		case p := <-r.q:
-			w.add(p)
-			w.drain()
-			if len(w.buf) < maxBatch/4 && r.req.Count == 0 {
-				// Little queued: wait a moment for more, so that a busy
-				// stream costs a write per few milliseconds, not per
-				// packet.
-				time.Sleep(flushDelay)
-				w.drain()
-			}
-			if err := w.flush(); err != nil {
-				return "client gone"
-			}
-			if r.req.Count != 0 && r.delivered.Load() >= r.req.Count {
-				return "count reached"
-			}
-		case <-tick.C:
-			s.pollKernelDrops()
+		if why := r.why.Load(); why != nil {
+			return *why
+		}
+		if r.statsDue.Swap(false) {
 			if st := s.readerStats(r); st != last {
 				last = st
 				if err := wire.WriteFrame(c, wire.FrameStats, st.Marshal()); err != nil {
 					return "client gone"
 				}
 			}
-		case <-gone:
-			return "client stopped"
-		case <-r.end:
+		}
+		if r.ring.ready() {
+			done, err := s.sendBlock(c, r)
+			switch {
+			case errors.Is(err, errRingLayout):
+				r.endMsg = fmt.Sprintf("capture on %s ended: %v", s.cfg.Iface, err)
+				s.log.Error("capture ended", "error", err)
+				return "capture ended"
+			case err != nil:
+				if why := r.why.Load(); why != nil {
+					return *why // e.g. the shutdown deadline
+				}
+				return "client gone"
+			case done:
+				return "count reached"
+			}
+			continue
+		}
+		err := r.ring.wait()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.ring.unwake() // then the flags are checked above
+			continue
+		}
+		if err == nil && !r.ring.ready() {
+			err = r.ring.sockErr()
+		}
+		if err != nil {
+			r.endMsg = fmt.Sprintf("capture on %s ended: %v", s.cfg.Iface, err)
+			s.log.Warn("capture ended", "error", err)
 			return "capture ended"
-		case <-ctx.Done():
-			return "server stopping"
 		}
 	}
 }
 
-// frameWriter batches pcap records of queued packets into P frames. The
-// records are written by a pcapgo.Writer into buf.
-type frameWriter struct {
-	c     net.Conn
-	total *atomic.Uint64 // the server's delivered total
-	r     *reader
-	pw    *pcapgo.Writer
-	buf   []byte
-	n     uint64 // packets in buf
+// sendBlock sends the current block's records (up to the reader's count)
+// as one P frame with one writev, then hands the block back to the kernel.
+// It reports whether the count is reached.
+func (s *Server) sendBlock(c *net.UnixConn, r *reader) (bool, error) {
+	limit := 0
+	if r.req.Count != 0 {
+		limit = int(min(r.req.Count-r.delivered.Load(), 1<<30))
+	}
+	iov, num, err := r.ring.records(append(r.iov[:0], r.hdr[:]), limit, r.req.Nanos)
+	s.captured.Add(uint64(num))
+	n := len(iov) - 1
+	if err == nil && n > 0 {
+		size := 0
+		for _, b := range iov[1:] {
+			size += len(b)
+		}
+		wire.PutHeader(r.hdr[:], wire.FramePcap, size)
+		bufs := net.Buffers(iov)
+		_, err = bufs.WriteTo(c)
+	}
+	// The records point into the block: only now is it the kernel's again.
+	r.ring.release()
+	clear(iov)
+	r.iov = iov[:0]
+	if err != nil {
+		return false, err
+	}
+	r.delivered.Add(uint64(n))
+	s.delivered.Add(uint64(n))
+	return r.req.Count != 0 && r.delivered.Load() >= r.req.Count, nil
 }
 
-func (s *Server) newFrameWriter(c net.Conn, r *reader, nanos bool) *frameWriter {
-	w := &frameWriter{c: c, total: &s.delivered, r: r, buf: make([]byte, wire.HeaderLen, 64<<10)}
+// drain sends the blocks the ring holds at the end of a stream. It first
+// waits for the kernel to retire the block it is filling (the block
+// timeout), so that what was captured before the client asked to stop is
+// delivered.
+func (s *Server) drain(c *net.UnixConn, r *reader) {
+	time.Sleep(2 * ringBlockTimeout)
+	for i := 0; i < r.ring.nblocks && r.ring.ready(); i++ {
+		if r.req.Count != 0 && r.delivered.Load() >= r.req.Count {
+			return
+		}
+		if done, err := s.sendBlock(c, r); err != nil || done {
+			return
+		}
+	}
+}
+
+// fileHeader is the pcap global header (little endian, as the records
+// framed in capture.go; link type Ethernet).
+func fileHeader(snaplen int, nanos bool) []byte {
+	b := make([]byte, 24)
+	magic := uint32(0xa1b2c3d4)
 	if nanos {
-		w.pw = pcapgo.NewWriterNanos(w)
-	} else {
-		w.pw = pcapgo.NewWriter(w)
+		magic = 0xa1b23c4d
 	}
-	return w
-}
-
-// Write appends to the current frame (for pcapgo.Writer).
-func (w *frameWriter) Write(b []byte) (int, error) {
-	w.buf = append(w.buf, b...)
-	return len(b), nil
-}
-
-// header writes the pcap global header (link type Ethernet).
-func (w *frameWriter) header() error {
-	if err := w.pw.WriteFileHeader(uint32(w.r.snaplen), layers.LinkTypeEthernet); err != nil {
-		return err
-	}
-	return w.flush()
-}
-
-// add appends p's record, cut to the reader's snaplen.
-func (w *frameWriter) add(p *packet) {
-	data := p.data
-	if len(data) > w.r.snaplen {
-		data = data[:w.r.snaplen]
-	}
-	w.r.qbytes.Add(-int64(min(len(p.data), w.r.snaplen)))
-	ci := gopacket.CaptureInfo{Timestamp: p.ts, CaptureLength: len(data), Length: max(p.length, len(data))}
-	w.pw.WritePacket(ci, data) // cannot fail: ci is consistent and Write does not fail
-	w.n++
-}
-
-// drain adds queued packets without waiting, up to a frame's worth and the
-// reader's count.
-func (w *frameWriter) drain() {
-	for len(w.buf) < maxBatch {
-		if w.r.req.Count != 0 && w.r.delivered.Load()+w.n >= w.r.req.Count {
-			return
-		}
-		select {
-		case p := <-w.r.q:
-			w.add(p)
-		default:
-			return
-		}
-	}
-}
-
-func (w *frameWriter) flush() error {
-	if len(w.buf) == wire.HeaderLen {
-		return nil
-	}
-	wire.PutHeader(w.buf, wire.FramePcap, len(w.buf)-wire.HeaderLen)
-	_, err := w.c.Write(w.buf)
-	w.r.delivered.Add(w.n)
-	w.total.Add(w.n)
-	w.n = 0
-	if cap(w.buf) > 4*maxBatch {
-		w.buf = make([]byte, wire.HeaderLen, 64<<10)
-	} else {
-		w.buf = w.buf[:wire.HeaderLen]
-	}
-	return err
+	binary.LittleEndian.PutUint32(b[0:], magic)
+	binary.LittleEndian.PutUint16(b[4:], 2)
+	binary.LittleEndian.PutUint16(b[6:], 4)
+	binary.LittleEndian.PutUint32(b[16:], uint32(snaplen))
+	binary.LittleEndian.PutUint32(b[20:], 1) // LINKTYPE_ETHERNET
+	return b
 }
 
 func (s *Server) refuse(c net.Conn, msg string) {
@@ -627,8 +580,8 @@ func (s *Server) refuse(c net.Conn, msg string) {
 	wire.WriteFrame(c, wire.FrameError, []byte(msg))
 }
 
-// join adds r, opening the capture if r is the first reader.
-func (s *Server) join(r *reader) error {
+// join opens r's capture with its filter program and adds r.
+func (s *Server) join(r *reader, prog []bpf.Instruction) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -637,84 +590,30 @@ func (s *Server) join(r *reader) error {
 	if len(s.all) >= s.cfg.MaxReaders {
 		return fmt.Errorf("too many pcap readers for experiment %s (at most %d at once)", s.cfg.Experiment, s.cfg.MaxReaders)
 	}
-	if s.cap == nil {
-		c, err := s.openCapture()
-		if err != nil {
-			return fmt.Errorf("cannot capture on %s: %w", s.cfg.Iface, err)
-		}
-		s.cap = c
-		s.opens.Add(1)
-		go s.captureLoop(c)
+	rg, err := openRing(s.cfg.NS, s.cfg.Iface, prog, s.cfg.CaptureBuffer)
+	if err != nil {
+		return fmt.Errorf("cannot capture on %s: %w", s.cfg.Iface, err)
 	}
-	r.kbase = s.kernelDrops.Load()
+	r.ring = rg
+	s.opens.Add(1)
 	s.all[r] = struct{}{}
-	s.publishLocked()
+	s.log.Debug("capture opened", "iface", s.cfg.Iface, "ring_bytes", rg.bs*rg.nblocks, "bpf_instructions", len(prog))
 	return nil
 }
 
-// leave removes r, closing the capture if r was the last reader.
+// leave closes r's capture and removes r; its drops go to the total.
 func (s *Server) leave(r *reader) {
+	r.ring.pollDrops()
+	r.ring.close()
 	s.mu.Lock()
 	delete(s.all, r)
-	s.publishLocked()
-	var c *capture
-	if len(s.all) == 0 && s.cap != nil {
-		c = s.cap
-		s.cap = nil
-		s.pollKernelDropsLocked(c)
-		c.close()
-	}
+	s.dropped.Add(r.ring.drops.Load())
 	s.mu.Unlock()
-	if c != nil {
-		<-c.done
-	}
-}
-
-// publishLocked makes the capture goroutine see the current readers.
-func (s *Server) publishLocked() {
-	rs := make([]*reader, 0, len(s.all))
-	for r := range s.all {
-		rs = append(rs, r)
-	}
-	s.readers.Store(&rs)
-}
-
-// captureEnded is called by a capture goroutine that stopped on its own
-// (an error, the interface went away): its readers are told and dropped.
-func (s *Server) captureEnded(c *capture, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cap != c {
-		return // closed by leave: expected
-	}
-	s.cap = nil
-	msg := fmt.Sprintf("capture on %s ended: %v", s.cfg.Iface, err)
-	s.log.Warn("capture ended", "error", err)
-	for r := range s.all {
-		r.stop(msg)
-	}
 }
 
 func (s *Server) readerStats(r *reader) wire.Stats {
-	return wire.Stats{
-		Packets:       r.delivered.Load(),
-		Dropped:       r.dropped.Load(),
-		KernelDropped: s.kernelDrops.Load() - r.kbase,
-	}
-}
-
-func (s *Server) pollKernelDrops() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cap != nil {
-		s.pollKernelDropsLocked(s.cap)
-	}
-}
-
-func (s *Server) pollKernelDropsLocked(c *capture) {
-	if d, err := c.kernelDrops(); err == nil {
-		s.kernelDrops.Add(d)
-	}
+	r.ring.pollDrops()
+	return wire.Stats{Packets: r.delivered.Load(), Dropped: r.ring.drops.Load()}
 }
 
 // ReaderStats describes one connected reader.
@@ -723,18 +622,17 @@ type ReaderStats struct {
 	Count     uint64
 	Filter    string
 	Delivered uint64
-	Dropped   uint64
-	Queued    int
+	Dropped   uint64 // packets its ring lost (PACKET_STATISTICS)
 }
 
 // Stats is a snapshot of a Server.
 type Stats struct {
-	Capturing     bool   // an AF_PACKET socket is open
-	Captures      uint64 // times the capture was opened
-	Captured      uint64 // packets read from the socket
+	Capturing     bool   // at least one reader's AF_PACKET socket is open
+	Captures      uint64 // captures opened (one per reader)
+	Captured      uint64 // packets read from the readers' rings (once per reader)
 	Delivered     uint64 // packets written to readers (summed over readers)
-	Dropped       uint64 // packets lost by readers with full queues (summed)
-	KernelDropped uint64 // packets the socket lost (PACKET_STATISTICS)
+	Dropped       uint64 // packets the readers' rings lost, summed: a reader that does not keep up loses only its own
+	KernelDropped uint64 // the same packets: every loss is in a reader's own kernel ring (kept for the metric)
 	Connections   uint64 // connections accepted
 	Refused       uint64 // connections refused (bad request, too many readers, no capture, over the caps)
 	Overflow      uint64 // of those, refused at accept for being over MaxConns or MaxPending
@@ -748,31 +646,49 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Stats{
-		Capturing:   s.cap != nil,
+		Capturing:   len(s.all) > 0,
 		Captures:    s.opens.Load(),
 		Captured:    s.captured.Load(),
+		Delivered:   s.delivered.Load(),
+		Dropped:     s.dropped.Load(),
 		Connections: s.acceptedConn.Load(),
 		Refused:     s.refused.Load(),
 		Overflow:    s.overflow.Load(),
 		Open:        len(s.conns),
 		Pending:     s.pending,
 	}
-	st.Delivered, st.Dropped = s.delivered.Load(), s.dropped.Load()
 	for r := range s.all {
+		r.ring.pollDrops()
+		d := r.ring.drops.Load()
+		st.Dropped += d
 		st.Readers = append(st.Readers, ReaderStats{
 			Snaplen: r.snaplen, Count: r.req.Count, Filter: r.req.Filter,
-			Delivered: r.delivered.Load(), Dropped: r.dropped.Load(), Queued: len(r.q),
+			Delivered: r.delivered.Load(), Dropped: d,
 		})
 	}
-	st.KernelDropped = s.kernelDrops.Load()
+	st.KernelDropped = st.Dropped
 	return st
 }
 
-// Capturing reports whether the AF_PACKET socket is open.
+// Capturing reports whether any reader's AF_PACKET socket is open.
 func (s *Server) Capturing() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cap != nil
+	return len(s.all) > 0
+}
+
+// setSendBuf enlarges c's send buffer (SO_SNDBUFFORCE: the daemon has
+// CAP_NET_ADMIN; else SO_SNDBUF, capped by net.core.wmem_max).
+func setSendBuf(c *net.UnixConn, n int) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n) != nil {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+		}
+	})
 }
 
 func peerCred(c *net.UnixConn) (uid uint32, pid int32, ok bool) {

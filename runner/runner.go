@@ -561,9 +561,6 @@ func (in *instance) startServices() error {
 	ps, err := pcapstream.New(pcapstream.Config{
 		Experiment: in.eff.ID, NS: in.r.opt.HostNS, Iface: in.net.HostIf,
 		SocketPath: in.pcapSocket(), SocketUID: int(in.net.HostUID) + 1000, SocketGID: int(in.net.HostGID) + 1000,
-		// The TPACKET_V3 ring captured everything at 100 Mbit/s for a
-		// third of the CPU of one recvmsg per packet (bench-pcap).
-		Ring:   true,
 		Alerts: in.r.deps.Alerts, Node: in.r.deps.Policy.NodeName(),
 		Logger: in.r.log,
 	})

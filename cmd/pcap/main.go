@@ -35,6 +35,9 @@ const defaultSocket = "/run/ark/pcap.sock"
 // asked the daemon to stop.
 const stopWait = 2 * time.Second
 
+// readBuf holds two of the daemon's largest frames.
+const readBuf = 2 * (wire.HeaderLen + wire.MaxFrame)
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -119,11 +122,12 @@ func run(args []string, stdout io.Writer, stderr io.Writer) int {
 		gotStats bool
 		failed   string
 		outOK    = true
-		buf      []byte
+		// Each P frame is a block of records the daemon framed: one read
+		// takes it whole (usually), one write puts it out.
+		frames = wire.NewFrameReader(conn, readBuf)
 	)
 	for {
-		typ, payload, nb, err := wire.ReadFrame(conn, buf)
-		buf = nb
+		typ, payload, err := frames.Next()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) && failed == "" {
 				failed = fmt.Sprintf("reading from %s: %v", path, err)

@@ -205,8 +205,8 @@ func clip(s string) string {
 // connected.
 type Stats struct {
 	Packets       uint64 // packets written to this reader
-	Dropped       uint64 // packets this reader lost because its buffer was full
-	KernelDropped uint64 // packets the capture socket lost (shared by all readers) while this reader was connected
+	Dropped       uint64 // packets this reader lost because it did not keep up (its own capture ring was full)
+	KernelDropped uint64 // 0 from daemons that give each reader its own ring (every loss is in Dropped); was the shared socket's drops
 }
 
 // StatsLen is the length of an S payload.
@@ -283,4 +283,79 @@ func ReadFrame(r io.Reader, buf []byte) (typ byte, payload []byte, newbuf []byte
 		return 0, nil, buf, fmt.Errorf("truncated frame: %w", err)
 	}
 	return h[0], buf, buf, nil
+}
+
+// FrameReader reads frames through one large buffer: each read takes what
+// the connection holds (a whole block of records, usually), and frames are
+// returned from the buffer without a copy. cmd/pcap uses it to write each
+// P payload with one write.
+type FrameReader struct {
+	r          io.Reader
+	buf        []byte
+	start, end int
+}
+
+// NewFrameReader returns a FrameReader on r; its buffer holds at least one
+// frame of MaxFrame bytes.
+func NewFrameReader(r io.Reader, size int) *FrameReader {
+	return &FrameReader{r: r, buf: make([]byte, max(size, HeaderLen+MaxFrame))}
+}
+
+// Next returns the next frame; its payload is valid until the next call.
+// io.EOF means the stream ended cleanly between frames.
+func (f *FrameReader) Next() (typ byte, payload []byte, err error) {
+	need := HeaderLen
+	for {
+		if have := f.end - f.start; have >= HeaderLen {
+			h := f.buf[f.start:]
+			n := int(binary.BigEndian.Uint32(h[1:HeaderLen]))
+			if n > MaxFrame {
+				return 0, nil, fmt.Errorf("frame of %d bytes exceeds %d", n, MaxFrame)
+			}
+			switch h[0] {
+			case FramePcap, FrameStats, FrameError:
+			default:
+				return 0, nil, fmt.Errorf("unknown frame type %q", h[0])
+			}
+			need = HeaderLen + n
+			if have >= need {
+				f.start += need
+				return h[0], h[HeaderLen:need:need], nil
+			}
+		}
+		if f.start == f.end {
+			f.start, f.end = 0, 0
+		}
+		if len(f.buf)-f.start < need {
+			// Move the partial frame to the front (it fits: need <=
+			// HeaderLen+MaxFrame <= len(buf)).
+			f.end = copy(f.buf, f.buf[f.start:f.end])
+			f.start = 0
+		}
+		// Once the frame's length is known, read no further than its
+		// end: the buffer then empties with each frame and partial
+		// frames are seldom moved.
+		limit := len(f.buf)
+		if need > HeaderLen {
+			limit = f.start + need
+		}
+		n, err := f.r.Read(f.buf[f.end:limit])
+		f.end += n
+		if n > 0 {
+			continue
+		}
+		if err == nil {
+			continue
+		}
+		if err == io.EOF {
+			if f.start == f.end {
+				return 0, nil, io.EOF
+			}
+			if f.end-f.start < HeaderLen {
+				return 0, nil, fmt.Errorf("truncated frame header: %w", io.ErrUnexpectedEOF)
+			}
+			return 0, nil, fmt.Errorf("truncated frame: %w", io.ErrUnexpectedEOF)
+		}
+		return 0, nil, err
+	}
 }
