@@ -19,6 +19,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/arkgw/arkgw/netlab/hostload"
 	"github.com/arkgw/arkgw/reexec"
 )
 
@@ -327,15 +328,6 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func loadAvg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
 // benchRounds is how many interleaved rounds each row gets; the order of
 // the servers rotates from round to round so no server always runs first
 // (or right after the same neighbour).
@@ -445,7 +437,7 @@ remote-control:
 		m[r][s] = append(m[r][s], v)
 	}
 	for round := 0; round < benchRounds; round++ {
-		fmt.Printf("round %d (load average %s)\n", round+1, loadAvg())
+		fmt.Printf("round %d (load average %s)\n", round+1, hostload.LoadAvg())
 		for _, r := range rows {
 			order := slices.Clone(servers)
 			if r.kind == "forwarded" {
@@ -519,7 +511,7 @@ remote-control:
 	fmt.Printf("paced at %d q/s (half the weaker server's forwarded capacity), median p99 over %d rounds: arkgw %.3f ms (%.3f..%.3f), dnsmasq %.3f ms (%.3f..%.3f), unbound %.3f ms (%.3f..%.3f); load average now %s\n",
 		rate, benchRounds, median(p99["arkgw"]), slices.Min(p99["arkgw"]), slices.Max(p99["arkgw"]),
 		median(p99["dnsmasq"]), slices.Min(p99["dnsmasq"]), slices.Max(p99["dnsmasq"]),
-		median(p99["unbound"]), slices.Min(p99["unbound"]), slices.Max(p99["unbound"]), loadAvg())
+		median(p99["unbound"]), slices.Min(p99["unbound"]), slices.Max(p99["unbound"]), hostload.LoadAvg())
 	ratio := func(a, b float64) float64 {
 		if b == 0 {
 			return 0

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/arkgw/arkgw/gateway/quota"
 	"github.com/arkgw/arkgw/gateway/shape"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/netlab/hostload"
 )
 
 // bigPolicy is an allowlist of n distinct /32:port entries in the fake
@@ -102,6 +102,9 @@ func TestBenchGateway(t *testing.T) {
 		t.Skip("needs iperf3 (apt install iperf3)")
 	}
 	l := newLab(t)
+	// The host's steal over the whole benchmark, printed with its figures.
+	var steal hostload.Steal
+	steal.Pct()
 	// The lab's packet capture on the fake Internet (for the tests'
 	// assertions) would copy every packet of the measurement into this
 	// process, a third of the machine's CPU.
@@ -358,7 +361,7 @@ func TestBenchGateway(t *testing.T) {
 	fmt.Printf("method: %d rounds of %d arms (TCP: filter table; no rules; masquerade-only table; production: filter + quota table + tc shaping at a 10 Gbit/s cap; 64-byte UDP: filter table, no rules, masquerade only), 2 s iperf3 each, arm order rotating; figures are medians of the ratios of the same round's runs\n", rounds, len(arms))
 	fmt.Printf("method: medians: none %.0f Mbit/s, masquerade %.0f, filter %.0f, production %.0f; masquerade/none %.3f (%s); filter/none %.3f (%s); filter/masquerade %.3f (%s); production/none %.3f (%s); production/masquerade %.3f (%s); %s\n",
 		without/1e6, median(nats)/1e6, with/1e6, median(prods)/1e6, median(natRatios), spread(natRatios), median(ratios), spread(ratios),
-		median(vsMasq), spread(vsMasq), median(prodRatios), spread(prodRatios), median(prodVsMasq), spread(prodVsMasq), loadSteal())
+		median(vsMasq), spread(vsMasq), median(prodRatios), spread(prodRatios), median(prodVsMasq), spread(prodVsMasq), steal.LoadSteal())
 	fmt.Printf("method: 64-byte UDP (iperf3 -u -l 64 -b 0, 2 s; the gateway forwards in the sender's softirq, so the sender's rate includes the gateway's cost per packet, diluted by the sender's own): delivered pps medians: none %.0f, masquerade %.0f, filter %.0f; sent: none %.0f, masquerade %.0f, filter %.0f; masquerade/none %.3f (%s); filter/none %.3f (%s); filter/masquerade %.3f (%s); rounds where the sender was the limit (delivered >= 0.98 of sent): none %d/%d, masquerade %d/%d, filter %d/%d\n",
 		median(ppsWithout), median(ppsNat), median(ppsWith), median(sentWithout), median(sentNat), median(sentWith),
 		median(ppsNatRatios), spread(ppsNatRatios), median(ppsRatios), spread(ppsRatios), median(ppsVsMasq), spread(ppsVsMasq),
@@ -369,31 +372,6 @@ func TestBenchGateway(t *testing.T) {
 		median(ratios), median(vsMasq), median(prodRatios), median(prodVsMasq), median(ppsVsMasq), median(ppsWith), median(ppsNat), median(ppsWithout), median(applies))
 }
 
-// loadSteal is the 1-minute load average and the share of CPU time the
-// host stole since the previous call (the first call: since boot).
-var stealPrev [2]uint64
-
-func loadSteal() string {
-	load, _ := os.ReadFile("/proc/loadavg")
-	l, _, _ := strings.Cut(string(load), " ")
-	b, _ := os.ReadFile("/proc/stat")
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	var tot, st uint64
-	for i := 1; i < len(f) && i <= 8; i++ {
-		v, _ := strconv.ParseUint(f[i], 10, 64)
-		tot += v
-		if i == 8 {
-			st = v
-		}
-	}
-	d, ds := tot-stealPrev[0], st-stealPrev[1]
-	stealPrev = [2]uint64{tot, st}
-	if d == 0 {
-		return "load " + l
-	}
-	return fmt.Sprintf("load %s steal %.1f%%", l, 100*float64(ds)/float64(d))
-}
 func median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)
 	slices.Sort(s)

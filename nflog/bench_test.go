@@ -20,6 +20,7 @@ import (
 
 	"github.com/arkgw/arkgw/alert"
 	"github.com/arkgw/arkgw/netlab"
+	"github.com/arkgw/arkgw/netlab/hostload"
 	gonflog "github.com/florianl/go-nflog/v2"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
@@ -413,43 +414,6 @@ func median(v []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func loadAvg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// stealPct is the share of all CPU time stolen by the host since the last
-// call's snapshot (/proc/stat).
-type stealMeter struct{ total, steal uint64 }
-
-func (m *stealMeter) read() (total, steal uint64) {
-	b, _ := os.ReadFile("/proc/stat")
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	for i := 1; i < len(f) && i <= 8; i++ {
-		v, _ := strconv.ParseUint(f[i], 10, 64)
-		total += v
-		if i == 8 {
-			steal = v
-		}
-	}
-	return
-}
-
-func (m *stealMeter) pct() float64 {
-	t, s := m.read()
-	dt, ds := t-m.total, s-m.steal
-	m.total, m.steal = t, s
-	if dt == 0 {
-		return 0
-	}
-	return 100 * float64(ds) / float64(dt)
-}
-
 const alertRounds = 3
 
 // TestBenchAlerts: the highest rate of dropped packets each NFLOG consumer
@@ -579,8 +543,8 @@ sync=0
 		run  func(int) result
 	}{{"arkgw", runArkgw}, {"bare go-nflog", runBare}, {"ulogd2", runUlogd}}
 
-	var sm stealMeter
-	sm.pct()
+	var sm hostload.Steal
+	sm.Pct()
 	res := map[string][]result{}
 	var ratios, cpuRatios, steals []float64
 	for round := 0; round < alertRounds; round++ {
@@ -594,7 +558,7 @@ sync=0
 			got[c.name] = r
 			res[c.name] = append(res[c.name], r)
 			fmt.Printf("round %d %-13s followed %6.0f pps (sender-bound=%v), %.2f us CPU/packet, %d lines written (load average %s)\n",
-				round+1, c.name, r.pps, r.senderBound, r.cpu, r.lines, loadAvg())
+				round+1, c.name, r.pps, r.senderBound, r.cpu, r.lines, hostload.LoadAvg())
 		}
 		if got["ulogd2"].pps > 0 {
 			ratios = append(ratios, got["arkgw"].pps/got["ulogd2"].pps)
@@ -602,7 +566,8 @@ sync=0
 		if got["ulogd2"].cpu > 0 {
 			cpuRatios = append(cpuRatios, got["arkgw"].cpu/got["ulogd2"].cpu)
 		}
-		steals = append(steals, sm.pct())
+		pct, _ := sm.Pct()
+		steals = append(steals, pct)
 	}
 	summary := func(name string) (pps, cpu float64, spread string, sb int) {
 		var p, c []float64
@@ -626,7 +591,7 @@ sync=0
 			c.name, pps, spread, sb, alertRounds, cpu, 1e6/max(cpu, 0.001))
 	}
 	fmt.Printf("ratio arkgw/ulogd2 per round: %.2f; CPU per packet arkgw/ulogd2 per round: %.2f; host steal per round: %.1f%%; load average now %s\n",
-		ratios, cpuRatios, steals, loadAvg())
+		ratios, cpuRatios, steals, hostload.LoadAvg())
 	fmt.Printf("when both are limited by the sender (which shares the 2 cores with the consumer), the pps ratio says which consumer left the sender more CPU, not which reads faster: then compare the CPU per packet (arkgw's is the whole test process, its polling included; ulogd2's from schedstat)\n")
 	_, ulogdCPU, _, ulogdSB := summary("ulogd2")
 	_, oursCPU, _, oursSB := summary("arkgw")

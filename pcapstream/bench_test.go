@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/arkgw/arkgw/netlab/hostload"
 	"github.com/arkgw/arkgw/reexec"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -106,7 +107,7 @@ func TestBenchPcap(t *testing.T) {
 		seconds int
 	}{{"100M", benchRate, 0, 6}, {"small", "0", 64, 4}}
 	fmt.Printf("method: per arm %d runs (arms alternating), a fresh capture server process, pcap client and tcpdump -B 4096 -w FILE each run; CPU = rusage of each process after Wait, start to exit; ratios per run, medians; load average at start %s\n",
-		pcapRuns, loadAvg())
+		pcapRuns, hostload.LoadAvg())
 	res := map[string][]pcapRun{}
 	for run := 0; run < pcapRuns; run++ {
 		for _, a := range arms {
@@ -116,7 +117,7 @@ func TestBenchPcap(t *testing.T) {
 				"CPU server %v (of which %v process start-up) + client %v; per packet without the server's start-up %.3f us (server %.0f ns, client %.0f ns) vs tcpdump %v = %.3f us/packet (ratio %.2f; %.2f with the server's start-up); load average %s\n",
 				run+1, a.name, r.sent, r.mbps, float64(r.sent)/float64(a.seconds), r.got, r.ratio(), r.kernelDrops, r.readerDrops, r.tdGot, r.tdRatio(), r.tdDropped,
 				r.srvCPU.Round(time.Microsecond), r.srvStart.Round(time.Microsecond), r.cliCPU.Round(time.Microsecond), r.perPkt(), r.srvNs(), r.cliNs(),
-				r.tdCPU.Round(time.Microsecond), r.tdPerPkt(), r.cpuRatio(), r.cpuRatioAll(), loadAvg())
+				r.tdCPU.Round(time.Microsecond), r.tdPerPkt(), r.cpuRatio(), r.cpuRatioAll(), hostload.LoadAvg())
 		}
 	}
 	med := func(name string, f func(pcapRun) float64) (m float64, spread string) {
@@ -313,15 +314,6 @@ func benchRun(t *testing.T, ctx context.Context, l *lab, rate string, payload, s
 	os.Remove(reader.out)
 	os.Remove(tdFile)
 	return r
-}
-
-func loadAvg() string {
-	b, _ := os.ReadFile("/proc/loadavg")
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 type iperfResult struct {

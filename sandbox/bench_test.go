@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/arkgw/arkgw/configs"
+	"github.com/arkgw/arkgw/netlab/hostload"
 	"github.com/arkgw/arkgw/nsholder"
 	"github.com/arkgw/arkgw/reexec"
 )
@@ -260,21 +261,6 @@ func ociSeccomp(t *testing.T) *specs.LinuxSeccomp {
 	return sc
 }
 
-// cpuTimes reads the aggregate cpu line of /proc/stat: total and steal.
-func cpuTimes() (total, steal uint64) {
-	b, _ := os.ReadFile("/proc/stat")
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	for i := 1; i < len(f) && i <= 8; i++ {
-		v, _ := strconv.ParseUint(f[i], 10, 64)
-		total += v
-		if i == 8 {
-			steal = v
-		}
-	}
-	return total, steal
-}
-
 func median(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
@@ -466,7 +452,7 @@ func TestBenchSandbox(t *testing.T) {
 	var rounds []round
 	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
 	for i := 0; i < n+warm; i++ {
-		t0, s0 := cpuTimes()
+		t0, s0 := hostload.CPUTimes()
 		var r round
 		arms := []func(){
 			func() { r.ark = arkOnce(i) },
@@ -476,12 +462,11 @@ func TestBenchSandbox(t *testing.T) {
 		for j := range arms {
 			arms[(i+j)%len(arms)]()
 		}
-		t1, s1 := cpuTimes()
+		t1, s1 := hostload.CPUTimes()
 		if t1 > t0 {
 			r.steal = 100 * float64(s1-s0) / float64(t1-t0)
 		}
-		load, _ := os.ReadFile("/proc/loadavg")
-		r.load, _, _ = strings.Cut(string(load), " ")
+		r.load = hostload.Load1()
 		if i < warm {
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/arkgw/arkgw/gateway/quota"
 	"github.com/arkgw/arkgw/netlab/bwlab"
+	"github.com/arkgw/arkgw/netlab/hostload"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -197,6 +198,9 @@ func TestBenchBandwidth(t *testing.T) {
 		t.Skip("benchmark: set ARKGW_BENCH=1 (make bench-bandwidth)")
 	}
 	lab := bwlab.New(t)
+	// The host's steal over the whole benchmark, printed with its figures.
+	var steal hostload.Steal
+	steal.Pct()
 	port := lab.Server(t)
 	ctx := context.Background()
 	caps := []uint64{1, 10, 100}
@@ -283,7 +287,7 @@ func TestBenchBandwidth(t *testing.T) {
 				n := (ark.goodput / ark.wireRatio) / (cni.goodput / cni.wireRatio)
 				fmt.Printf("cap %3d Mbit/s %-4s run %d (%s first) arkgw wire %.4f delivered %.4f goodput %.4f | cni wire %.4f delivered %.4f goodput %.4f | goodput ark/cni %.4f, per wire byte %.4f | %s\n",
 					capMbps, dir, rep+1, first, ark.wireRatio, ark.deliveredIP, ark.goodput/float64(capBps),
-					cni.wireRatio, cni.deliveredIP, cni.goodput/float64(capBps), g, n, loadSteal())
+					cni.wireRatio, cni.deliveredIP, cni.goodput/float64(capBps), g, n, steal.LoadSteal())
 				arkWire = append(arkWire, ark.wireRatio)
 				ratios = append(ratios, g)
 				normRatios = append(normRatios, n)
@@ -325,30 +329,4 @@ func medianF(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// loadSteal is the 1-minute load average and the share of CPU time the
-// host stole since the previous call.
-var stealPrev [2]uint64
-
-func loadSteal() string {
-	load, _ := os.ReadFile("/proc/loadavg")
-	l, _, _ := strings.Cut(string(load), " ")
-	b, _ := os.ReadFile("/proc/stat")
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	var tot, st uint64
-	for i := 1; i < len(f) && i <= 8; i++ {
-		v, _ := strconv.ParseUint(f[i], 10, 64)
-		tot += v
-		if i == 8 {
-			st = v
-		}
-	}
-	d, ds := tot-stealPrev[0], st-stealPrev[1]
-	stealPrev = [2]uint64{tot, st}
-	if d == 0 || d == tot {
-		return "load " + l
-	}
-	return fmt.Sprintf("load %s steal %.1f%%", l, 100*float64(ds)/float64(d))
 }
