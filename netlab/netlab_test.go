@@ -496,9 +496,12 @@ func TestPrivilegedCleanup(t *testing.T) {
 			t.Errorf("error does not name the interface: %s", f.failed)
 		}
 		during, _ := List()
+		// Only this process's namespaces: with go test -p, other packages'
+		// labs come and go meanwhile.
+		ours := fmt.Sprintf("%s%dx", NamePrefix, os.Getpid())
 		var created []string
 		for _, n := range during {
-			if !contains(before, n) {
+			if strings.HasPrefix(n, ours) && !contains(before, n) {
 				created = append(created, n)
 			}
 		}
