@@ -52,6 +52,8 @@ type procDaemon struct {
 // its log is shown if the test failed.
 func startProcNode(t *testing.T, w *netlab.World, name string, group int) (*procDaemon, *node) {
 	t.Helper()
+	// Registered first, so released last: after the daemon stopped.
+	netlab.LockNode(t)
 	bin := buildArkgw(t)
 	state := t.TempDir()
 	os.MkdirAll(filepath.Join(state, "containers"), 0o755)

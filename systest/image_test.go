@@ -70,6 +70,7 @@ func TestPrivilegedSystemImage(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the system test runs the daemon with network namespaces, nftables, loop devices and cgroups; run make test-system as root")
 	}
+	netlab.LockNode(t) // before anything whose cleanup must run under it
 	for _, tool := range []string{"mmdebstrap", "mksquashfs"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s missing: apt-get install mmdebstrap squashfs-tools (scripts/deps.sh installs them)", tool)

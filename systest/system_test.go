@@ -72,6 +72,7 @@ func TestPrivilegedSystemNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: the system test runs the daemon with network namespaces, nftables and cgroups; run make test-system as root")
 	}
+	netlab.LockNode(t) // before anything whose cleanup must run under it
 	bin := install(t)
 	w := netlab.NewWorld(t)
 	state := t.TempDir()
